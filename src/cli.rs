@@ -1,0 +1,399 @@
+//! The command line: every subcommand and flag, each flag with its `IMAGETRAIL_*`
+//! environment variable. The legacy variables that `atomic scan`'s `custom_args` pass
+//! (`SERVER`, `IMAGE_NAME`, `SERVER_TOKEN`, `ENVIRONMENT`) are read as fallbacks by
+//! [`crate::settings`]-style resolution in the modules that use them, because an empty
+//! legacy variable means "not given" (atomic passes unset variables as empty ones).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Follow a container image from build to deployment.
+#[derive(Debug, Parser)]
+#[command(name = "imagetrail", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Options every command takes.
+    #[command(flatten)]
+    pub global: GlobalOpts,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalOpts {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true, env = "IMAGETRAIL_QUIET")]
+    pub quiet: bool,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The `atomic scan` entry point: read targets from /scanin, write results to /scanout.
+    Scan(ScanArgs),
+    /// Register images named on the command line with the analytics server.
+    Register(ImagesArgs),
+    /// Check the labels of images named on the command line, without network.
+    Verify(ImagesArgs),
+    /// Record a deployment by digest (the tag is resolved through the registry first).
+    Deploy(DeployArgs),
+    /// What runs now, per environment and app.
+    Status(QueryArgs),
+    /// Every recorded deployment, oldest first.
+    History(HistoryArgs),
+    /// What was running at a point in time, when it was built and who deployed it.
+    At(AtArgs),
+    /// Compare a candidate image with what runs in an environment.
+    Compare(CompareArgs),
+    /// Every environment and app that runs an image now (digest, tag or git revision).
+    Where(WhereArgs),
+    /// Look at a registry or prune it.
+    #[command(subcommand)]
+    Registry(RegistryCommand),
+    /// Look at one repository's images with the deployed digest marked.
+    #[command(subcommand)]
+    Images(ImagesCommand),
+    /// Run the tracking server: analytics callbacks, deployments API, queries, admission webhook.
+    Serve(ServeArgs),
+}
+
+/// Output format of reporting commands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Human-readable text.
+    #[default]
+    Text,
+    /// JSON on stdout.
+    Json,
+}
+
+/// The scan types of the scanner; each is a `scans` entry in `scanner-config`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum ScanType {
+    /// Register each target with the analytics server.
+    #[default]
+    Register,
+    /// Check each target's labels locally, no network.
+    Verify,
+    /// Record each target as deployed in ENVIRONMENT through the tracking API.
+    Deploy,
+}
+
+/// Options shared by `scan`, `register` and `verify`.
+#[derive(Debug, Args, Clone)]
+pub struct ScanOpts {
+    /// Analytics server base URL; a path in it is kept as a prefix. [legacy: SERVER]
+    #[arg(long, env = "IMAGETRAIL_SERVER")]
+    pub server: Option<String>,
+    /// API path prefix appended to the server URL.
+    #[arg(long, env = "IMAGETRAIL_API_PREFIX", default_value = "/api/v1")]
+    pub api_prefix: String,
+    /// File holding the Bearer token for the server. [legacy: SERVER_TOKEN holds the token itself]
+    #[arg(long, env = "IMAGETRAIL_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Image name used in payloads, and the label source for --rootfs targets or an empty /scanin. [legacy: IMAGE_NAME]
+    #[arg(long, env = "IMAGETRAIL_IMAGE_NAME")]
+    pub image_name: Option<String>,
+    /// Environment a `deploy` scan records into. [legacy: ENVIRONMENT]
+    #[arg(long, env = "IMAGETRAIL_ENVIRONMENT")]
+    pub environment: Option<String>,
+    /// Engine endpoint (unix:///path or tcp://host:port); default DOCKER_HOST, CONTAINER_HOST, /var/run/docker.sock, Podman's sockets.
+    #[arg(long, env = "IMAGETRAIL_HOST")]
+    pub host: Option<String>,
+    /// Output format on stdout.
+    #[arg(long, env = "IMAGETRAIL_FORMAT", value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Exit with this code when any target failed (default: exit 0 once results are written).
+    #[arg(long, env = "IMAGETRAIL_EXIT_CODE", default_value_t = 0)]
+    pub exit_code: u8,
+    /// Seconds to wait for a connection to the server.
+    #[arg(long, env = "IMAGETRAIL_CONNECT_TIMEOUT", default_value_t = 5.0)]
+    pub connect_timeout: f64,
+    /// Seconds one whole request to the server may take.
+    #[arg(long, env = "IMAGETRAIL_TIMEOUT", default_value_t = 30.0)]
+    pub timeout: f64,
+    /// Attempts per request (connection errors, 408, 429 and 5xx are retried).
+    #[arg(long, env = "IMAGETRAIL_ATTEMPTS", default_value_t = 3)]
+    pub attempts: u32,
+    /// Targets processed at once.
+    #[arg(long, env = "IMAGETRAIL_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: usize,
+}
+
+/// `imagetrail scan [TYPE]`.
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    /// The scan type (atomic passes it from the `scans` entry).
+    #[arg(value_enum, default_value_t = ScanType::Register)]
+    pub scan_type: ScanType,
+    /// Directory holding one directory per target (atomic mounts it).
+    #[arg(long, env = "IMAGETRAIL_SCANIN", default_value = "/scanin")]
+    pub scanin: PathBuf,
+    /// Directory the results are written to (atomic mounts it).
+    #[arg(long, env = "IMAGETRAIL_SCANOUT", default_value = "/scanout")]
+    pub scanout: PathBuf,
+    /// Options shared with `register` and `verify`.
+    #[command(flatten)]
+    pub opts: ScanOpts,
+}
+
+/// `imagetrail register|verify IMAGE...`.
+#[derive(Debug, Args)]
+pub struct ImagesArgs {
+    /// Images (name, name:tag, or id) to work on.
+    #[arg(required = true)]
+    pub images: Vec<String>,
+    /// Also write the result files into this directory.
+    #[arg(long, env = "IMAGETRAIL_OUTPUT")]
+    pub output: Option<PathBuf>,
+    /// Options shared with `scan`.
+    #[command(flatten)]
+    pub opts: ScanOpts,
+}
+
+/// Where deployment records live.
+#[derive(Debug, Args, Clone)]
+pub struct StateOpts {
+    /// Directory of the deployment records.
+    #[arg(
+        long,
+        env = "IMAGETRAIL_STATE_DIR",
+        default_value = "/var/lib/imagetrail"
+    )]
+    pub state_dir: PathBuf,
+}
+
+/// How to reach registries.
+#[derive(Debug, Args, Clone)]
+pub struct RegistryOpts {
+    /// Registries reached over plain HTTP although they are not on loopback (repeatable).
+    #[arg(
+        long = "insecure-registry",
+        env = "IMAGETRAIL_INSECURE_REGISTRY",
+        value_delimiter = ','
+    )]
+    pub insecure_registries: Vec<String>,
+    /// Docker config file with registry credentials (default ~/.docker/config.json).
+    #[arg(long, env = "IMAGETRAIL_DOCKER_CONFIG")]
+    pub docker_config: Option<PathBuf>,
+}
+
+/// `imagetrail deploy`.
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// The app being deployed (default: --name, else the repository path).
+    #[arg(long, env = "IMAGETRAIL_APP")]
+    pub app: Option<String>,
+    /// The environment (workspace) deployed to.
+    #[arg(long = "env", env = "IMAGETRAIL_ENV", default_value = "deployed")]
+    pub env: String,
+    /// The image: host/repo:tag or host/repo@sha256:...
+    #[arg(long, env = "IMAGETRAIL_IMAGE")]
+    pub image: String,
+    /// Who deployed it (default: $USER).
+    #[arg(long, env = "IMAGETRAIL_DEPLOYED_BY")]
+    pub by: Option<String>,
+    /// Optional service name, unique per repository per environment.
+    #[arg(long, env = "IMAGETRAIL_NAME")]
+    pub name: Option<String>,
+    /// Platform os/arch[/variant] chosen from a multi-platform index.
+    #[arg(long, env = "IMAGETRAIL_PLATFORM", default_value = "linux/amd64")]
+    pub platform: String,
+    /// Tracking endpoints to POST the Atomist-compatible body to (repeatable).
+    #[arg(long = "endpoint", env = "IMAGETRAIL_ENDPOINT", value_delimiter = ',')]
+    pub endpoints: Vec<String>,
+    /// File holding the API key sent as `Authorization: Bearer` to the endpoints.
+    #[arg(long, env = "IMAGETRAIL_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// Where the records live.
+    #[command(flatten)]
+    pub state: StateOpts,
+    /// Registry access.
+    #[command(flatten)]
+    pub registry: RegistryOpts,
+}
+
+/// Filters shared by the query commands.
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// Only this environment.
+    #[arg(long = "env", env = "IMAGETRAIL_ENV")]
+    pub env: Option<String>,
+    /// Only this app.
+    #[arg(long, env = "IMAGETRAIL_APP")]
+    pub app: Option<String>,
+    /// Output format.
+    #[arg(long, env = "IMAGETRAIL_FORMAT", value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Where the records live.
+    #[command(flatten)]
+    pub state: StateOpts,
+}
+
+/// `imagetrail history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Filters and format.
+    #[command(flatten)]
+    pub query: QueryArgs,
+    /// Only deployments at or after this time (RFC 3339 or "YYYY-MM-DD HH:MM" local).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only deployments at or before this time.
+    #[arg(long)]
+    pub until: Option<String>,
+}
+
+/// `imagetrail at TIME`.
+#[derive(Debug, Args)]
+pub struct AtArgs {
+    /// The point in time (RFC 3339 or "YYYY-MM-DD HH:MM" in the local zone).
+    pub time: String,
+    /// Filters and format.
+    #[command(flatten)]
+    pub query: QueryArgs,
+}
+
+/// `imagetrail compare REF`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// The candidate image reference.
+    pub reference: String,
+    /// The app to compare against.
+    #[arg(long, env = "IMAGETRAIL_APP")]
+    pub app: Option<String>,
+    /// The environment to compare against.
+    #[arg(long = "env", env = "IMAGETRAIL_ENV", default_value = "deployed")]
+    pub env: String,
+    /// Output format.
+    #[arg(long, env = "IMAGETRAIL_FORMAT", value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Where the records live.
+    #[command(flatten)]
+    pub state: StateOpts,
+    /// Registry access.
+    #[command(flatten)]
+    pub registry: RegistryOpts,
+}
+
+/// `imagetrail where REF`.
+#[derive(Debug, Args)]
+pub struct WhereArgs {
+    /// A digest, a tag reference or a git revision.
+    pub reference: String,
+    /// Output format.
+    #[arg(long, env = "IMAGETRAIL_FORMAT", value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Where the records live.
+    #[command(flatten)]
+    pub state: StateOpts,
+}
+
+/// `imagetrail registry ...`.
+#[derive(Debug, Subcommand)]
+pub enum RegistryCommand {
+    /// Repositories, tags, created time and description.
+    Overview(RegistryOverviewArgs),
+    /// Delete old manifests of a repository, never a deployed one (dry run unless --yes).
+    Prune(PruneArgs),
+}
+
+/// `imagetrail registry overview`.
+#[derive(Debug, Args)]
+pub struct RegistryOverviewArgs {
+    /// The registry host[:port].
+    #[arg(long, env = "IMAGETRAIL_REGISTRY")]
+    pub registry: String,
+    /// Output format.
+    #[arg(long, env = "IMAGETRAIL_FORMAT", value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Registry access.
+    #[command(flatten)]
+    pub access: RegistryOpts,
+}
+
+/// `imagetrail registry prune REPO --keep N`.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// The repository, host/path.
+    pub repository: String,
+    /// How many of the newest tags to keep.
+    #[arg(long)]
+    pub keep: usize,
+    /// Really delete (without it, only print the plan).
+    #[arg(long)]
+    pub yes: bool,
+    /// Where the records live (every record protects its digests).
+    #[command(flatten)]
+    pub state: StateOpts,
+    /// Registry access.
+    #[command(flatten)]
+    pub access: RegistryOpts,
+}
+
+/// `imagetrail images ...`.
+#[derive(Debug, Subcommand)]
+pub enum ImagesCommand {
+    /// One repository's tags, newest first, the deployed digest marked.
+    Overview(ImagesOverviewArgs),
+}
+
+/// `imagetrail images overview REPO`.
+#[derive(Debug, Args)]
+pub struct ImagesOverviewArgs {
+    /// The repository, host/path.
+    pub repository: String,
+    /// Environments whose deployed digest is marked (repeatable).
+    #[arg(long = "env", env = "IMAGETRAIL_ENV", value_delimiter = ',')]
+    pub envs: Vec<String>,
+    /// Output format.
+    #[arg(long, env = "IMAGETRAIL_FORMAT", value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Where the records live.
+    #[command(flatten)]
+    pub state: StateOpts,
+    /// Registry access.
+    #[command(flatten)]
+    pub access: RegistryOpts,
+}
+
+/// Whether the admission webhook only records or also denies unpinned images.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum AdmissionMode {
+    /// Record every admitted Pod's images, always allow.
+    #[default]
+    Record,
+    /// Record, and deny images not pinned by digest.
+    Enforce,
+}
+
+/// `imagetrail serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "IMAGETRAIL_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Where the records live.
+    #[command(flatten)]
+    pub state: StateOpts,
+    /// File of API keys, one per line, accepted as `Authorization: Bearer` on the deployments API.
+    #[arg(long, env = "IMAGETRAIL_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+    /// PEM certificate chain for TLS.
+    #[arg(long, env = "IMAGETRAIL_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    #[arg(long, env = "IMAGETRAIL_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Admission webhook mode.
+    #[arg(long, env = "IMAGETRAIL_ADMISSION_MODE", value_enum, default_value_t = AdmissionMode::Record)]
+    pub admission_mode: AdmissionMode,
+    /// Cluster name used in admission environments (`<cluster>/<namespace>`).
+    #[arg(long, env = "IMAGETRAIL_CLUSTER", default_value = "default")]
+    pub cluster: String,
+}

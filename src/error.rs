@@ -1,0 +1,44 @@
+//! The error kinds a caller can branch on. Each outside system has its own error enum in
+//! its module (engine, analytics, registry, records); this type gathers them so `main`
+//! can choose an exit code, and so the library's public functions share one `Result`.
+
+use thiserror::Error;
+
+/// Every failure that leaves the library as a typed error.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// The command line or the environment it runs in is wrong (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// The container engine could not be reached or answered badly.
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    /// The analytics server call failed.
+    #[error(transparent)]
+    Analytics(#[from] crate::analytics::AnalyticsError),
+    /// The OCI registry could not be reached or refused the request.
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+    /// A deployment record could not be read or written.
+    #[error(transparent)]
+    Records(#[from] crate::records::RecordsError),
+    /// A result file or directory could not be written.
+    #[error("cannot write {path}: {source}; check that the directory exists and is writable")]
+    Output {
+        /// The file or directory that could not be written.
+        path: std::path::PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Whether this error is the user's input being wrong (exit code 2).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Error::Usage(_))
+    }
+}
+
+/// The library's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,5 @@
+//! The one integration-test binary: every test runs the real `imagetrail` executable (or the
+//! library's server on 127.0.0.1:0) against real parts: the Docker engine, Podman's socket,
+//! the `docker-registry` from Debian and HTTP servers on loopback.
+
+mod support;

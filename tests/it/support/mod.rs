@@ -1,0 +1,52 @@
+//! Shared test helpers: running the binary, building images, a recording HTTP server.
+
+#![allow(dead_code)]
+
+pub mod docker;
+pub mod http;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// The real `imagetrail` executable with a clean environment (only PATH, HOME and TZ kept),
+/// so no variable of the developer's shell changes what a test sees.
+pub fn imagetrail() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imagetrail"));
+    cmd.env_clear();
+    for key in ["PATH", "HOME", "TZ"] {
+        if let Ok(v) = std::env::var(key) {
+            cmd.env(key, v);
+        }
+    }
+    if let Ok(host) = std::env::var("DOCKER_HOST") {
+        cmd.env("DOCKER_HOST", host);
+    }
+    cmd
+}
+
+/// Run a command and return its output, printing it when the test fails later.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("run the command");
+    eprintln!(
+        "$ {cmd:?}\n--- exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// stdout as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// stderr as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Read a file as text, with the path in the panic message.
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
