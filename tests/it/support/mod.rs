@@ -4,6 +4,7 @@
 
 pub mod docker;
 pub mod http;
+pub mod registry;
 
 use std::path::Path;
 use std::process::{Command, Output};
