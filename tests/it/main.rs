@@ -3,4 +3,5 @@
 //! the `docker-registry` from Debian and HTTP servers on loopback.
 
 mod deploy;
+mod registry;
 mod support;
