@@ -100,8 +100,13 @@ fn selected(
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
+    use std::io::Write as _;
+    let text = serde_json::to_string_pretty(v)?;
+    // A closed pipe (`| head`) is the reader's choice, not an error worth a panic.
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 fn image_text(d: &Deployment) -> String {
