@@ -4,4 +4,5 @@
 
 mod deploy;
 mod registry;
+mod registry_access;
 mod support;
