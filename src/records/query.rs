@@ -244,7 +244,7 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
     let store = Store::new(&args.query.state.state_dir);
     let mut all = Vec::new();
     for (env, app) in selected(&store, args.query.env.as_deref(), args.query.app.as_deref())? {
-        let read = store.read_history(&env, &app)?;
+        let read = store.read_history_range(&env, &app, since, until)?;
         if let Some(t) = &read.torn {
             warn_torn(t);
         }
@@ -361,9 +361,8 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_default();
     let resolved = client.resolve(&reference, &platform).await?;
     let candidate = crate::deploy::image_record(&resolved);
-    let read = store.read_history(&args.env, &app)?;
-    if let Some(t) = &read.torn {
-        warn_torn(t);
+    if let Some(t) = store.torn_tail(&args.env, &app)? {
+        warn_torn(&t);
     }
 
     let Some(current) = current else {
@@ -393,12 +392,12 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let same = current.image.digest == candidate.digest;
-    let earlier = read
-        .entries
-        .iter()
-        .rev()
-        .skip_while(|d| d.image.digest == current.image.digest)
-        .find(|d| d.image.digest == candidate.digest);
+    // What runs is the last entry, so any entry with the candidate's digest is earlier.
+    let earlier = if same {
+        None
+    } else {
+        store.last_with_digest(&args.env, &app, &candidate.digest)?
+    };
     let mut label_changes = BTreeMap::new();
     if let Some(cur) = &current_labels {
         for k in cur.keys().chain(resolved.labels.keys()) {
@@ -415,7 +414,7 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
             "current": current,
             "candidate": candidate,
             "same": same,
-            "rollback": earlier.map(|d| serde_json::json!({
+            "rollback": earlier.as_ref().map(|d| serde_json::json!({
                 "deployed_at": show_time(&d.deployment.deployed_at),
                 "deployed_by": d.deployment.deployed_by,
             })),
@@ -462,7 +461,7 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
             show_time(&current.deployment.deployed_at),
             sanitize(&current.deployment.deployed_by)
         );
-    } else if let Some(e) = earlier {
+    } else if let Some(e) = &earlier {
         println!(
             "ROLLBACK: the candidate was deployed here before, on {} by {}",
             show_time(&e.deployment.deployed_at),
@@ -550,17 +549,11 @@ pub fn where_(args: WhereArgs) -> anyhow::Result<ExitCode> {
             continue;
         }
         // Since when: the start of the unbroken run of this digest at the end of the history.
-        let read = store.read_history(&env, &app)?;
-        if let Some(t) = &read.torn {
-            warn_torn(t);
+        if let Some(t) = store.torn_tail(&env, &app)? {
+            warn_torn(&t);
         }
-        let since = read
-            .entries
-            .iter()
-            .rev()
-            .take_while(|d| d.image.digest == cur.image.digest)
-            .last()
-            .map(|d| d.deployment.deployed_at)
+        let since = store
+            .running_since(&env, &app, &cur.image.digest)?
             .unwrap_or(cur.deployment.deployed_at);
         hits.push((cur, since));
     }

@@ -301,3 +301,55 @@ fn a_hand_broken_middle_entry_is_reported_with_its_line() {
         "line {reported} vs {line}: {err}"
     );
 }
+
+#[test]
+fn ranges_runs_and_digest_lookups_read_only_what_they_need() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    // digests: 1 1 2 3 3 3 (hours 1..=6)
+    let seq = [1u32, 1, 2, 3, 3, 3];
+    let all: Vec<Deployment> = seq
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| dep("hello", "prod", "t", &digest(n), t(1 + i as u32, 0)))
+        .collect();
+    for d in &all {
+        store.record(d).unwrap();
+    }
+    let r = store
+        .read_history_range("prod", "hello", Some(t(2, 0)), Some(t(4, 30)))
+        .unwrap();
+    assert_eq!(r.entries, all[1..4].to_vec());
+    let r = store
+        .read_history_range("prod", "hello", Some(t(2, 30)), None)
+        .unwrap();
+    assert_eq!(r.entries, all[2..].to_vec());
+    let r = store
+        .read_history_range("prod", "hello", None, Some(t(0, 30)))
+        .unwrap();
+    assert!(r.entries.is_empty());
+    assert_eq!(
+        store
+            .read_history_range("prod", "hello", None, None)
+            .unwrap()
+            .entries,
+        all
+    );
+    assert_eq!(
+        store.running_since("prod", "hello", &digest(3)).unwrap(),
+        Some(t(4, 0))
+    );
+    assert_eq!(
+        store.running_since("prod", "hello", &digest(1)).unwrap(),
+        None
+    );
+    assert_eq!(
+        store.last_with_digest("prod", "hello", &digest(1)).unwrap(),
+        Some(all[1].clone())
+    );
+    assert_eq!(
+        store.last_with_digest("prod", "hello", &digest(9)).unwrap(),
+        None
+    );
+    assert_eq!(store.torn_tail("prod", "hello").unwrap(), None);
+}
