@@ -44,7 +44,7 @@ pub enum RecordsError {
         source: std::io::Error,
     },
     /// A record file is not valid YAML of the expected shape.
-    #[error("{path}:{line}: {message}; fix or remove that entry by hand, nothing was overwritten")]
+    #[error("{path}:{line}: {message}; fix it by hand, nothing was overwritten")]
     Malformed {
         /// The file.
         path: PathBuf,

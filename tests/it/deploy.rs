@@ -444,6 +444,34 @@ fn deploy_posts_the_atomist_body_with_a_bearer_key() {
     );
     // --name is also the default app.
     assert!(st.path().join("production/web/deploy-info.yml").is_file());
+    // The same name for the same repository under another app: refused, exit 2.
+    let out = it(
+        st.path(),
+        &[
+            "deploy",
+            "--env",
+            "production",
+            "--app",
+            "web2",
+            "--image",
+            &format!("{}/{repo}:v1", reg.addr),
+            "--name",
+            "web",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains(
+            "the name \"web\" is already used in environment \"production\" by app \"web\""
+        ),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !st.path()
+            .join("production/web2/deploy-history.yml")
+            .exists()
+    );
 
     // An endpoint that refuses: recorded locally, error quoted, exit 1.
     let bad = RecordingServer::start(Reply::json(
@@ -639,6 +667,18 @@ fn slash_names_are_stored_safely_and_listed_back_exactly() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let enc_app = repo.replace('/', "%2F");
+    // No OCI labels: the build time falls back to the config's `created`.
+    let info = read(
+        &st.path()
+            .join("cluster-a%2Fpayments")
+            .join(&enc_app)
+            .join("deploy-info.yml"),
+    );
+    assert!(
+        info.contains("  built_at: \"2026-01-24T22:41:03Z\"\n"),
+        "{info}"
+    );
+    assert!(!info.contains("description"), "{info}");
     assert!(
         st.path()
             .join("cluster-a%2Fpayments")
