@@ -190,6 +190,9 @@ impl<'a> HistoryFile<'a> {
             line: self.line_of(start).unwrap_or(0),
             message: "the entry is not valid UTF-8".into(),
         })?;
+        if let Some(e) = yaml::fast_history_entry(text) {
+            return Ok(e);
+        }
         match yaml::parse::<Vec<HistoryEntry>>(text) {
             Ok(mut v) if v.len() == 1 => Ok(v.remove(0)),
             Ok(v) => Err(RecordsError::Malformed {
@@ -301,6 +304,10 @@ impl<'a> HistoryFile<'a> {
                 line: line_starts[k],
                 message: "the entry is not valid UTF-8".into(),
             })?;
+            if let Some(e) = yaml::fast_history_entry(text) {
+                out.push(e);
+                continue;
+            }
             match yaml::parse::<Vec<HistoryEntry>>(text) {
                 Ok(v) => out.extend(v),
                 Err((l, message)) => {

@@ -353,3 +353,33 @@ fn ranges_runs_and_digest_lookups_read_only_what_they_need() {
     );
     assert_eq!(store.torn_tail("prod", "hello").unwrap(), None);
 }
+
+#[test]
+fn the_fast_entry_reader_agrees_with_the_yaml_parser_on_every_prefix() {
+    let mut d = dep("hello", "prod", "1f3a9c2", &digest(7), t(1, 10));
+    d.image.description =
+        Some("quote \" backslash \\ newline \n tab \t esc \u{1b} nel \u{85} ünï 🙂: # - x".into());
+    d.image.index_digest = Some(digest(8));
+    d.image.platform.variant = Some("v8".into());
+    d.deployment.name = Some("web".into());
+    let text = yaml::history_entry(&d);
+    let fast = yaml::fast_history_entry(&text).expect("canonical entry");
+    assert_eq!(fast.image, d.image);
+    assert_eq!(fast.deployment, d.deployment);
+    for cut in 0..text.len() {
+        if !text.is_char_boundary(cut) {
+            continue;
+        }
+        let prefix = &text[..cut];
+        if let Some(f) = yaml::fast_history_entry(prefix) {
+            let slow = yaml::parse::<Vec<yaml::HistoryEntry>>(prefix)
+                .unwrap_or_else(|e| panic!("fast accepted what YAML refuses at {cut}: {e:?}"));
+            assert_eq!(slow[0].image, f.image, "cut {cut}");
+            assert_eq!(slow[0].deployment, f.deployment, "cut {cut}");
+        }
+    }
+    // Not the canonical shape: left to the YAML parser.
+    assert!(yaml::fast_history_entry(&text.replace("    tag: \"", "    tag:  \"")).is_none());
+    assert!(yaml::fast_history_entry(&format!("{text}    # note\n")).is_none());
+    assert!(yaml::fast_history_entry(&text.replace("    repo:", "    repo2:")).is_none());
+}
