@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::cli::DeployArgs;
 use crate::error::Error;
 use crate::exit::ExitCode;
-use crate::records::{Deployment, DeploymentRecord, ImageRecord, Platform, RecordsError, Store};
+use crate::records::{Deployment, DeploymentRecord, ImageRecord, RecordsError, Store};
 use crate::registry::{self, Client, ClientOptions, Reference, Resolved};
 use crate::terminal::sanitize;
 
@@ -271,9 +271,4 @@ async fn notify(endpoint: &str, key: Option<&str>, d: &Deployment) -> anyhow::Re
         .unwrap_or(body);
     let (said, _) = crate::terminal::cap(said.trim(), 500);
     anyhow::bail!("HTTP {status}: {}", sanitize(said))
-}
-
-/// The platform a record runs on, as text.
-pub fn platform_text(p: &Platform) -> String {
-    registry::platform_string(p)
 }
