@@ -932,3 +932,47 @@ fn a_hand_edited_yaml_with_a_syntax_error_is_reported_with_its_line_and_kept() {
         "the hand-edited file is left as it was"
     );
 }
+
+#[test]
+fn hostile_labels_cannot_change_the_terminal_or_the_yaml() {
+    let reg = shared();
+    let repo = unique_repo("hostile");
+    let desc = "red \u{1b}[31malert\u{7}\nrevision: forged\n- image: {}\"";
+    reg.push_image(
+        &repo,
+        Some("v1"),
+        "amd64",
+        "2026-01-24T22:41:03Z",
+        &[("org.opencontainers.image.description", desc)],
+    );
+    let st = state();
+    let out = it(
+        st.path(),
+        &[
+            "deploy",
+            "--app",
+            "hello",
+            "--env",
+            "prod",
+            "--image",
+            &format!("{}/{repo}:v1", reg.addr),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let so = stdout(&out);
+    assert!(!so.contains('\u{1b}') && !so.contains('\u{7}'), "{so:?}");
+    assert!(so.contains("red \\u{1b}[31malert\\u{7}"), "{so}");
+    let info = read(&st.path().join("prod/hello/deploy-info.yml"));
+    assert!(
+        info.contains(
+            "  description: \"red \\u001B[31malert\\u0007\\nrevision: forged\\n- image: {}\\\"\"\n"
+        ),
+        "{info}"
+    );
+    // Read back exactly, and the history still has one entry.
+    let out = it(st.path(), &["history", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["image"]["description"], desc);
+    assert!(v[0]["image"].get("revision").is_none());
+}
