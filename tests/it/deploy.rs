@@ -344,6 +344,18 @@ fn a_moving_tag_is_recorded_by_digest_and_queries_answer_from_history() {
         ),
         "{so}"
     );
+    let out = it(
+        st.path(),
+        &[
+            "compare", &old, "--app", "hello", "--env", "prod", "--format", "json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["rollback"]["deployed_by"], "bob");
+    assert_eq!(v["rollback"]["deployed_at"], "2026-01-22T09:03:11Z");
+    assert_eq!(v["current"]["image"]["digest"], v2.as_str());
+    assert_eq!(v["candidate"]["digest"], v1.as_str());
+    assert_eq!(v["same"], false);
     // compare a fresh build: not a rollback.
     reg.push_image(
         &repo,
