@@ -2,8 +2,10 @@
 
 #![allow(dead_code)]
 
+pub mod atomic;
 pub mod docker;
 pub mod http;
+pub mod scanner_image;
 
 use std::path::Path;
 use std::process::{Command, Output};
