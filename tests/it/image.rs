@@ -3,12 +3,13 @@
 //! reproduced from the installed config against a real HTTP server on 127.0.0.1.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use crate::support::atomic::{self, ScannerConfig};
 use crate::support::docker;
+use crate::support::http::RecordingServer;
 use crate::support::scanner_image::{self, CREATED, GIT_SHA, TAG};
 use crate::support::{read, run};
 
@@ -61,6 +62,16 @@ fn atomic_install(atomic_d: &Path) -> Output {
     }
     assert_eq!(argv[0], "docker");
     run(Command::new(&argv[0]).args(&argv[1..]))
+}
+
+/// The config as `atomic install` leaves it in a fresh `/etc/atomic.d` (kept for the test).
+fn installed_config() -> (tempfile::TempDir, ScannerConfig) {
+    let atomic_d = temp("atomic.d");
+    let out = atomic_install(atomic_d.path());
+    assert!(out.status.success(), "atomic install failed");
+    let mut scanners = atomic::load_scanners(atomic_d.path());
+    assert_eq!(scanners.len(), 1, "one scanner in /etc/atomic.d");
+    (atomic_d, scanners.remove(0))
 }
 
 #[test]
@@ -314,6 +325,367 @@ fn atomic_install_puts_the_config_in_atomic_d() {
         stderr.contains("-v /etc/atomic.d/:/host/etc/atomic.d/"),
         "{stderr}"
     );
+}
+
+/// One `atomic scan` run: its `/run/atomic/<ts>` and `/var/lib/atomic/<scanner>/<ts>`.
+struct Scan {
+    _dirs: tempfile::TempDir,
+    scanin: PathBuf,
+    scanout: PathBuf,
+}
+
+impl Scan {
+    /// `/scanin` with one (empty) directory per target id, and an empty `/scanout`, as
+    /// atomic prepares them (it mounts each target's rootfs there; the scanner only uses
+    /// the names).
+    fn new(ids: &[&str]) -> Scan {
+        let dirs = temp("scan");
+        let scanin = dirs.path().join("run-atomic");
+        let scanout = dirs.path().join("results");
+        for id in ids {
+            std::fs::create_dir_all(scanin.join(id)).unwrap();
+        }
+        std::fs::create_dir_all(&scanout).unwrap();
+        Scan {
+            _dirs: dirs,
+            scanin,
+            scanout,
+        }
+    }
+
+    /// Run atomic's `docker run` line for the installed config, with `env` as the caller's
+    /// environment and `extra` docker args (`--network host` at least) before the image.
+    fn run(
+        &self,
+        config: &ScannerConfig,
+        env: &BTreeMap<String, String>,
+        extra: &[&str],
+    ) -> Output {
+        let mut config = config.clone();
+        // The test image's tag stands in for the default `scanner-analytics-integration`.
+        assert_eq!(config.image_name, "scanner-analytics-integration");
+        config.image_name = TAG.to_string();
+        let mut argv = atomic::scan_argv(&config, None, &self.scanin, &self.scanout, env, extra);
+        // The config mounts /var/run/docker.sock; when this machine's engine listens
+        // elsewhere (DOCKER_HOST=unix://...), mount that socket at the same place inside.
+        if let Some(sock) = std::env::var("DOCKER_HOST")
+            .ok()
+            .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
+        {
+            for a in argv.iter_mut() {
+                if a == "/var/run/docker.sock:/var/run/docker.sock" {
+                    *a = format!("{sock}:/var/run/docker.sock");
+                }
+            }
+        }
+        run(Command::new(&argv[0]).args(&argv[1..]))
+    }
+
+    fn json(&self, rel: &str) -> serde_json::Value {
+        serde_json::from_str(&read(&self.scanout.join(rel)))
+            .unwrap_or_else(|e| panic!("{rel} is not JSON: {e}"))
+    }
+}
+
+/// Targets of a scan: a labelled image, a container of it with labels of its own, and the
+/// scanner image itself (which carries its own labels).
+struct Targets {
+    image: String,
+    container: String,
+    scanner: String,
+}
+
+impl Targets {
+    fn new(name: &str) -> Targets {
+        let tag = format!("it-img-target-{name}:1");
+        let image = docker::build_image(
+            &tag,
+            &[
+                ("git-url", "https://github.com/example/app"),
+                ("git-sha", "46e443d"),
+                ("email-ids", "dev@example.com"),
+                ("org.opencontainers.image.created", "2026-01-24T22:41:03Z"),
+            ],
+        );
+        let container = docker::create_container(&tag, &[("git-sha", "a1b2c3d4")]);
+        Targets {
+            image,
+            container,
+            scanner: scanner_image::scanner_image().to_string(),
+        }
+    }
+
+    fn ids(&self) -> Vec<&str> {
+        vec![&self.image, &self.container, &self.scanner]
+    }
+}
+
+impl Drop for Targets {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", &self.container])
+            .output();
+    }
+}
+
+fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The three files for one target, checked for what atomic and the pipelines read.
+fn check_target_files(scan: &Scan, id: &str, successful: bool) {
+    let json = scan.json(&format!("{id}/json"));
+    assert_eq!(json["Scanner"], "analytics-integration");
+    assert_eq!(json["Scan Type"], "register");
+    assert_eq!(json["UUID"], format!("/scanin/{id}"));
+    assert_eq!(
+        json["Successful"],
+        if successful { "true" } else { "false" }
+    );
+    assert!(json["Time"].is_string() && json["Finished Time"].is_string());
+
+    let legacy_text = read(&scan.scanout.join(id).join("analytics_scanner_results.json"));
+    let legacy: serde_json::Value = serde_json::from_str(&legacy_text).unwrap();
+    assert_eq!(legacy["Scanner"], "scanner-analytics-integration");
+    assert_eq!(legacy["UUID"], id);
+    assert_eq!(legacy["Successful"], successful);
+    // The seed's key order, which pipelines that read the text rely on.
+    let order = [
+        "Scan Type",
+        "CVE Feed Last Updated",
+        "UUID",
+        "Scan Results",
+        "Successful",
+        "Finished Time",
+        "Summary",
+        "Start Time",
+        "Scanner",
+    ];
+    let positions: Vec<usize> = order
+        .iter()
+        .map(|k| {
+            legacy_text
+                .find(&format!("\"{k}\":"))
+                .unwrap_or_else(|| panic!("{k} missing"))
+        })
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{legacy_text}");
+}
+
+fn check_environment(scan: &Scan, targets: &Targets, server: Option<&str>) {
+    let env = scan.json("environment.json");
+    assert!(env["info"].is_object());
+    let image_ids: Vec<&str> = env["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["Id"].as_str().unwrap())
+        .collect();
+    assert!(image_ids.contains(&targets.image.as_str()), "{image_ids:?}");
+    assert!(
+        image_ids.contains(&targets.scanner.as_str()),
+        "{image_ids:?}"
+    );
+    let container_ids: Vec<&str> = env["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["Id"].as_str().unwrap())
+        .collect();
+    assert_eq!(container_ids, [targets.container.as_str()]);
+    let scanner_server = &env["scanner"]["server"];
+    match server {
+        Some(url) => assert!(
+            scanner_server.as_str().is_some_and(|s| s.starts_with(url)),
+            "{scanner_server}"
+        ),
+        None => assert!(
+            scanner_server.is_null() || scanner_server == "",
+            "{scanner_server}"
+        ),
+    }
+}
+
+/// `-t` gives the container a TTY: its output arrives with CRLF line ends, as atomic shows it.
+fn lines(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim_end_matches('\r').to_string())
+        .collect()
+}
+
+fn status_lines(out: &Output) -> Vec<String> {
+    lines(out)
+        .into_iter()
+        .filter(|l| l.starts_with("Scanner execution status:"))
+        .collect()
+}
+
+#[test]
+fn atomic_scan_registers_every_target_with_the_server() {
+    let targets = Targets::new("ok");
+    let (_atomic_d, config) = installed_config();
+    let server = RecordingServer::analytics_ok();
+    let scan = Scan::new(&targets.ids());
+    let out = scan.run(
+        &config,
+        &env(&[
+            ("IMAGE_NAME", "it-img-target-ok:1"),
+            ("SERVER", &server.url()),
+        ]),
+        &["--network", "host"],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        status_lines(&out),
+        ["Scanner execution status: True"; 3],
+        "one status line per target"
+    );
+
+    let requests = server.requests();
+    assert_eq!(requests.len(), 3, "one register call per target");
+    let mut by_sha = BTreeMap::new();
+    for r in &requests {
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.path, "/api/v1/register");
+        assert_eq!(
+            r.header("content-type").as_deref(),
+            Some("application/json")
+        );
+        assert_eq!(
+            r.header("user-agent"),
+            Some(format!("imagetrail/{}", env!("CARGO_PKG_VERSION")))
+        );
+        // SERVER_TOKEN was unset, so atomic passed it empty: no Authorization at all.
+        assert_eq!(r.header("authorization"), None);
+        let body = r.json();
+        by_sha.insert(body["git-sha"].as_str().unwrap().to_string(), body);
+    }
+    let image = &by_sha["46e443d"];
+    assert_eq!(image["git-url"], "https://github.com/example/app");
+    assert_eq!(image["email-ids"], "dev@example.com");
+    assert!(
+        image["image-id"]
+            .as_str()
+            .is_some_and(|i| i.ends_with(&targets.image)),
+        "{image}"
+    );
+    // The container's own label wins over its image's.
+    let container = &by_sha["a1b2c3d4"];
+    assert_eq!(container["git-url"], "https://github.com/example/app");
+    // The scanner image registered itself from its own labels.
+    let scanner = &by_sha[GIT_SHA];
+    assert_eq!(
+        scanner["git-url"],
+        "https://github.com/imagetrail/imagetrail"
+    );
+    assert_eq!(scanner["email-ids"], "imagetrail@example.com");
+    assert_eq!(
+        scanner["labels"]["org.opencontainers.image.created"],
+        CREATED
+    );
+
+    for id in targets.ids() {
+        check_target_files(&scan, id, true);
+    }
+    check_environment(&scan, &targets, Some(&server.url()));
+}
+
+#[test]
+fn atomic_scan_with_the_server_down_records_the_failure() {
+    let targets = Targets::new("down");
+    let (_atomic_d, config) = installed_config();
+    // A port nothing listens on: bound, then closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let scan = Scan::new(&targets.ids());
+    let out = scan.run(
+        &config,
+        &env(&[("IMAGE_NAME", "it-img-target-down:1"), ("SERVER", &url)]),
+        &["--network", "host"],
+    );
+    // Exit 0 once the files are written, or atomic shows nothing at all.
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(status_lines(&out), ["Scanner execution status: False"; 3]);
+    for id in targets.ids() {
+        check_target_files(&scan, id, false);
+        let json = scan.json(&format!("{id}/json"));
+        let text = json.to_string();
+        assert!(
+            text.contains(&format!("127.0.0.1:{port}")),
+            "the failure names the server: {text}"
+        );
+    }
+    check_environment(&scan, &targets, Some(&url));
+}
+
+#[test]
+fn atomic_scan_without_server_registers_nothing() {
+    let targets = Targets::new("noserver");
+    let (_atomic_d, config) = installed_config();
+    let scan = Scan::new(&targets.ids());
+    // SERVER not in the caller's environment: atomic passes `-e SERVER=`.
+    let out = scan.run(
+        &config,
+        &env(&[("IMAGE_NAME", "it-img-target-noserver:1")]),
+        &["--network", "host"],
+    );
+    // No server is not a failure of the scan: the labels are read and checked, and each
+    // result says that nothing was registered and how to give a server.
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(status_lines(&out), ["Scanner execution status: True"; 3]);
+    for id in targets.ids() {
+        check_target_files(&scan, id, true);
+        let json = scan.json(&format!("{id}/json"));
+        let summary = json["Custom"]["Summary"].as_str().unwrap_or_default();
+        assert!(
+            summary.contains("nothing was registered") && summary.contains("SERVER"),
+            "{json}"
+        );
+        let legacy = scan.json(&format!("{id}/analytics_scanner_results.json"));
+        assert_eq!(legacy["Summary"], summary);
+    }
+    check_environment(&scan, &targets, None);
+}
+
+#[test]
+fn atomic_scan_resolves_the_server_by_name_inside_the_image() {
+    let targets = Targets::new("byname");
+    let (_atomic_d, config) = installed_config();
+    let server = RecordingServer::analytics_ok();
+    let url = format!("http://analytics.test:{}/tracker", server.addr.port());
+    let scan = Scan::new(&[&targets.image]);
+    // The name exists only in the container's /etc/hosts, which the runtime writes: glibc's
+    // NSS is not in the image, so this proves the binary's own resolver reads it.
+    let out = scan.run(
+        &config,
+        &env(&[("IMAGE_NAME", "it-img-target-byname:1"), ("SERVER", &url)]),
+        &[
+            "--network",
+            "host",
+            "--add-host",
+            "analytics.test:127.0.0.1",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(status_lines(&out), ["Scanner execution status: True"]);
+    let requests = server.requests();
+    assert_eq!(requests.len(), 1);
+    // The path inside SERVER is kept as a prefix; the Host header names the server.
+    assert_eq!(requests[0].path, "/tracker/api/v1/register");
+    assert_eq!(
+        requests[0].header("host"),
+        Some(format!("analytics.test:{}", server.addr.port()))
+    );
+    assert_eq!(requests[0].json()["git-sha"], "46e443d");
+    check_target_files(&scan, &targets.image, true);
 }
 
 #[test]
