@@ -700,3 +700,77 @@ fn atomic_expands_unset_variables_to_empty() {
         ["a", "b c", "d\"e", "f g"]
     );
 }
+
+/// The README's CI recipe: the image run directly, no atomic, an empty `/scanin` so that
+/// `IMAGE_NAME` names the one target, the token handed over by name only (`-e SERVER_TOKEN`,
+/// so it is not on the command line) and `--exit-code` failing the job.
+#[test]
+fn the_image_runs_directly_in_a_ci_job() {
+    let targets = Targets::new("ci");
+    let server = RecordingServer::analytics_ok();
+    let dirs = temp("ci");
+    let (scanin, scanout) = (dirs.path().join("scanin"), dirs.path().join("scanout"));
+    std::fs::create_dir_all(&scanin).unwrap();
+    std::fs::create_dir_all(&scanout).unwrap();
+    let sock = std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
+        .unwrap_or_else(|| "/var/run/docker.sock".into());
+    let ci_run = |server_url: &str, scanout: &Path| {
+        let mut cmd = Command::new("docker");
+        cmd.args(["run", "--rm", "--network", "host", "-v"])
+            .arg(format!("{sock}:/var/run/docker.sock"))
+            .arg("-v")
+            .arg(format!("{}:/scanin", scanin.display()))
+            .arg("-v")
+            .arg(format!("{}:/scanout", scanout.display()))
+            .args(["-e", "IMAGE_NAME=it-img-target-ci:1", "-e"])
+            .arg(format!("SERVER={server_url}"))
+            .args(["-e", "SERVER_TOKEN", TAG])
+            .args(["/imagetrail", "scan", "register", "--exit-code", "3"])
+            .env("SERVER_TOKEN", "s3cret-token");
+        run(&mut cmd)
+    };
+
+    let out = ci_run(&server.url(), &scanout);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(status_lines(&out), ["Scanner execution status: True"]);
+    let requests = server.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        requests[0].header("authorization").as_deref(),
+        Some("Bearer s3cret-token")
+    );
+    assert_eq!(requests[0].json()["git-sha"], "46e443d");
+    let json = scan_json_files(&scanout);
+    assert_eq!(json.len(), 1);
+    assert_eq!(json[0]["Successful"], "true");
+
+    // The server down: the job fails with the exit code asked for, the results are written.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let scanout_down = dirs.path().join("scanout-down");
+    std::fs::create_dir_all(&scanout_down).unwrap();
+    let out = ci_run(&format!("http://127.0.0.1:{port}"), &scanout_down);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(status_lines(&out), ["Scanner execution status: False"]);
+    let json = scan_json_files(&scanout_down);
+    assert_eq!(json.len(), 1);
+    assert_eq!(json[0]["Successful"], "false");
+    drop(targets);
+}
+
+/// Every `<dir>/json` under a `/scanout`.
+fn scan_json_files(scanout: &Path) -> Vec<serde_json::Value> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(scanout).unwrap() {
+        let path = entry.unwrap().path().join("json");
+        if path.is_file() {
+            found.push(serde_json::from_str(&read(&path)).unwrap());
+        }
+    }
+    found
+}
