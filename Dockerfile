@@ -8,7 +8,7 @@
 #
 #   From a static binary built on the host, with no pull at all (every stage up to
 #   `from-host` is FROM scratch, so the classic builder never needs a base image):
-#     RUSTFLAGS='-C target-feature=+crt-static' cargo build --locked --release --target x86_64-unknown-linux-gnu
+#     RUSTFLAGS='-C target-feature=+crt-static' cargo build --locked --profile image --target x86_64-unknown-linux-gnu
 #     .ci/image-rootfs                  # -> dist/rootfs: imagetrail, busybox, sh, CA bundle
 #     DOCKER_BUILDKIT=0 docker build --target from-host -t scanner-analytics-integration \
 #       --build-arg GIT_SHA=$(git rev-parse HEAD) --build-arg CREATED=$(date -u +%Y-%m-%dT%H:%M:%SZ) .
@@ -71,8 +71,8 @@ COPY tests tests
 COPY .ci/image-rootfs .ci/image-rootfs
 # --target keeps +crt-static off build scripts and proc macros (they must stay dynamic).
 RUN RUSTFLAGS='-C target-feature=+crt-static' \
-    cargo build --locked --release --target x86_64-unknown-linux-gnu \
- && sh .ci/image-rootfs target/x86_64-unknown-linux-gnu/release/imagetrail /rootfs
+    cargo build --locked --profile image --target x86_64-unknown-linux-gnu \
+ && sh .ci/image-rootfs target/x86_64-unknown-linux-gnu/image/imagetrail /rootfs
 
 # ---- from-source (default): the final image from the build stage ---------------------------
 FROM common AS from-source

@@ -2,6 +2,8 @@
 # Scanner image size: build scanner-analytics-integration the host way (static binary +
 # .ci/image-rootfs + `docker build --target from-host`, as tests/it/image.rs does) and report
 # its size beside baselines measured in the same run:
+#   - the same static binary built with the plain release profile (what profile `image`,
+#     opt-level s + fat LTO + one codegen unit, saves),
 #   - the static imagetrail binary alone (the floor for any image that ships it),
 #   - a FROM scratch image holding only that binary (what the CA bundle, busybox and config add),
 #   - the parts: busybox-static and the CA bundle.
@@ -18,13 +20,18 @@ floor_tag=it-img-bench-binary-only:size
 work=$(mktemp -d /tmp/it-img-bench-XXXXXX)
 trap 'rm -rf "$work"; docker rmi -f "$tag" "$floor_tag" >/dev/null 2>&1 || true' EXIT
 
+static_build() {
+  RUSTFLAGS='-C target-feature=+crt-static' \
+    cargo build --locked --profile "$1" --target x86_64-unknown-linux-gnu --bin imagetrail \
+      --target-dir target/static >&2
+}
 bin=${IMAGETRAIL_STATIC_BIN:-}
 if [ -z "$bin" ]; then
-  RUSTFLAGS='-C target-feature=+crt-static' \
-    cargo build --locked --release --target x86_64-unknown-linux-gnu --bin imagetrail \
-      --target-dir target/static >&2
-  bin=target/static/x86_64-unknown-linux-gnu/release/imagetrail
+  static_build image
+  bin=target/static/x86_64-unknown-linux-gnu/image/imagetrail
 fi
+static_build release
+release_bin=target/static/x86_64-unknown-linux-gnu/release/imagetrail
 
 # The scanner image, from exactly the files the Dockerfile's from-host path uses.
 cp Dockerfile .dockerignore scanner-config install.sh "$work/"
@@ -44,6 +51,7 @@ img() { docker image inspect --format '{{.Size}}' "$1"; }
 mb() { awk -v b="$1" 'BEGIN { printf "%.2f MB", b / 1000000 }'; }
 
 bin_size=$(size "$bin")
+release_size=$(size "$release_bin")
 busybox_size=$(size "$work/dist/rootfs/bin/busybox")
 ca_size=$(size "$work/dist/rootfs/etc/ssl/certs/ca-certificates.crt")
 floor_size=$(img "$floor_tag")
@@ -52,7 +60,8 @@ target=20000000
 
 echo "| what | bytes | size |"
 echo "|---|---:|---:|"
-echo "| static \`imagetrail\` binary alone (baseline) | $bin_size | $(mb "$bin_size") |"
+echo "| static \`imagetrail\`, profile \`release\` (baseline) | $release_size | $(mb "$release_size") |"
+echo "| static \`imagetrail\`, profile \`image\`: the binary alone (baseline) | $bin_size | $(mb "$bin_size") |"
 echo "| image with only the binary (baseline) | $floor_size | $(mb "$floor_size") |"
 echo "| busybox-static (\`sh\`, \`cp\` for install.sh) | $busybox_size | $(mb "$busybox_size") |"
 echo "| CA bundle | $ca_size | $(mb "$ca_size") |"

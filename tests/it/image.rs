@@ -390,6 +390,7 @@ impl Scan {
 /// Targets of a scan: a labelled image, a container of it with labels of its own, and the
 /// scanner image itself (which carries its own labels).
 struct Targets {
+    tag: String,
     image: String,
     container: String,
     scanner: String,
@@ -409,6 +410,7 @@ impl Targets {
         );
         let container = docker::create_container(&tag, &[("git-sha", "a1b2c3d4")]);
         Targets {
+            tag,
             image,
             container,
             scanner: scanner_image::scanner_image().to_string(),
@@ -424,6 +426,9 @@ impl Drop for Targets {
     fn drop(&mut self) {
         let _ = Command::new("docker")
             .args(["rm", "-f", &self.container])
+            .output();
+        let _ = Command::new("docker")
+            .args(["rmi", "-f", &self.tag])
             .output();
     }
 }

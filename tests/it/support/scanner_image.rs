@@ -20,7 +20,7 @@ pub const GIT_SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 /// The `org.opencontainers.image.created` label the test build gives the image.
 pub const CREATED: &str = "2026-11-23T12:00:00Z";
 
-/// A static-pie `imagetrail`: `IMAGETRAIL_STATIC_BIN` when `.ci/run` built one, else built
+/// A static-pie `imagetrail` (Cargo profile `image`, as the Dockerfile builds it): `IMAGETRAIL_STATIC_BIN` when `.ci/run` built one, else built
 /// here with cargo into `target/static` (its own target dir: the outer `cargo test` holds
 /// the lock on `target/`). Never skipped: a failure to build fails the test.
 pub fn static_binary() -> &'static Path {
@@ -46,7 +46,8 @@ pub fn static_binary() -> &'static Path {
             .args([
                 "build",
                 "--locked",
-                "--release",
+                "--profile",
+                "image",
                 "--target",
                 "x86_64-unknown-linux-gnu",
                 "--bin",
@@ -62,7 +63,7 @@ pub fn static_binary() -> &'static Path {
             status.success(),
             "cargo build of the static imagetrail failed"
         );
-        target_dir.join("x86_64-unknown-linux-gnu/release/imagetrail")
+        target_dir.join("x86_64-unknown-linux-gnu/image/imagetrail")
     })
 }
 
