@@ -12,6 +12,8 @@ pub struct Podman {
     pub dir: tempfile::TempDir,
     /// The API socket.
     pub socket: PathBuf,
+    /// The service process (it exits by itself when idle).
+    _service: Option<std::process::Child>,
 }
 
 impl Podman {
@@ -57,14 +59,20 @@ pub fn podman() -> &'static Podman {
             .tempdir()
             .unwrap();
         let socket = dir.path().join("podman.sock");
-        let p = Podman { dir, socket };
-        p.podman()
+        let mut p = Podman {
+            dir,
+            socket,
+            _service: None,
+        };
+        let child = p
+            .podman()
             .args(["system", "service", "--time", "60"])
             .arg(format!("unix://{}", p.socket.display()))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start podman system service");
+        p._service = Some(child);
         wait_for(&p.socket);
         p
     })
