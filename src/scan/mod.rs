@@ -94,9 +94,12 @@ async fn run(
     let client = settings.client().map_err(Error::from)?;
     // IMAGE_NAME names the image in payloads only for the target that is that image.
     let image_name_id = match &settings.image_name {
+        // A name the engine rejects or does not know only means no target is named by it.
         Some(name) => engine
             .image(name)
-            .await?
+            .await
+            .ok()
+            .flatten()
             .and_then(|i| i.id)
             .map(|id| crate::engine::strip_sha(&id)),
         None => None,
