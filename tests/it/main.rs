@@ -3,4 +3,6 @@
 //! the `docker-registry` from Debian and HTTP servers on loopback.
 
 mod image;
+mod scan;
+mod scan_faults;
 mod support;

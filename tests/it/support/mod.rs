@@ -5,6 +5,9 @@
 pub mod atomic;
 pub mod docker;
 pub mod http;
+pub mod podman;
+pub mod proxy;
+pub mod scan;
 pub mod scanner_image;
 
 use std::path::Path;
