@@ -366,11 +366,23 @@ impl Scan {
         env: &BTreeMap<String, String>,
         extra: &[&str],
     ) -> Output {
+        self.run_type(config, None, env, extra)
+    }
+
+    /// The same with `atomic scan --scan_type T`.
+    fn run_type(
+        &self,
+        config: &ScannerConfig,
+        scan_type: Option<&str>,
+        env: &BTreeMap<String, String>,
+        extra: &[&str],
+    ) -> Output {
         let mut config = config.clone();
         // The test image's tag stands in for the default `scanner-analytics-integration`.
         assert_eq!(config.image_name, "scanner-analytics-integration");
         config.image_name = TAG.to_string();
-        let mut argv = atomic::scan_argv(&config, None, &self.scanin, &self.scanout, env, extra);
+        let mut argv =
+            atomic::scan_argv(&config, scan_type, &self.scanin, &self.scanout, env, extra);
         // The config mounts /var/run/docker.sock; when this machine's engine listens
         // elsewhere (DOCKER_HOST=unix://...), mount that socket at the same place inside.
         if let Some(sock) = std::env::var("DOCKER_HOST")
@@ -696,6 +708,46 @@ fn atomic_scan_resolves_the_server_by_name_inside_the_image() {
     );
     assert_eq!(requests[0].json()["git-sha"], "46e443d");
     check_target_files(&scan, &targets.image, true);
+}
+
+/// `--scan_type verify` picks the config's `verify` entry: labels checked with no network at
+/// all (`--network none`), each problem one `Results` entry of a successful scan.
+#[test]
+fn atomic_scan_type_verify_checks_labels_without_network() {
+    let bad = docker::build_image(
+        "it-img-target-verify:1",
+        &[
+            ("git-url", "https://github.com/example/app"),
+            ("git-sha", "xyz"),
+            ("email-ids", "not-an-address"),
+        ],
+    );
+    let scanner = scanner_image::scanner_image();
+    let (_atomic_d, config) = installed_config();
+    let scan = Scan::new(&[&bad, scanner]);
+    let out = scan.run_type(&config, Some("verify"), &env(&[]), &["--network", "none"]);
+    let _ = Command::new("docker")
+        .args(["rmi", "-f", "it-img-target-verify:1"])
+        .output();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(status_lines(&out), ["Scanner execution status: True"; 2]);
+
+    let json = scan.json(&format!("{bad}/json"));
+    assert_eq!(json["Scan Type"], "verify");
+    assert_eq!(json["Successful"], "true");
+    let problems: Vec<&str> = json["Results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["Custom"]["Label"].as_str().unwrap())
+        .collect();
+    assert_eq!(problems, ["git-sha", "email-ids"], "{json}");
+
+    // The scanner image's own labels pass its own checks.
+    let json = scan.json(&format!("{scanner}/json"));
+    assert_eq!(json["Scan Type"], "verify");
+    assert_eq!(json["Successful"], "true");
+    assert_eq!(json["Results"], serde_json::json!([]), "{json}");
 }
 
 #[test]
