@@ -69,10 +69,12 @@ COPY Cargo.toml Cargo.lock ./
 COPY src src
 COPY tests tests
 COPY .ci/image-rootfs .ci/image-rootfs
-# --target keeps +crt-static off build scripts and proc macros (they must stay dynamic).
-RUN RUSTFLAGS='-C target-feature=+crt-static' \
-    cargo build --locked --profile image --target x86_64-unknown-linux-gnu \
- && sh .ci/image-rootfs target/x86_64-unknown-linux-gnu/image/imagetrail /rootfs
+# --target (the builder's own triple, so arm64 builders work too) keeps +crt-static off
+# build scripts and proc macros, which must stay dynamic. Profile `image`: size-optimised.
+RUN target=$(rustc -vV | sed -n 's/^host: //p') \
+ && RUSTFLAGS='-C target-feature=+crt-static' \
+    cargo build --locked --profile image --target "$target" --bin imagetrail \
+ && sh .ci/image-rootfs "${CARGO_TARGET_DIR:-target}/$target/image/imagetrail" /rootfs
 
 # ---- from-source (default): the final image from the build stage ---------------------------
 FROM common AS from-source

@@ -836,3 +836,67 @@ fn scan_json_files(scanout: &Path) -> Vec<serde_json::Value> {
     }
     found
 }
+
+/// The from-source path cannot be built here (no `rust` image can be pulled), so its build
+/// step is run as written in the Dockerfile, on the host (the same Debian and toolchain
+/// family): it must build and stage the same rootfs the from-host path uses.
+#[test]
+fn dockerfile_source_stage_stages_the_same_rootfs() {
+    let dockerfile = read(&scanner_image::repo().join("Dockerfile"));
+    assert!(dockerfile.contains("FROM ${RUST_IMAGE} AS build"));
+    assert!(dockerfile.contains("FROM common AS from-source\nCOPY --from=build /rootfs/ /"));
+    let start = dockerfile
+        .find("RUN target=")
+        .expect("the build stage's RUN");
+    let end = start + dockerfile[start..].find("\n\n").unwrap();
+    let out_dir = temp("source-rootfs");
+    let rootfs = out_dir.path().join("rootfs");
+    let script = dockerfile[start + "RUN ".len()..end]
+        .replace(" /rootfs", &format!(" {}", rootfs.display()));
+    let out = run(Command::new("sh")
+        .args(["-c", &script])
+        .current_dir(scanner_image::repo())
+        .env(
+            "CARGO_TARGET_DIR",
+            scanner_image::repo().join("target").join("static"),
+        )
+        .env_remove("CARGO_ENCODED_RUSTFLAGS"));
+    assert!(out.status.success(), "the build stage's RUN failed");
+    let listing = |dir: &Path| {
+        let out = Command::new("find")
+            .arg(".")
+            .args(["-printf", "%p %y %m %l\n"])
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        lines
+    };
+    let host = temp("host-rootfs");
+    let staged = Command::new(scanner_image::repo().join(".ci/image-rootfs"))
+        .arg(scanner_image::static_binary())
+        .arg(host.path().join("rootfs"))
+        .output()
+        .unwrap();
+    assert!(staged.status.success());
+    assert_eq!(listing(&rootfs), listing(&host.path().join("rootfs")));
+    assert_eq!(
+        listing(&rootfs),
+        [
+            ". d 755 ",
+            "./bin d 755 ",
+            "./bin/busybox f 755 ",
+            "./bin/sh l 777 busybox",
+            "./etc d 755 ",
+            "./etc/ssl d 755 ",
+            "./etc/ssl/certs d 755 ",
+            "./etc/ssl/certs/ca-certificates.crt f 644 ",
+            "./imagetrail f 755 ",
+            "./tmp d 1777 ",
+        ]
+    );
+}
