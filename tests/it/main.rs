@@ -3,6 +3,9 @@
 //! the `docker-registry` from Debian and HTTP servers on loopback.
 
 mod deploy;
+mod image;
 mod registry;
 mod registry_access;
+mod scan;
+mod scan_faults;
 mod support;

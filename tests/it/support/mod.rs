@@ -2,9 +2,14 @@
 
 #![allow(dead_code)]
 
+pub mod atomic;
 pub mod docker;
 pub mod http;
+pub mod podman;
+pub mod proxy;
 pub mod registry;
+pub mod scan;
+pub mod scanner_image;
 
 use std::path::Path;
 use std::process::{Command, Output};
