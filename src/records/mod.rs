@@ -8,9 +8,13 @@
 //! `cluster/namespace` environments and repository-path apps cannot escape the state directory
 //! or collide. The CLI (`imagetrail deploy`, the queries) and the server use this module alone.
 
+mod history;
+mod names;
 pub mod query;
+mod yaml;
 
-use std::path::PathBuf;
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -49,6 +53,43 @@ pub enum RecordsError {
         /// What is wrong.
         message: String,
     },
+    /// The history's last entry is incomplete (an append was cut off); the entries before it
+    /// are intact and readable through [`Store::read_history`].
+    #[error("{0}")]
+    TornTail(TornTail),
+    /// The `name` is already used by the same repository under another app in the environment.
+    #[error(
+        "the name {name:?} is already used in environment {env:?} by app {other_app:?} for {repo}; \
+         a name must be unique per repository per environment: choose another --name"
+    )]
+    NameTaken {
+        /// The environment.
+        env: String,
+        /// The name.
+        name: String,
+        /// The repository.
+        repo: String,
+        /// The app that holds the name.
+        other_app: String,
+    },
+}
+
+pub use history::TornTail;
+
+/// A history as read: the whole entries, and the torn last entry if an append was cut off.
+#[derive(Debug, Clone)]
+pub struct HistoryRead {
+    /// Every whole entry, oldest first.
+    pub entries: Vec<Deployment>,
+    /// The incomplete last entry, reported with its line.
+    pub torn: Option<TornTail>,
+}
+
+/// What [`Store::record`] did besides writing the deployment.
+#[derive(Debug, Clone, Default)]
+pub struct Recorded {
+    /// A torn last entry found and moved to `deploy-history.yml.torn` before appending.
+    pub moved_torn_tail: Option<TornTail>,
 }
 
 /// A platform as in an OCI image index.
@@ -150,36 +191,165 @@ impl Store {
         &self.root
     }
 
+    fn env_dir(&self, env: &str) -> Result<PathBuf, RecordsError> {
+        Ok(self.root.join(names::encode("environment", env)?))
+    }
+
+    fn app_dir(&self, env: &str, app: &str) -> Result<PathBuf, RecordsError> {
+        Ok(self.env_dir(env)?.join(names::encode("app", app)?))
+    }
+
+    /// `<state>/<env>/<app>/deploy-info.yml` (names encoded, validated).
+    pub fn info_path(&self, env: &str, app: &str) -> Result<PathBuf, RecordsError> {
+        Ok(self.app_dir(env, app)?.join(INFO))
+    }
+
+    /// `<state>/<env>/<app>/deploy-history.yml` (names encoded, validated).
+    pub fn history_path(&self, env: &str, app: &str) -> Result<PathBuf, RecordsError> {
+        Ok(self.app_dir(env, app)?.join(HISTORY))
+    }
+
     /// Append `d` to the app's history (locked, flushed) and then replace its
     /// `deploy-info.yml` atomically. Refuses a duplicate `name` for the same repository in the
     /// same environment used by another app.
     pub fn record(&self, d: &Deployment) -> Result<(), RecordsError> {
-        let _ = d;
-        todo!("records::Store::record")
+        self.record_reporting(d).map(|_| ())
+    }
+
+    /// [`Store::record`], also saying whether a torn history tail was moved aside.
+    ///
+    /// Order and locks: an environment-wide lock (`<env>/.lock`) serialises deploys in one
+    /// environment, so the name check and the write are one step; the history file itself is
+    /// locked exclusively for the append (for any other writer). The history is appended
+    /// first: if the process dies before `deploy-info.yml` is replaced, the history still has
+    /// the deployment and `deploy-info.yml` still describes the previous one whole.
+    pub fn record_reporting(&self, d: &Deployment) -> Result<Recorded, RecordsError> {
+        let env = d.deployment.workspace.as_str();
+        let env_dir = self.env_dir(env)?;
+        let app_dir = self.app_dir(env, &d.app)?;
+        std::fs::create_dir_all(&app_dir).map_err(io_err(&app_dir))?;
+
+        let lock_path = env_dir.join(".lock");
+        let env_lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        env_lock.lock().map_err(io_err(&lock_path))?;
+
+        if let Some(name) = &d.deployment.name {
+            for other in self.apps(env)? {
+                if other == d.app {
+                    continue;
+                }
+                if let Some(o) = self.current(env, &other)?
+                    && o.deployment.name.as_deref() == Some(name.as_str())
+                    && o.image.repo == d.image.repo
+                {
+                    return Err(RecordsError::NameTaken {
+                        env: env.to_string(),
+                        name: name.clone(),
+                        repo: d.image.repo.clone(),
+                        other_app: other,
+                    });
+                }
+            }
+        }
+
+        // A hand-edited deploy-info.yml that no longer parses is refused, not overwritten.
+        let info_path = app_dir.join(INFO);
+        self.read_info(&info_path)?;
+
+        let history_path = app_dir.join(HISTORY);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&history_path)
+            .map_err(io_err(&history_path))?;
+        file.lock().map_err(io_err(&history_path))?;
+        let moved = history::append_locked(&file, &history_path, &yaml::history_entry(d))?;
+        file.unlock().map_err(io_err(&history_path))?;
+        drop(file);
+
+        write_atomically(&app_dir, &info_path, yaml::info(d).as_bytes())?;
+        Ok(Recorded {
+            moved_torn_tail: moved,
+        })
+    }
+
+    fn read_info(&self, path: &Path) -> Result<Option<Deployment>, RecordsError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(path)(e)),
+        };
+        yaml::parse::<yaml::InfoFile>(&text)
+            .map(|f| Some(f.into_deployment()))
+            .map_err(|(line, message)| RecordsError::Malformed {
+                path: path.to_path_buf(),
+                line,
+                message,
+            })
     }
 
     /// The current deployment of `app` in `env`, if any.
     pub fn current(&self, env: &str, app: &str) -> Result<Option<Deployment>, RecordsError> {
-        let _ = (env, app);
-        todo!("records::Store::current")
+        let mut d = self.read_info(&self.info_path(env, app)?)?;
+        if let Some(d) = &mut d {
+            // The directory is authoritative: the file lives where it lives.
+            d.app = app.to_string();
+            d.deployment.workspace = env.to_string();
+        }
+        Ok(d)
     }
 
     /// Every environment that has records, decoded, sorted.
     pub fn environments(&self) -> Result<Vec<String>, RecordsError> {
-        todo!("records::Store::environments")
+        list_dirs(&self.root)
     }
 
     /// Every app recorded in `env`, decoded, sorted.
     pub fn apps(&self, env: &str) -> Result<Vec<String>, RecordsError> {
-        let _ = env;
-        todo!("records::Store::apps")
+        let dir = self.env_dir(env)?;
+        let mut apps = list_dirs(&dir)?;
+        apps.retain(|a| {
+            let d = dir.join(names::encode("app", a).unwrap_or_default());
+            d.join(INFO).exists() || d.join(HISTORY).exists()
+        });
+        Ok(apps)
     }
 
     /// The whole history of `app` in `env`, oldest first. A torn last entry is an error with
     /// its line number.
     pub fn history(&self, env: &str, app: &str) -> Result<Vec<Deployment>, RecordsError> {
-        let _ = (env, app);
-        todo!("records::Store::history")
+        let read = self.read_history(env, app)?;
+        match read.torn {
+            Some(t) => Err(RecordsError::TornTail(t)),
+            None => Ok(read.entries),
+        }
+    }
+
+    /// The whole history of `app` in `env`, oldest first, with a torn last entry reported
+    /// beside the entries before it rather than as an error.
+    pub fn read_history(&self, env: &str, app: &str) -> Result<HistoryRead, RecordsError> {
+        let path = self.history_path(env, app)?;
+        let Some(file) = open_existing(&path)? else {
+            return Ok(HistoryRead {
+                entries: vec![],
+                torn: None,
+            });
+        };
+        let h = history::HistoryFile::new(&file, &path)?;
+        let torn = h.check_tail()?;
+        let end = torn.as_ref().map_or(h.len(), |t| t.offset);
+        let entries = h
+            .all(end)?
+            .into_iter()
+            .map(|e| to_deployment(app, e))
+            .collect();
+        Ok(HistoryRead { entries, torn })
     }
 
     /// What ran of `app` in `env` at `t`: the last deployment at or before `t`.
@@ -189,7 +359,102 @@ impl Store {
         app: &str,
         t: DateTime<Utc>,
     ) -> Result<Option<Deployment>, RecordsError> {
-        let _ = (env, app, t);
-        todo!("records::Store::at")
+        match self.at_reporting(env, app, t)? {
+            (_, Some(torn)) => Err(RecordsError::TornTail(torn)),
+            (d, None) => Ok(d),
+        }
+    }
+
+    /// [`Store::at`], with a torn last entry reported beside the answer (which then comes
+    /// from the whole entries before it).
+    ///
+    /// Cost: a bisection over byte offsets (entries are appended in time order), reading a
+    /// few kilobytes and parsing two entries (the answer and the last one), whatever the
+    /// length of the history.
+    pub fn at_reporting(
+        &self,
+        env: &str,
+        app: &str,
+        t: DateTime<Utc>,
+    ) -> Result<(Option<Deployment>, Option<TornTail>), RecordsError> {
+        let path = self.history_path(env, app)?;
+        let Some(file) = open_existing(&path)? else {
+            return Ok((None, None));
+        };
+        let h = history::HistoryFile::new(&file, &path)?;
+        let torn = h.check_tail()?;
+        let end = torn.as_ref().map_or(h.len(), |t| t.offset);
+        let found = match h.at(t, end)? {
+            Some(start) => Some(to_deployment(app, h.parse_entry(start)?)),
+            None => None,
+        };
+        Ok((found, torn))
     }
 }
+
+const INFO: &str = "deploy-info.yml";
+const HISTORY: &str = "deploy-history.yml";
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RecordsError + '_ {
+    move |source| RecordsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn to_deployment(app: &str, e: yaml::HistoryEntry) -> Deployment {
+    Deployment {
+        app: app.to_string(),
+        image: e.image,
+        deployment: e.deployment,
+    }
+}
+
+fn open_existing(path: &Path) -> Result<Option<File>, RecordsError> {
+    match File::open(path) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+/// Decoded names of the directories in `dir`, sorted; stray entries are skipped.
+fn list_dirs(dir: &Path) -> Result<Vec<String>, RecordsError> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    let mut out = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(io_err(dir))?;
+        if !entry.file_type().map_err(io_err(dir))?.is_dir() {
+            continue;
+        }
+        if let Some(name) = entry.file_name().to_str().and_then(names::decode) {
+            out.push(name);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Replace `path` with `bytes`: a temp file in the same directory, flushed, renamed over it,
+/// then the directory flushed so the rename survives a crash.
+fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), RecordsError> {
+    use std::io::Write;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".deploy-info.")
+        .tempfile_in(dir)
+        .map_err(io_err(dir))?;
+    tmp.write_all(bytes).map_err(io_err(tmp.path()))?;
+    tmp.as_file().sync_all().map_err(io_err(path))?;
+    tmp.persist(path).map_err(|e| io_err(path)(e.error))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

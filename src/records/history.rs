@@ -1,0 +1,358 @@
+//! `deploy-history.yml` at the byte level: entry boundaries, the torn-tail rule, appends and
+//! the point-in-time search.
+//!
+//! An entry starts with `- ` at column 0 (everything inside an entry is indented), so entry
+//! boundaries are found without parsing YAML. Entries are appended in time order, so "what ran
+//! at T" is a bisection over byte offsets that reads a few kilobytes whatever the history's
+//! length; only the entry returned (and the last entry, to detect a torn tail) is parsed.
+//!
+//! **Torn tail.** An append is one `write` of a whole entry ending with a blank line, so a crash
+//! can leave at most one incomplete entry, at the end. The last entry is *torn* when it does
+//! not parse (or lacks `event_id`, its last line) and the file does not end with the blank line
+//! every entry ends with. Readers report it with its line number and still return the entries
+//! before it. The next append, under the lock, moves the torn bytes to
+//! `deploy-history.yml.torn` (appended there with a comment saying where they came from) and
+//! cuts them off the history before writing, so no new entry is built on them and no byte of
+//! a complete entry is ever rewritten. A last entry that does not parse but ends with a blank
+//! line was edited by hand: it is reported as malformed and appends are refused until a person
+//! fixes it.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+
+use super::RecordsError;
+use super::yaml::{self, HistoryEntry};
+
+/// An incomplete last entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    /// The history file.
+    pub path: PathBuf,
+    /// 1-based line where the incomplete entry starts.
+    pub line: usize,
+    /// Byte offset where it starts.
+    pub offset: u64,
+}
+
+impl std::fmt::Display for TornTail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}: the last entry is incomplete (an append was cut off, e.g. by a crash); \
+             the entries before it are intact; the next deploy moves it to {}.torn",
+            self.path.display(),
+            self.line,
+            self.path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        )
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RecordsError + '_ {
+    move |source| RecordsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Random access to the history file by byte offset, through `pread`.
+pub struct HistoryFile<'a> {
+    file: &'a File,
+    path: &'a Path,
+    len: u64,
+}
+
+const CHUNK: usize = 16 * 1024;
+
+impl<'a> HistoryFile<'a> {
+    /// Wrap an open history file.
+    pub fn new(file: &'a File, path: &'a Path) -> Result<Self, RecordsError> {
+        let len = file.metadata().map_err(io_err(path))?.len();
+        Ok(HistoryFile { file, path, len })
+    }
+
+    /// File length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read(&self, off: u64, len: usize) -> Result<Vec<u8>, RecordsError> {
+        let len = len.min((self.len - off.min(self.len)) as usize);
+        let mut buf = vec![0u8; len];
+        self.file
+            .read_exact_at(&mut buf, off)
+            .map_err(io_err(self.path))?;
+        Ok(buf)
+    }
+
+    /// The first entry start at or after `pos`, if any.
+    pub fn next_start(&self, pos: u64) -> Result<Option<u64>, RecordsError> {
+        if pos == 0 && self.read(0, 2)? == b"- " {
+            return Ok(Some(0));
+        }
+        // Look for "\n- " whose "- " starts at or after pos.
+        let mut off = pos.saturating_sub(1);
+        while off < self.len {
+            let buf = self.read(off, CHUNK + 2)?;
+            let mut i = 0;
+            while i + 2 < buf.len() {
+                if buf[i] == b'\n' && buf[i + 1] == b'-' && buf[i + 2] == b' ' {
+                    let start = off + i as u64 + 1;
+                    if start >= pos {
+                        return Ok(Some(start));
+                    }
+                }
+                i += 1;
+            }
+            if buf.len() < CHUNK + 2 {
+                break;
+            }
+            off += CHUNK as u64;
+        }
+        Ok(None)
+    }
+
+    /// The last entry start strictly before `end`, if any, scanning backwards.
+    pub fn prev_start(&self, end: u64) -> Result<Option<u64>, RecordsError> {
+        let mut hi = end.min(self.len);
+        while hi > 0 {
+            let lo = hi.saturating_sub(CHUNK as u64);
+            // One byte before the chunk (to see the "\n") and two after (to see "- ").
+            let from = lo.saturating_sub(1);
+            let buf = self.read(from, (hi - from) as usize + 2)?;
+            for p in (lo..hi).rev() {
+                let i = (p - from) as usize;
+                if buf.get(i) == Some(&b'-')
+                    && buf.get(i + 1) == Some(&b' ')
+                    && (p == 0 || buf[i - 1] == b'\n')
+                {
+                    return Ok(Some(p));
+                }
+            }
+            hi = lo;
+        }
+        Ok(None)
+    }
+
+    /// The bytes of the entry starting at `start` (up to the next entry or the end).
+    pub fn entry_bytes(&self, start: u64) -> Result<(Vec<u8>, u64), RecordsError> {
+        let end = self.next_start(start + 1)?.unwrap_or(self.len);
+        Ok((self.read(start, (end - start) as usize)?, end))
+    }
+
+    /// 1-based line number of byte offset `off` (counts newlines: only used for messages).
+    pub fn line_of(&self, off: u64) -> Result<usize, RecordsError> {
+        let mut lines = 1usize;
+        let mut pos = 0u64;
+        while pos < off {
+            let buf = self.read(pos, CHUNK.min((off - pos) as usize))?;
+            if buf.is_empty() {
+                break;
+            }
+            lines += buf.iter().filter(|&&b| b == b'\n').count();
+            pos += buf.len() as u64;
+        }
+        Ok(lines)
+    }
+
+    /// The `deployed_at` of the entry at `start`, read from its `deployed_at:` line without a
+    /// YAML parser. `None` when the entry has no readable one (torn or hand-edited).
+    pub fn deployed_at(&self, start: u64) -> Result<Option<DateTime<Utc>>, RecordsError> {
+        let (bytes, _) = self.entry_bytes(start)?;
+        let text = String::from_utf8_lossy(&bytes);
+        for l in text.lines() {
+            let t = l.trim_start();
+            if let Some(v) = t.strip_prefix("deployed_at:") {
+                let v = v.trim().trim_matches(|c| c == '"' || c == '\'');
+                return Ok(DateTime::parse_from_rfc3339(v)
+                    .ok()
+                    .map(|d| d.with_timezone(&Utc)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Parse the entry at `start`; a problem is reported with its line in the file.
+    pub fn parse_entry(&self, start: u64) -> Result<HistoryEntry, RecordsError> {
+        let (bytes, _) = self.entry_bytes(start)?;
+        self.parse_bytes(start, &bytes)
+    }
+
+    fn parse_bytes(&self, start: u64, bytes: &[u8]) -> Result<HistoryEntry, RecordsError> {
+        let text = std::str::from_utf8(bytes).map_err(|_| RecordsError::Malformed {
+            path: self.path.to_path_buf(),
+            line: self.line_of(start).unwrap_or(0),
+            message: "the entry is not valid UTF-8".into(),
+        })?;
+        match yaml::parse::<Vec<HistoryEntry>>(text) {
+            Ok(mut v) if v.len() == 1 => Ok(v.remove(0)),
+            Ok(v) => Err(RecordsError::Malformed {
+                path: self.path.to_path_buf(),
+                line: self.line_of(start)?,
+                message: format!("expected one entry here, found {}", v.len()),
+            }),
+            Err((line, message)) => Err(RecordsError::Malformed {
+                path: self.path.to_path_buf(),
+                line: self.line_of(start)? + line - 1,
+                message,
+            }),
+        }
+    }
+
+    /// Check the last entry: `Ok(None)` when the file is empty or ends with a whole entry,
+    /// `Ok(Some(torn))` for a torn tail, `Err(Malformed)` for a hand-edited broken last entry
+    /// or text before the first entry that is not a comment.
+    pub fn check_tail(&self) -> Result<Option<TornTail>, RecordsError> {
+        let Some(last) = self.prev_start(self.len)? else {
+            let head = self.read(0, self.len as usize)?;
+            let text = String::from_utf8_lossy(&head);
+            if let Some((i, _)) = text
+                .lines()
+                .enumerate()
+                .find(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+            {
+                return Err(RecordsError::Malformed {
+                    path: self.path.to_path_buf(),
+                    line: i + 1,
+                    message: "expected a list entry starting with `- ` at column 0".into(),
+                });
+            }
+            return Ok(None);
+        };
+        let (bytes, _) = self.entry_bytes(last)?;
+        match self.parse_bytes(last, &bytes) {
+            Ok(_) => Ok(None),
+            Err(e) => {
+                if bytes.ends_with(b"\n\n") {
+                    Err(e)
+                } else {
+                    Ok(Some(TornTail {
+                        path: self.path.to_path_buf(),
+                        line: self.line_of(last)?,
+                        offset: last,
+                    }))
+                }
+            }
+        }
+    }
+
+    /// The last entry whose `deployed_at` is at or before `t`, among entries starting before
+    /// `end`, by bisection over byte offsets.
+    pub fn at(&self, t: DateTime<Utc>, end: u64) -> Result<Option<u64>, RecordsError> {
+        let (mut lo, mut hi) = (0u64, end);
+        let mut best = None;
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let Some(s) = self.next_start(mid)?.filter(|&s| s < hi) else {
+                hi = mid;
+                continue;
+            };
+            let Some(ts) = self.deployed_at(s)? else {
+                // No readable time: parse it to report what is wrong, with its line.
+                self.parse_entry(s)?;
+                return Err(RecordsError::Malformed {
+                    path: self.path.to_path_buf(),
+                    line: self.line_of(s)?,
+                    message: "the entry has no readable deployed_at".into(),
+                });
+            };
+            if ts <= t {
+                best = Some(s);
+                lo = s + 1;
+            } else {
+                hi = s;
+            }
+        }
+        Ok(best)
+    }
+
+    /// Parse every entry before `end`, in order. Returns the first malformed entry as an error.
+    pub fn all(&self, end: u64) -> Result<Vec<HistoryEntry>, RecordsError> {
+        let bytes = self.read(0, end as usize)?;
+        let mut starts = Vec::new();
+        let mut line_starts = Vec::new();
+        let mut line = 1usize;
+        if bytes.starts_with(b"- ") {
+            starts.push(0usize);
+            line_starts.push(1usize);
+        }
+        for i in 0..bytes.len() {
+            if bytes[i] == b'\n' {
+                line += 1;
+                if bytes.get(i + 1) == Some(&b'-') && bytes.get(i + 2) == Some(&b' ') {
+                    starts.push(i + 1);
+                    line_starts.push(line);
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(starts.len());
+        for (k, &s) in starts.iter().enumerate() {
+            let e = starts.get(k + 1).copied().unwrap_or(bytes.len());
+            let text = std::str::from_utf8(&bytes[s..e]).map_err(|_| RecordsError::Malformed {
+                path: self.path.to_path_buf(),
+                line: line_starts[k],
+                message: "the entry is not valid UTF-8".into(),
+            })?;
+            match yaml::parse::<Vec<HistoryEntry>>(text) {
+                Ok(v) => out.extend(v),
+                Err((l, message)) => {
+                    return Err(RecordsError::Malformed {
+                        path: self.path.to_path_buf(),
+                        line: line_starts[k] + l - 1,
+                        message,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Append one whole entry to the locked history file `file` (opened with `O_APPEND`).
+/// A torn tail is moved to `<path>.torn` and cut off first; a broken hand-edited last entry
+/// refuses the append. Returns the torn tail that was moved, if any.
+pub fn append_locked(
+    file: &File,
+    path: &Path,
+    entry: &str,
+) -> Result<Option<TornTail>, RecordsError> {
+    let h = HistoryFile::new(file, path)?;
+    let torn = h.check_tail()?;
+    let mut prefix = "";
+    if let Some(t) = &torn {
+        let bytes = h.read(t.offset, (h.len() - t.offset) as usize)?;
+        let torn_path = path.with_extension("yml.torn");
+        let mut aside = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&torn_path)
+            .map_err(io_err(&torn_path))?;
+        let header = format!(
+            "# cut from {} line {} on {} (an incomplete entry left by an interrupted append)\n",
+            path.display(),
+            t.line,
+            yaml::time(&Utc::now())
+        );
+        let mut saved = header.into_bytes();
+        saved.extend_from_slice(&bytes);
+        saved.extend_from_slice(b"\n\n");
+        aside.write_all(&saved).map_err(io_err(&torn_path))?;
+        aside.sync_data().map_err(io_err(&torn_path))?;
+        // Only the torn bytes go: every complete entry stays byte for byte.
+        file.set_len(t.offset).map_err(io_err(path))?;
+    } else if h.len() > 0 && h.read(h.len() - 1, 1)? != b"\n" {
+        // A whole last entry without its final newline (written by hand): start on a new line.
+        prefix = "\n";
+    }
+    let mut w = file;
+    let data = format!("{prefix}{entry}");
+    w.write_all(data.as_bytes()).map_err(io_err(path))?;
+    file.sync_data().map_err(io_err(path))?;
+    Ok(torn)
+}

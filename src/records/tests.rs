@@ -1,0 +1,303 @@
+//! Store behaviour on real files in a temp directory.
+
+use super::*;
+use chrono::TimeZone;
+
+fn dep(app: &str, env: &str, tag: &str, digest: &str, at: DateTime<Utc>) -> Deployment {
+    Deployment {
+        app: app.into(),
+        image: ImageRecord {
+            repo: "127.0.0.1:5000/team/hello".into(),
+            tag: Some(tag.into()),
+            digest: digest.into(),
+            index_digest: None,
+            platform: Platform::default(),
+            description: Some(
+                "add healthcheck + fix nginx proxy header: \"quoted\" # not a comment".into(),
+            ),
+            built_at: Some("2026-01-24T22:41:03Z".into()),
+            revision: Some("1f3a9c2".into()),
+            source: None,
+            title: None,
+        },
+        deployment: DeploymentRecord {
+            deployed_at: at,
+            deployed_by: "alice".into(),
+            workspace: env.into(),
+            name: None,
+            event_id: Uuid::now_v7(),
+        },
+    }
+}
+
+fn t(h: u32, m: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 25, h, m, 0).unwrap()
+}
+
+fn digest(n: u32) -> String {
+    format!("sha256:{n:064x}")
+}
+
+#[test]
+fn records_round_trip_in_the_seed_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    let a = dep("hello", "prod", "9c8e712", &digest(1), t(1, 10));
+    let b = dep("hello", "prod", "1f3a9c2", &digest(2), t(3, 0));
+    store.record(&a).unwrap();
+    store.record(&b).unwrap();
+    assert_eq!(store.current("prod", "hello").unwrap(), Some(b.clone()));
+    assert_eq!(
+        store.history("prod", "hello").unwrap(),
+        vec![a.clone(), b.clone()]
+    );
+    assert_eq!(store.environments().unwrap(), vec!["prod"]);
+    assert_eq!(store.apps("prod").unwrap(), vec!["hello"]);
+
+    let info = std::fs::read_to_string(dir.path().join("prod/hello/deploy-info.yml")).unwrap();
+    assert!(info.contains("app: \"hello\"\nworkspace: \"prod\"\n\nimage:\n  repo: \"127.0.0.1:5000/team/hello\"\n  tag: \"1f3a9c2\"\n"), "{info}");
+    assert!(
+        info.contains(
+            "\ndeployment:\n  deployed_at: \"2026-01-25T03:00:00Z\"\n  deployed_by: \"alice\"\n"
+        ),
+        "{info}"
+    );
+    let hist = std::fs::read_to_string(dir.path().join("prod/hello/deploy-history.yml")).unwrap();
+    assert!(
+        hist.starts_with(
+            "- image:\n    repo: \"127.0.0.1:5000/team/hello\"\n    tag: \"9c8e712\"\n"
+        ),
+        "{hist}"
+    );
+    assert!(hist.contains("\n  deployment:\n    deployed_at: \"2026-01-25T01:10:00Z\"\n    deployed_by: \"alice\"\n    workspace: \"prod\"\n"), "{hist}");
+    assert_eq!(hist.matches("\n- image:").count(), 1);
+}
+
+#[test]
+fn at_finds_the_last_deployment_at_or_before_t() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    let mut all = vec![];
+    for i in 0..50u32 {
+        let d = dep(
+            "hello",
+            "prod",
+            &format!("t{i}"),
+            &digest(i),
+            t(0, 0) + chrono::Duration::minutes(10 * i as i64),
+        );
+        store.record(&d).unwrap();
+        all.push(d);
+    }
+    assert_eq!(
+        store
+            .at("prod", "hello", t(0, 0) - chrono::Duration::seconds(1))
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store.at("prod", "hello", t(0, 0)).unwrap(),
+        Some(all[0].clone())
+    );
+    for (i, expected) in all.iter().enumerate() {
+        let exact = t(0, 0) + chrono::Duration::minutes(10 * i as i64);
+        assert_eq!(
+            store.at("prod", "hello", exact).unwrap().as_ref(),
+            Some(expected),
+            "exact {i}"
+        );
+        let between = exact + chrono::Duration::minutes(5);
+        assert_eq!(
+            store.at("prod", "hello", between).unwrap().as_ref(),
+            Some(expected),
+            "between {i}"
+        );
+    }
+    assert_eq!(store.at("prod", "other", t(5, 0)).unwrap(), None);
+}
+
+#[test]
+fn slash_names_are_stored_as_one_segment_and_listed_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    let d = dep("team/hello", "cluster/namespace", "a", &digest(1), t(1, 0));
+    store.record(&d).unwrap();
+    assert!(
+        dir.path()
+            .join("cluster%2Fnamespace/team%2Fhello/deploy-info.yml")
+            .is_file()
+    );
+    assert_eq!(store.environments().unwrap(), vec!["cluster/namespace"]);
+    assert_eq!(store.apps("cluster/namespace").unwrap(), vec!["team/hello"]);
+    assert_eq!(
+        store.current("cluster/namespace", "team/hello").unwrap(),
+        Some(d)
+    );
+    let bad = dep("x", "../etc", "a", &digest(1), t(1, 0));
+    assert!(matches!(
+        store.record(&bad),
+        Err(RecordsError::InvalidName { .. })
+    ));
+    let bad = dep("a/../../b", "prod", "a", &digest(1), t(1, 0));
+    assert!(matches!(
+        store.record(&bad),
+        Err(RecordsError::InvalidName { .. })
+    ));
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "nothing else was created"
+    );
+}
+
+#[test]
+fn a_name_is_unique_per_repository_per_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    let mut a = dep("web", "prod", "a", &digest(1), t(1, 0));
+    a.deployment.name = Some("frontend".into());
+    store.record(&a).unwrap();
+    let mut b = dep("web2", "prod", "b", &digest(2), t(2, 0));
+    b.deployment.name = Some("frontend".into());
+    let err = store.record(&b).unwrap_err();
+    assert!(matches!(err, RecordsError::NameTaken { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("already used in environment \"prod\" by app \"web\""),
+        "{err}"
+    );
+    assert!(!dir.path().join("prod/web2/deploy-history.yml").exists());
+    // Same app again, another environment, or another repository: fine.
+    let mut again = a.clone();
+    again.deployment.deployed_at = t(3, 0);
+    store.record(&again).unwrap();
+    b.deployment.workspace = "staging".into();
+    store.record(&b).unwrap();
+    let mut c = dep("other", "prod", "c", &digest(3), t(4, 0));
+    c.image.repo = "127.0.0.1:5000/team/other".into();
+    c.deployment.name = Some("frontend".into());
+    store.record(&c).unwrap();
+}
+
+#[test]
+fn a_torn_tail_is_reported_and_moved_aside_by_the_next_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    let a = dep("hello", "prod", "a", &digest(1), t(1, 0));
+    let b = dep("hello", "prod", "b", &digest(2), t(2, 0));
+    store.record(&a).unwrap();
+    store.record(&b).unwrap();
+    let path = dir.path().join("prod/hello/deploy-history.yml");
+    let whole = std::fs::read(&path).unwrap();
+    let entry_b = yaml::history_entry(&b);
+    let start_b = whole.len() - entry_b.len();
+    let line_b = whole[..start_b].iter().filter(|&&c| c == b'\n').count() + 1;
+    // Simulate a crash mid-write of b: keep a's entry and half of b's.
+    let cut = start_b + entry_b.len() / 2;
+    std::fs::write(&path, &whole[..cut]).unwrap();
+
+    let err = store.history("prod", "hello").unwrap_err();
+    assert!(
+        err.to_string().contains(&format!(
+            "deploy-history.yml:{line_b}: the last entry is incomplete"
+        )),
+        "{err}"
+    );
+    let read = store.read_history("prod", "hello").unwrap();
+    assert_eq!(read.entries, vec![a.clone()]);
+    assert_eq!(read.torn.as_ref().unwrap().line, line_b);
+    let (found, torn) = store.at_reporting("prod", "hello", t(5, 0)).unwrap();
+    assert_eq!(found, Some(a.clone()));
+    assert_eq!(torn.unwrap().line, line_b);
+
+    let c = dep("hello", "prod", "c", &digest(3), t(3, 0));
+    let rec = store.record_reporting(&c).unwrap();
+    assert_eq!(rec.moved_torn_tail.unwrap().line, line_b);
+    assert_eq!(
+        store.history("prod", "hello").unwrap(),
+        vec![a.clone(), c.clone()]
+    );
+    let after = std::fs::read(&path).unwrap();
+    assert_eq!(
+        &after[..start_b],
+        &whole[..start_b],
+        "a's bytes are untouched"
+    );
+    let aside =
+        std::fs::read_to_string(dir.path().join("prod/hello/deploy-history.yml.torn")).unwrap();
+    assert!(
+        aside.contains(std::str::from_utf8(&whole[start_b..cut]).unwrap()),
+        "{aside}"
+    );
+}
+
+#[test]
+fn a_hand_broken_info_file_is_reported_with_its_line_and_never_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    store
+        .record(&dep("hello", "prod", "a", &digest(1), t(1, 0)))
+        .unwrap();
+    let path = dir.path().join("prod/hello/deploy-info.yml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let broken = text.replace("  deployed_by: \"alice\"", "  deployed_by: [alice");
+    std::fs::write(&path, &broken).unwrap();
+    let line = broken.lines().position(|l| l.contains("[alice")).unwrap() + 1;
+    let err = store.current("prod", "hello").unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, RecordsError::Malformed { .. }), "{msg}");
+    assert!(msg.contains("deploy-info.yml:"), "{msg}");
+    let reported: usize = msg
+        .split("deploy-info.yml:")
+        .nth(1)
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        reported >= line && reported <= line + 2,
+        "line {reported} vs {line}: {msg}"
+    );
+    assert!(
+        store
+            .record(&dep("hello", "prod", "b", &digest(2), t(2, 0)))
+            .is_err()
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), broken);
+}
+
+#[test]
+fn a_hand_broken_middle_entry_is_reported_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    for i in 0..3 {
+        store
+            .record(&dep("hello", "prod", "a", &digest(i), t(1 + i, 0)))
+            .unwrap();
+    }
+    let path = dir.path().join("prod/hello/deploy-history.yml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let second = text.match_indices("- image:").nth(1).unwrap().0;
+    let mut broken = text.clone();
+    let tag_at = second + text[second..].find("tag: \"a\"").unwrap();
+    broken.replace_range(tag_at..tag_at + 8, "tag: \"a");
+    std::fs::write(&path, &broken).unwrap();
+    let line = broken[..tag_at].matches('\n').count() + 1;
+    let err = store.history("prod", "hello").unwrap_err().to_string();
+    assert!(err.contains("deploy-history.yml:"), "{err}");
+    let reported: usize = err
+        .split("deploy-history.yml:")
+        .nth(1)
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        reported >= line && reported <= line + 2,
+        "line {reported} vs {line}: {err}"
+    );
+}

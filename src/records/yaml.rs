@@ -1,0 +1,177 @@
+//! The two YAML shapes of seed `003` §6.1/§6.2, written by hand so the layout is exactly the
+//! seed's (blank line between sections and entries, optional fields left out) and read back
+//! with `serde-saphyr`.
+//!
+//! Every string is written double-quoted with YAML escapes, so no value (a description with a
+//! colon, a `#`, a newline, a control character) can change the structure of the file.
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::{Deployment, DeploymentRecord, ImageRecord};
+
+/// A YAML double-quoted scalar holding exactly `s`.
+pub fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            // YAML only allows printable characters in a scalar: escape the rest.
+            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{feff}') => {
+                let _ = write!(out, "\\u{:04X}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// RFC 3339 UTC with a `Z`, fractional seconds only when there are any.
+pub fn time(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+fn line(out: &mut String, indent: &str, key: &str, value: Option<&str>) {
+    if let Some(v) = value {
+        let _ = writeln!(out, "{indent}{key}: {}", quote(v));
+    }
+}
+
+fn image_block(out: &mut String, indent: &str, image: &ImageRecord) {
+    line(out, indent, "repo", Some(&image.repo));
+    line(out, indent, "tag", image.tag.as_deref());
+    line(out, indent, "digest", Some(&image.digest));
+    line(out, indent, "index_digest", image.index_digest.as_deref());
+    let _ = writeln!(out, "{indent}platform:");
+    let deeper = format!("{indent}  ");
+    line(out, &deeper, "os", Some(&image.platform.os));
+    line(
+        out,
+        &deeper,
+        "architecture",
+        Some(&image.platform.architecture),
+    );
+    line(out, &deeper, "variant", image.platform.variant.as_deref());
+    line(out, indent, "description", image.description.as_deref());
+    line(out, indent, "built_at", image.built_at.as_deref());
+    line(out, indent, "revision", image.revision.as_deref());
+    line(out, indent, "source", image.source.as_deref());
+    line(out, indent, "title", image.title.as_deref());
+}
+
+/// `deploy-info.yml`: the seed's §6.1 shape (`app`, `workspace`, `image`, `deployment`).
+pub fn info(d: &Deployment) -> String {
+    let mut out = String::with_capacity(1024);
+    out.push_str(
+        "# What runs now; imagetrail replaces this file on each deploy.\n\
+         # Every deployment, oldest first, is in deploy-history.yml next to it.\n",
+    );
+    line(&mut out, "", "app", Some(&d.app));
+    line(&mut out, "", "workspace", Some(&d.deployment.workspace));
+    out.push_str("\nimage:\n");
+    image_block(&mut out, "  ", &d.image);
+    out.push_str("\ndeployment:\n");
+    deployment_block(&mut out, "  ", &d.deployment, false);
+    out
+}
+
+fn deployment_block(out: &mut String, indent: &str, dep: &DeploymentRecord, workspace: bool) {
+    line(out, indent, "deployed_at", Some(&time(&dep.deployed_at)));
+    line(out, indent, "deployed_by", Some(&dep.deployed_by));
+    if workspace {
+        line(out, indent, "workspace", Some(&dep.workspace));
+    }
+    line(out, indent, "name", dep.name.as_deref());
+    // Last on purpose: an entry whose event_id line is complete was written whole.
+    line(out, indent, "event_id", Some(&dep.event_id.to_string()));
+}
+
+/// One `deploy-history.yml` entry (seed §6.2 shape), ending with a blank line. Written with a
+/// single `write` so a reader sees either nothing of it or a prefix of it.
+pub fn history_entry(d: &Deployment) -> String {
+    let mut out = String::with_capacity(1024);
+    out.push_str("- image:\n");
+    image_block(&mut out, "    ", &d.image);
+    out.push_str("\n  deployment:\n");
+    deployment_block(&mut out, "    ", &d.deployment, true);
+    out.push('\n');
+    out
+}
+
+/// `deploy-info.yml` as read back.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InfoFile {
+    pub app: String,
+    pub workspace: String,
+    pub image: ImageRecord,
+    pub deployment: InfoDeployment,
+}
+
+/// The `deployment:` section of `deploy-info.yml` (the workspace sits at the top level there).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InfoDeployment {
+    pub deployed_at: DateTime<Utc>,
+    pub deployed_by: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Optional on read so a hand-written file in the seed's shape is understood.
+    #[serde(default)]
+    pub event_id: Option<Uuid>,
+}
+
+impl InfoFile {
+    pub fn into_deployment(self) -> Deployment {
+        Deployment {
+            app: self.app,
+            image: self.image,
+            deployment: DeploymentRecord {
+                deployed_at: self.deployment.deployed_at,
+                deployed_by: self.deployment.deployed_by,
+                workspace: self.workspace,
+                name: self.deployment.name,
+                event_id: self.deployment.event_id.unwrap_or(Uuid::nil()),
+            },
+        }
+    }
+}
+
+/// One history entry as read back. `event_id` is required: it is the last line written, so
+/// its presence proves the entry is whole.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryEntry {
+    pub image: ImageRecord,
+    pub deployment: DeploymentRecord,
+}
+
+/// Parse YAML text; on failure, the 1-based line (within `text`) and a one-line message.
+pub fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, (usize, String)> {
+    serde_saphyr::from_str::<T>(text).map_err(|e| {
+        let inner = e.without_snippet();
+        let line = inner
+            .location()
+            .map(|l| l.line() as usize)
+            .filter(|&l| l > 0)
+            .unwrap_or(1);
+        let msg = inner.to_string();
+        // The rendered message may carry its own "at line X column Y" suffix and spans
+        // several lines; keep the first line, the caller adds file and line.
+        let msg = msg
+            .lines()
+            .next()
+            .unwrap_or("invalid YAML")
+            .trim()
+            .to_string();
+        (line, msg)
+    })
+}
