@@ -202,41 +202,30 @@ async fn write(
 }
 
 /// Atomist's rule: one repository deployed several times into one environment needs a distinct
-/// `image.name` for each instance.
+/// `image.name` for each instance. The store refuses a name another app already uses for the same
+/// repository ([`crate::records::RecordsError::NameTaken`]); this adds the other half: a request
+/// without a name for a repository that runs as named instances there.
 fn check_unique_name(store: &Store, d: &Deployment) -> Result<(), ApiError> {
+    if d.deployment.name.is_some() {
+        return Ok(());
+    }
     let env = &d.deployment.workspace;
     for app in store.apps(env)? {
         if app == d.app {
             continue;
         }
-        let Some(other) = store.current(env, &app)? else {
-            continue;
-        };
-        if other.image.repo != d.image.repo {
-            continue;
-        }
-        match (&d.deployment.name, &other.deployment.name) {
-            (Some(mine), Some(theirs)) if mine == theirs => {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "duplicate-name",
-                    format!(
-                        "image.name {mine:?} is already used by app {app:?} for {} in environment {env:?}; each instance of a repository in one environment needs its own image.name",
-                        d.image.repo
-                    ),
-                ));
-            }
-            (None, Some(theirs)) => {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "name-required",
-                    format!(
-                        "{} runs in environment {env:?} as named instances (e.g. {theirs:?}); send image.name to say which instance this deployment is",
-                        d.image.repo
-                    ),
-                ));
-            }
-            _ => {}
+        if let Some(other) = store.current(env, &app)?
+            && other.image.repo == d.image.repo
+            && let Some(theirs) = &other.deployment.name
+        {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "name-required",
+                format!(
+                    "{} runs in environment {env:?} as named instances (e.g. {theirs:?}); send image.name to say which instance this deployment is",
+                    d.image.repo
+                ),
+            ));
         }
     }
     Ok(())

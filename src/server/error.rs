@@ -95,8 +95,17 @@ impl From<crate::records::RecordsError> for ApiError {
                     format!("the stored records cannot be read: {err}"),
                 )
             }
-            #[allow(unreachable_patterns)]
-            _ => ApiError::internal("cannot read or write the deployment records", &err),
+            RecordsError::NameTaken { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "duplicate-name", err.to_string())
+            }
+            RecordsError::TornTail(_) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "torn-history",
+                err.to_string(),
+            ),
+            RecordsError::Io { .. } => {
+                ApiError::internal("cannot read or write the deployment records", &err)
+            }
         }
     }
 }

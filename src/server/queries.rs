@@ -115,26 +115,42 @@ pub async fn deployments(
             None => store.environments()?,
         };
         let mut out: Vec<Deployment> = Vec::new();
+        let mut warnings = Vec::new();
         for env in envs {
             let apps = match &app_filter {
                 Some(a) => vec![a.clone()],
                 None => store.apps(&env)?,
             };
             for app in apps {
-                match at {
-                    Some(t) => out.extend(store.at(&env, &app, t)?),
-                    None => out.extend(store.history(&env, &app)?),
-                }
+                // A torn last entry (a crash during an append) does not hide the whole
+                // entries before it: they are answered, and the torn one is named.
+                let torn = match at {
+                    Some(t) => {
+                        let (found, torn) = store.at_reporting(&env, &app, t)?;
+                        out.extend(found);
+                        torn
+                    }
+                    None => {
+                        let read = store.read_history(&env, &app)?;
+                        out.extend(read.entries);
+                        read.torn
+                    }
+                };
+                warnings.extend(torn.map(|t| t.to_string()));
             }
         }
         out.sort_by(|a, b| {
             (a.deployment.deployed_at, a.deployment.event_id)
                 .cmp(&(b.deployment.deployed_at, b.deployment.event_id))
         });
-        Ok(out)
+        Ok((out, warnings))
     })
     .await?;
+    let (list, warnings) = list;
     let mut answer = json!({"deployments": list});
+    if !warnings.is_empty() {
+        answer["warnings"] = json!(warnings);
+    }
     if let Some(t) = at {
         answer["at"] = json!(t);
     }
