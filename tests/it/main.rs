@@ -3,4 +3,5 @@
 //! the `docker-registry` from Debian and HTTP servers on loopback.
 
 mod server;
+mod server_admission;
 mod support;
