@@ -4,4 +4,5 @@
 
 mod server;
 mod server_admission;
+mod server_crash;
 mod support;
