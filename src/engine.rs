@@ -1,19 +1,505 @@
 //! The container engine (Docker or Podman) behind its socket: endpoint resolution, API version
-//! negotiation, and read-only inspection. The scanner never creates, changes or deletes anything.
+//! negotiation, and read-only inspection. The scanner never creates, changes or deletes anything:
+//! every request this module sends is a GET (`/_ping`, `/version`, `/info`, `/containers/{id}/json`,
+//! `/images/{id}/json`), because operators hand a root-equivalent socket to a plug-in.
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::errors::Error as BollardError;
+use bollard::models::{ContainerInspectResponse, ImageInspect};
 use thiserror::Error;
+
+/// How long the first contact with the engine may take before we call it unreachable.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Seconds any later engine request may take (bollard counts whole seconds).
+const REQUEST_TIMEOUT_SECS: u64 = 30;
+
+/// The hint every "no engine" message ends with.
+const MOUNT_HINT: &str = "mount the engine socket into the scanner (-v /var/run/docker.sock:/var/run/docker.sock), or point --host / DOCKER_HOST / CONTAINER_HOST at it (for Podman: `systemctl enable --now podman.socket`, or `podman system service`)";
 
 /// What can go wrong talking to the engine.
 #[derive(Debug, Error)]
 pub enum EngineError {
-    /// No engine answered at the endpoint.
+    /// No socket exists at any of the places we look.
+    #[error("no container engine socket found (tried {tried}); {hint}", hint = MOUNT_HINT)]
+    NoSocket {
+        /// The paths tried, comma-separated.
+        tried: String,
+    },
+    /// The endpoint names a scheme we cannot talk to.
     #[error(
-        "cannot reach the container engine at {endpoint}: {reason}; mount the socket (-v /var/run/docker.sock:/var/run/docker.sock) or set DOCKER_HOST"
+        "unsupported engine endpoint {endpoint:?}: use unix:///path/to/docker.sock or tcp://127.0.0.1:2375"
     )]
+    Unsupported {
+        /// The endpoint given.
+        endpoint: String,
+    },
+    /// No engine answered at the endpoint.
+    #[error("cannot reach the container engine at {endpoint}: {reason}; {hint}", hint = MOUNT_HINT)]
     Unreachable {
         /// The endpoint tried.
         endpoint: String,
         /// Why it failed.
         reason: String,
     },
+    /// Neither a container nor an image has this id or name.
+    #[error(
+        "no container or image {what:?} on the engine at {endpoint}; check the name for typos, or pull or load the image first"
+    )]
+    NotFound {
+        /// The id or name looked up.
+        what: String,
+        /// The engine asked.
+        endpoint: String,
+    },
+    /// The engine answered a request with an error.
+    #[error("the container engine at {endpoint} failed {request}: {reason}")]
+    Request {
+        /// The engine asked.
+        endpoint: String,
+        /// The request, e.g. `GET /images/x/json`.
+        request: String,
+        /// What it said.
+        reason: String,
+    },
+}
+
+/// Where the engine listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A Unix socket path.
+    Unix(PathBuf),
+    /// A plain TCP address `host:port` (no TLS).
+    Tcp(String),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Unix(p) => write!(f, "unix://{}", p.display()),
+            Endpoint::Tcp(a) => write!(f, "tcp://{a}"),
+        }
+    }
+}
+
+impl Endpoint {
+    /// Parse `unix:///path`, `unix:/path` (Podman's spelling), `/path`, `tcp://h:p` or `http://h:p`.
+    pub fn parse(text: &str) -> Result<Endpoint, EngineError> {
+        let unsupported = || EngineError::Unsupported {
+            endpoint: text.to_string(),
+        };
+        if let Some(rest) = text.strip_prefix("unix://") {
+            return Ok(Endpoint::Unix(PathBuf::from(rest)));
+        }
+        if let Some(rest) = text.strip_prefix("unix:") {
+            return Ok(Endpoint::Unix(PathBuf::from(rest)));
+        }
+        if text.starts_with('/') {
+            return Ok(Endpoint::Unix(PathBuf::from(text)));
+        }
+        for scheme in ["tcp://", "http://"] {
+            if let Some(rest) = text.strip_prefix(scheme) {
+                let addr = rest.trim_end_matches('/');
+                if addr.is_empty() {
+                    return Err(unsupported());
+                }
+                return Ok(Endpoint::Tcp(addr.to_string()));
+            }
+        }
+        Err(unsupported())
+    }
+}
+
+/// Choose the endpoint: `--host` > `DOCKER_HOST` > `CONTAINER_HOST` > `/var/run/docker.sock` >
+/// Podman's rootful socket > Podman's rootless sockets. `env` reads a variable (empty = unset),
+/// `exists` tells whether a socket path exists; both are parameters so the order is unit-tested.
+pub fn resolve_endpoint(
+    flag: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+    exists: &dyn Fn(&Path) -> bool,
+) -> Result<Endpoint, EngineError> {
+    let given = flag
+        .map(str::to_string)
+        .filter(|s| !s.trim().is_empty())
+        .or_else(|| env("DOCKER_HOST"))
+        .or_else(|| env("CONTAINER_HOST"));
+    if let Some(text) = given {
+        return Endpoint::parse(text.trim());
+    }
+    let mut candidates = vec![
+        PathBuf::from("/var/run/docker.sock"),
+        PathBuf::from("/run/podman/podman.sock"),
+    ];
+    if let Some(xdg) = env("XDG_RUNTIME_DIR") {
+        candidates.push(Path::new(&xdg).join("podman/podman.sock"));
+    }
+    if let Some(uid) = env("UID") {
+        candidates.push(PathBuf::from(format!("/run/user/{uid}/podman/podman.sock")));
+    }
+    match candidates.iter().find(|p| exists(p)) {
+        Some(p) => Ok(Endpoint::Unix(p.clone())),
+        None => Err(EngineError::NoSocket {
+            tried: candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    }
+}
+
+/// What kind of object a target turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A container (its own config labels are read).
+    Container,
+    /// An image.
+    Image,
+}
+
+impl Kind {
+    /// `container` or `image`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Container => "container",
+            Kind::Image => "image",
+        }
+    }
+}
+
+/// One inspected target: a container (with the image it runs) or an image.
+#[derive(Debug, Clone)]
+pub struct Object {
+    /// Container or image.
+    pub kind: Kind,
+    /// The object's full id without `sha256:`.
+    pub id: String,
+    /// The object's own labels (a container's config labels, or the image's).
+    pub labels: HashMap<String, String>,
+    /// The container inspect, for a container.
+    pub container: Option<ContainerInspectResponse>,
+    /// The image inspect: the image itself, or the image a container runs (when still present).
+    pub image: Option<ImageInspect>,
+}
+
+impl Object {
+    /// The image's id without `sha256:` (for a container, the image it was created from).
+    pub fn image_id(&self) -> Option<String> {
+        match (&self.image, &self.container) {
+            (Some(i), _) => i.id.as_deref().map(strip_sha),
+            (None, Some(c)) => c.image.as_deref().map(strip_sha),
+            _ => None,
+        }
+    }
+
+    /// `RepoTags` of the image.
+    pub fn repo_tags(&self) -> Vec<String> {
+        self.image
+            .as_ref()
+            .and_then(|i| i.repo_tags.clone())
+            .unwrap_or_default()
+    }
+
+    /// `RepoDigests` of the image (`repo@sha256:...`).
+    pub fn repo_digests(&self) -> Vec<String> {
+        self.image
+            .as_ref()
+            .and_then(|i| i.repo_digests.clone())
+            .unwrap_or_default()
+    }
+
+    /// The image name a container was created with (`Config.Image`).
+    pub fn container_image_name(&self) -> Option<String> {
+        self.container
+            .as_ref()
+            .and_then(|c| c.config.as_ref())
+            .and_then(|c| c.image.clone())
+            .filter(|s| !s.is_empty())
+    }
+}
+
+/// `sha256:abc` → `abc`.
+pub fn strip_sha(id: &str) -> String {
+    id.strip_prefix("sha256:").unwrap_or(id).to_string()
+}
+
+/// A connected, version-negotiated engine client.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    docker: Docker,
+    endpoint: Endpoint,
+}
+
+impl Engine {
+    /// Connect, ping within [`PING_TIMEOUT`] and negotiate the API version (Docker 20.10's 1.41,
+    /// Podman's compat API and newer engines all answer `/version`).
+    pub async fn connect(endpoint: Endpoint) -> Result<Engine, EngineError> {
+        let unreachable = |reason: String| EngineError::Unreachable {
+            endpoint: endpoint.to_string(),
+            reason,
+        };
+        let docker = match &endpoint {
+            Endpoint::Unix(path) => Docker::connect_with_unix(
+                &path.to_string_lossy(),
+                REQUEST_TIMEOUT_SECS,
+                bollard::API_DEFAULT_VERSION,
+            ),
+            Endpoint::Tcp(addr) => {
+                Docker::connect_with_http(addr, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+            }
+        }
+        .map_err(|e| match e {
+            BollardError::SocketNotFoundError(p) => unreachable(format!("{p} does not exist")),
+            other => unreachable(other.to_string()),
+        })?
+        // bollard sends no User-Agent of its own; engines log this one.
+        .with_request_modifier(|mut req| {
+            req.headers_mut().insert(
+                http::header::USER_AGENT,
+                http::HeaderValue::from_static(concat!("imagetrail/", env!("CARGO_PKG_VERSION"))),
+            );
+            req
+        });
+        // `negotiate_version` is a GET /version; the timeout makes a hung socket a quick,
+        // clear error instead of a 30 s wait.
+        let docker = match tokio::time::timeout(PING_TIMEOUT, docker.negotiate_version()).await {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => return Err(unreachable(e.to_string())),
+            Err(_) => {
+                return Err(unreachable(format!(
+                    "no answer within {} s",
+                    PING_TIMEOUT.as_secs()
+                )));
+            }
+        };
+        tracing::debug!(%endpoint, version = ?docker.client_version(), "engine connected");
+        Ok(Engine { docker, endpoint })
+    }
+
+    /// The endpoint this engine was reached at.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    fn request_error(&self, request: String, e: BollardError) -> EngineError {
+        EngineError::Request {
+            endpoint: self.endpoint.to_string(),
+            request,
+            reason: e.to_string(),
+        }
+    }
+
+    /// `GET /info`, as JSON.
+    pub async fn info(&self) -> Result<serde_json::Value, EngineError> {
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(|e| self.request_error("GET /info".into(), e))?;
+        Ok(serde_json::to_value(info).unwrap_or_default())
+    }
+
+    /// `GET /images/{name}/json`; `None` when the engine has no such image.
+    pub async fn image(&self, name: &str) -> Result<Option<ImageInspect>, EngineError> {
+        match self.docker.inspect_image(name).await {
+            Ok(i) => Ok(Some(i)),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(self.request_error(format!("GET /images/{name}/json"), e)),
+        }
+    }
+
+    /// `GET /containers/{name}/json`; `None` when the engine has no such container.
+    pub async fn container(
+        &self,
+        name: &str,
+    ) -> Result<Option<ContainerInspectResponse>, EngineError> {
+        match self.docker.inspect_container(name, None).await {
+            Ok(c) => Ok(Some(c)),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(self.request_error(format!("GET /containers/{name}/json"), e)),
+        }
+    }
+
+    /// Resolve an id or name: container first then image (as atomic does), or image first
+    /// when `images_first` (names given on the command line are images).
+    pub async fn resolve(&self, what: &str, images_first: bool) -> Result<Object, EngineError> {
+        let order = if images_first {
+            [Kind::Image, Kind::Container]
+        } else {
+            [Kind::Container, Kind::Image]
+        };
+        for kind in order {
+            match kind {
+                Kind::Container => {
+                    if let Some(c) = self.container(what).await? {
+                        let labels = c
+                            .config
+                            .as_ref()
+                            .and_then(|c| c.labels.clone())
+                            .unwrap_or_default();
+                        // The image a container runs gives the digest and tags; it may have
+                        // been removed since, which is not an error for the container.
+                        let image = match c.image.as_deref() {
+                            Some(img) if !img.is_empty() => self.image(img).await?,
+                            _ => None,
+                        };
+                        return Ok(Object {
+                            kind,
+                            id: strip_sha(c.id.as_deref().unwrap_or(what)),
+                            labels,
+                            container: Some(c),
+                            image,
+                        });
+                    }
+                }
+                Kind::Image => {
+                    if let Some(i) = self.image(what).await? {
+                        let labels = i
+                            .config
+                            .as_ref()
+                            .and_then(|c| c.labels.clone())
+                            .unwrap_or_default();
+                        return Ok(Object {
+                            kind,
+                            id: strip_sha(i.id.as_deref().unwrap_or(what)),
+                            labels,
+                            container: None,
+                            image: Some(i),
+                        });
+                    }
+                }
+            }
+        }
+        Err(EngineError::NotFound {
+            what: what.to_string(),
+            endpoint: self.endpoint.to_string(),
+        })
+    }
+}
+
+/// Strip `sha256:` from the values of `Id`, `Parent`, `Image` and `ImageID` and from lists made
+/// only of `sha256:` strings, at any depth, as atomic's client wrapper does (`iter_subs`).
+pub fn strip_sha_fields(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                match v {
+                    Value::String(s)
+                        if matches!(k.as_str(), "Id" | "Parent" | "Image" | "ImageID") =>
+                    {
+                        if let Some(rest) = s.strip_prefix("sha256:") {
+                            *s = rest.to_string();
+                        }
+                    }
+                    _ => strip_sha_fields(v),
+                }
+            }
+        }
+        Value::Array(items) => {
+            let all_sha = !items.is_empty()
+                && items
+                    .iter()
+                    .all(|i| i.as_str().is_some_and(|s| s.starts_with("sha256:")));
+            for item in items.iter_mut() {
+                if all_sha {
+                    if let Value::String(s) = item {
+                        *s = s["sha256:".len()..].to_string();
+                    }
+                } else {
+                    strip_sha_fields(item);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+                .filter(|v| !v.is_empty())
+        }
+    }
+
+    #[test]
+    fn flag_beats_docker_host_beats_container_host() {
+        let env = env_of(&[
+            ("DOCKER_HOST", "unix:///d.sock"),
+            ("CONTAINER_HOST", "unix:/c.sock"),
+        ]);
+        let yes = |_: &Path| true;
+        assert_eq!(
+            resolve_endpoint(Some("tcp://127.0.0.1:2375"), &env, &yes).unwrap(),
+            Endpoint::Tcp("127.0.0.1:2375".into())
+        );
+        assert_eq!(
+            resolve_endpoint(None, &env, &yes).unwrap(),
+            Endpoint::Unix("/d.sock".into())
+        );
+        let env = env_of(&[("DOCKER_HOST", ""), ("CONTAINER_HOST", "unix:/c.sock")]);
+        assert_eq!(
+            resolve_endpoint(Some(""), &env, &yes).unwrap(),
+            Endpoint::Unix("/c.sock".into())
+        );
+    }
+
+    #[test]
+    fn docker_socket_before_podman_sockets() {
+        let env = env_of(&[("XDG_RUNTIME_DIR", "/run/user/1000"), ("UID", "1000")]);
+        let only = |want: &'static str| move |p: &Path| p == Path::new(want);
+        assert_eq!(
+            resolve_endpoint(None, &env, &|_| true).unwrap(),
+            Endpoint::Unix("/var/run/docker.sock".into())
+        );
+        assert_eq!(
+            resolve_endpoint(None, &env, &only("/run/podman/podman.sock")).unwrap(),
+            Endpoint::Unix("/run/podman/podman.sock".into())
+        );
+        assert_eq!(
+            resolve_endpoint(None, &env, &only("/run/user/1000/podman/podman.sock")).unwrap(),
+            Endpoint::Unix("/run/user/1000/podman/podman.sock".into())
+        );
+        let err = resolve_endpoint(None, &env, &|_| false).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("/var/run/docker.sock:/var/run/docker.sock"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_schemes() {
+        assert!(matches!(
+            Endpoint::parse("ssh://host"),
+            Err(EngineError::Unsupported { .. })
+        ));
+    }
+
+    #[test]
+    fn strips_sha_like_atomic() {
+        let mut v = serde_json::json!({"Id": "sha256:aa", "Config": {"Image": "sha256:bb", "Labels": {"x": "sha256:keep"}},
+            "RootFS": {"Layers": ["sha256:1", "sha256:2"]}, "RepoDigests": ["r@sha256:3"]});
+        strip_sha_fields(&mut v);
+        assert_eq!(
+            v,
+            serde_json::json!({"Id": "aa", "Config": {"Image": "bb", "Labels": {"x": "sha256:keep"}},
+            "RootFS": {"Layers": ["1", "2"]}, "RepoDigests": ["r@sha256:3"]})
+        );
+    }
 }

@@ -2,6 +2,8 @@
 //! library's server on 127.0.0.1:0) against real parts: the Docker engine, Podman's socket,
 //! the `docker-registry` from Debian and HTTP servers on loopback.
 
+mod scan;
+mod scan_faults;
 mod server;
 mod server_admission;
 mod server_crash;

@@ -4,6 +4,9 @@
 
 pub mod docker;
 pub mod http;
+pub mod podman;
+pub mod proxy;
+pub mod scan;
 
 use std::path::Path;
 use std::process::{Command, Output};
