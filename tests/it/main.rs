@@ -7,4 +7,5 @@ mod scan_faults;
 mod server;
 mod server_admission;
 mod server_crash;
+mod server_scanner;
 mod support;
