@@ -65,6 +65,36 @@ struct PlatformBody {
     variant: Option<String>,
 }
 
+/// Answers given to deployments that carried an `Idempotency-Key` (the scanner and
+/// `imagetrail deploy` retry with the same key), so a retry whose first attempt was stored but
+/// not answered is not recorded twice. Kept in memory for the newest [`IDEMPOTENCY_KEYS`] keys.
+#[derive(Default)]
+pub struct Idempotency {
+    inner: Mutex<(HashMap<String, Value>, std::collections::VecDeque<String>)>,
+}
+
+/// How many idempotency keys the server remembers.
+pub const IDEMPOTENCY_KEYS: usize = 100_000;
+
+impl Idempotency {
+    fn get(&self, key: &str) -> Option<Value> {
+        self.inner.lock().expect("idempotency").0.get(key).cloned()
+    }
+
+    fn put(&self, key: String, answer: Value) {
+        let mut guard = self.inner.lock().expect("idempotency");
+        let (map, order) = &mut *guard;
+        if map.insert(key.clone(), answer).is_none() {
+            order.push_back(key);
+            if order.len() > IDEMPOTENCY_KEYS
+                && let Some(old) = order.pop_front()
+            {
+                map.remove(&old);
+            }
+        }
+    }
+}
+
 /// Serialises the name-uniqueness check and the write per environment, so two concurrent
 /// requests cannot both pass the check. Different environments do not wait for each other.
 #[derive(Default)]
@@ -96,6 +126,18 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     // Authentication first: an unauthenticated client learns nothing about the body rules.
     let key_label = super::auth::require(state.config.api_keys.as_ref(), &headers)?;
+    let idempotency_key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .map(|k| format!("{key_label} {k}"));
+    if let Some(answer) = idempotency_key
+        .as_deref()
+        .and_then(|k| state.idempotency.get(k))
+    {
+        return Ok((StatusCode::CREATED, Json(answer)));
+    }
     let body: Body = json_body(&headers, body, ContentType::Json)?;
     let image = body.image.ok_or_else(|| {
         ApiError::bad_request(
@@ -145,9 +187,7 @@ pub async fn create(
         },
     };
     let deployment = record(&state, deployment).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
+    let answer = json!({
             "success": true,
             "summary": format!(
                 "recorded {}@{} as {} in {}",
@@ -157,8 +197,11 @@ pub async fn create(
                 deployment.deployment.workspace
             ),
             "deployment": deployment,
-        })),
-    ))
+    });
+    if let Some(key) = idempotency_key {
+        state.idempotency.put(key, answer.clone());
+    }
+    Ok((StatusCode::CREATED, Json(answer)))
 }
 
 /// Check the name rule and write `deployment`, one environment at a time. Shared with the

@@ -86,6 +86,7 @@ pub(crate) struct AppState {
     pub(crate) store: Store,
     pub(crate) analytics: analytics::AnalyticsLog,
     pub(crate) env_locks: deployments::EnvLocks,
+    pub(crate) idempotency: deployments::Idempotency,
 }
 
 /// `imagetrail serve`: bind `--listen`, serve until SIGTERM or SIGINT, then finish the requests
@@ -160,6 +161,7 @@ pub async fn run(
         config,
         analytics,
         env_locks: Default::default(),
+        idempotency: Default::default(),
     });
     let app = router(state.clone());
     let addr = listener.local_addr()?;

@@ -796,3 +796,28 @@ async fn graceful_shutdown_returns_and_unknown_paths_are_json_404() {
     assert_eq!(r.status(), 405);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_retried_deployment_with_the_same_idempotency_key_is_recorded_once() {
+    let server = TestServer::start(|_| {}).await;
+    let body = json!({"image": {"url": format!("registry.example.com/team/app@{}", digest(9))}});
+    let send = || {
+        client()
+            .post(server.at("/api/v1/deployments"))
+            .bearer_auth(KEY)
+            .header("idempotency-key", "it-srv-deploy-1")
+            .json(&body)
+            .send()
+    };
+    let a: Value = send().await.unwrap().json().await.unwrap();
+    let b: Value = send().await.unwrap().json().await.unwrap();
+    assert_eq!(a, b);
+    assert_eq!(
+        server
+            .store()
+            .history("deployed", "team/app")
+            .unwrap()
+            .len(),
+        1
+    );
+}
