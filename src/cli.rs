@@ -204,6 +204,12 @@ pub struct DeployArgs {
     /// Platform os/arch[/variant] chosen from a multi-platform index.
     #[arg(long, env = "IMAGETRAIL_PLATFORM", default_value = "linux/amd64")]
     pub platform: String,
+    /// Refuse a tag: the image must be named by digest (the pipeline deploys what it tested).
+    #[arg(long, env = "IMAGETRAIL_REQUIRE_DIGEST")]
+    pub require_digest: bool,
+    /// Record a deployment that happened earlier (backfill; RFC 3339 or "YYYY-MM-DD HH:MM" local); it must be newer than the last one recorded.
+    #[arg(long, env = "IMAGETRAIL_DEPLOYED_AT")]
+    pub deployed_at: Option<String>,
     /// Tracking endpoints to POST the Atomist-compatible body to (repeatable).
     #[arg(long = "endpoint", env = "IMAGETRAIL_ENDPOINT", value_delimiter = ',')]
     pub endpoints: Vec<String>,

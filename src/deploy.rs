@@ -1,10 +1,277 @@
 //! The deploy job: resolve the reference to a digest, read the build metadata, write the
 //! records, notify the tracking endpoints.
+//!
+//! Nothing is written before the registry has confirmed the digest: a tag is resolved (an
+//! index gives both its own digest and the platform manifest's), a digest is fetched and
+//! hashed, and an unknown one is refused.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
 
 use crate::cli::DeployArgs;
+use crate::error::Error;
 use crate::exit::ExitCode;
+use crate::records::{Deployment, DeploymentRecord, ImageRecord, Platform, RecordsError, Store};
+use crate::registry::{self, Client, ClientOptions, Reference, Resolved};
+use crate::terminal::sanitize;
+
+/// The OCI label keys the record keeps.
+pub const DESCRIPTION: &str = "org.opencontainers.image.description";
+/// Build time label.
+pub const CREATED: &str = "org.opencontainers.image.created";
+/// Git revision label.
+pub const REVISION: &str = "org.opencontainers.image.revision";
+/// Source URL label.
+pub const SOURCE: &str = "org.opencontainers.image.source";
+/// Title label.
+pub const TITLE: &str = "org.opencontainers.image.title";
+
+/// A registry client from the CLI's registry options.
+pub fn client(opts: &crate::cli::RegistryOpts) -> anyhow::Result<Client> {
+    Ok(Client::new(ClientOptions {
+        insecure: opts.insecure_registries.clone(),
+        docker_config: opts.docker_config.clone(),
+    })?)
+}
+
+/// A usage error for records names, so `..` and empty names exit 2.
+pub fn usage_if_name(e: RecordsError) -> anyhow::Error {
+    match e {
+        RecordsError::InvalidName { .. } => Error::Usage(e.to_string()).into(),
+        other => Error::Records(other).into(),
+    }
+}
+
+/// The image part of a record from a resolved reference (labels capped for storage).
+pub fn image_record(resolved: &Resolved) -> ImageRecord {
+    let label = |k: &str| {
+        resolved
+            .labels
+            .get(k)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+            .map(|v| {
+                crate::terminal::cap(v, crate::terminal::MAX_VALUE_BYTES)
+                    .0
+                    .to_string()
+            })
+    };
+    ImageRecord {
+        repo: resolved.reference.repo(),
+        tag: resolved.reference.tag.clone(),
+        digest: resolved.digest.clone(),
+        index_digest: resolved.index_digest.clone(),
+        platform: resolved.platform.clone(),
+        description: label(DESCRIPTION),
+        built_at: label(CREATED).or_else(|| resolved.config.created.clone()),
+        revision: label(REVISION),
+        source: label(SOURCE),
+        title: label(TITLE),
+    }
+}
 
 /// `imagetrail deploy`.
-pub async fn run(_args: DeployArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("deploy is not implemented yet")
+pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
+    let reference = Reference::parse(&args.image).map_err(|e| Error::Usage(e.to_string()))?;
+    if args.require_digest && reference.digest.is_none() {
+        return Err(Error::Usage(format!(
+            "{} names a tag, but --require-digest asks for a digest (tags move): \
+             deploy {}@sha256:<digest>, e.g. the digest `docker push` printed",
+            args.image,
+            reference.repo()
+        ))
+        .into());
+    }
+    let platform = registry::parse_platform(&args.platform).map_err(Error::Usage)?;
+    let app = args
+        .app
+        .clone()
+        .filter(|a| !a.is_empty())
+        .or_else(|| args.name.clone().filter(|n| !n.is_empty()))
+        .unwrap_or_else(|| reference.path.clone());
+    let store = Store::new(&args.state.state_dir);
+    // Check the names before any network call, so a bad --env fails fast and writes nothing.
+    store.info_path(&args.env, &app).map_err(usage_if_name)?;
+    let deployed_at = match &args.deployed_at {
+        Some(t) => crate::records::query::parse_time(t).map_err(Error::Usage)?,
+        None => now_secs(),
+    };
+    let by = args
+        .by
+        .clone()
+        .filter(|b| !b.is_empty())
+        .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| "unknown".into());
+    let api_key = match &args.api_key_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| {
+                    Error::Usage(format!("cannot read the API key file {}: {e}", p.display()))
+                })?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+
+    let client = client(&args.registry)?;
+    let resolved = client.resolve(&reference, &platform).await?;
+
+    let image = image_record(&resolved);
+    let deployment = Deployment {
+        app: app.clone(),
+        image,
+        deployment: DeploymentRecord {
+            deployed_at,
+            deployed_by: by,
+            workspace: args.env.clone(),
+            name: args.name.clone().filter(|n| !n.is_empty()),
+            event_id: Uuid::now_v7(),
+        },
+    };
+    if args.deployed_at.is_some()
+        && let Some(cur) = store.current(&args.env, &app).map_err(usage_if_name)?
+        && cur.deployment.deployed_at > deployed_at
+    {
+        return Err(Error::Usage(format!(
+            "--deployed-at {} is before the last recorded deployment of {app} in {} ({}); \
+             the history is kept in time order, so only later deployments can be added",
+            crate::records::query::show_time(&deployed_at),
+            args.env,
+            crate::records::query::show_time(&cur.deployment.deployed_at)
+        ))
+        .into());
+    }
+    let recorded = store
+        .record_reporting(&deployment)
+        .map_err(|e| anyhow::Error::from(Error::Records(e)))
+        .context("nothing was recorded")?;
+    if let Some(t) = &recorded.moved_torn_tail {
+        eprintln!(
+            "imagetrail: warning: {}:{}: an incomplete entry (an earlier append was cut off) was moved to {}.torn before this deployment was added",
+            t.path.display(),
+            t.line,
+            t.path.display()
+        );
+    }
+    print_deployed(&deployment);
+
+    let mut failed = false;
+    for endpoint in &args.endpoints {
+        if endpoint.is_empty() {
+            continue;
+        }
+        match notify(endpoint, api_key.as_deref(), &deployment).await {
+            Ok(status) => println!("notified {endpoint}: HTTP {status}"),
+            Err(e) => {
+                failed = true;
+                eprintln!(
+                    "imagetrail: error: the deployment is recorded, but notifying {endpoint} failed: {e:#}"
+                );
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::Failure
+    } else {
+        ExitCode::Success
+    })
+}
+
+fn now_secs() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now)
+}
+
+fn print_deployed(d: &Deployment) {
+    let i = &d.image;
+    println!(
+        "deployed {}{} to {} as {} ({})",
+        sanitize(&i.repo),
+        i.tag
+            .as_deref()
+            .map(|t| format!(":{}", sanitize(t)))
+            .unwrap_or_default(),
+        crate::records::query::where_label(&d.deployment.workspace, &d.app),
+        i.digest,
+        registry::platform_string(&i.platform),
+    );
+    if let Some(idx) = &i.index_digest {
+        println!("  index     {idx}");
+    }
+    if let Some(b) = &i.built_at {
+        println!("  built     {}", sanitize(b));
+    }
+    if let Some(r) = &i.revision {
+        println!("  revision  {}", sanitize(r));
+    }
+    if let Some(desc) = &i.description {
+        println!("  about     {}", sanitize(desc));
+    }
+    println!(
+        "  by        {} at {}",
+        sanitize(&d.deployment.deployed_by),
+        crate::records::query::show_time(&d.deployment.deployed_at)
+    );
+}
+
+/// The Atomist-compatible body: `image.url` pinned by the digest that runs, the platform,
+/// the environment and the optional name.
+pub fn atomist_body(d: &Deployment) -> serde_json::Value {
+    let mut image = serde_json::json!({ "url": format!("{}@{}", d.image.repo, d.image.digest) });
+    if let Some(n) = &d.deployment.name {
+        image["name"] = n.clone().into();
+    }
+    let mut platform = serde_json::json!({
+        "os": d.image.platform.os,
+        "architecture": d.image.platform.architecture,
+    });
+    if let Some(v) = &d.image.platform.variant {
+        platform["variant"] = v.clone().into();
+    }
+    serde_json::json!({
+        "image": image,
+        "environment": { "name": d.deployment.workspace },
+        "platform": platform,
+    })
+}
+
+async fn notify(endpoint: &str, key: Option<&str>, d: &Deployment) -> anyhow::Result<u16> {
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .user_agent(concat!("imagetrail/", env!("CARGO_PKG_VERSION")))
+        .build()?;
+    let mut rb = http
+        .post(endpoint)
+        .header("content-type", "application/json")
+        .body(atomist_body(d).to_string());
+    if let Some(k) = key.filter(|k| !k.is_empty()) {
+        rb = rb.header("authorization", format!("Bearer {k}"));
+    }
+    let resp = rb.send().await.context("the request failed")?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(status.as_u16());
+    }
+    let body = resp.text().await.unwrap_or_default();
+    let said = serde_json::from_str::<HashMap<String, serde_json::Value>>(&body)
+        .ok()
+        .and_then(|m| {
+            ["error", "summary", "message"]
+                .iter()
+                .find_map(|k| m.get(*k).and_then(|v| v.as_str()).map(str::to_string))
+        })
+        .unwrap_or(body);
+    let (said, _) = crate::terminal::cap(said.trim(), 500);
+    anyhow::bail!("HTTP {status}: {}", sanitize(said))
+}
+
+/// The platform a record runs on, as text.
+pub fn platform_text(p: &Platform) -> String {
+    registry::platform_string(p)
 }

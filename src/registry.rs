@@ -1173,6 +1173,25 @@ mod tests {
     }
 
     #[test]
+    fn https_unless_loopback_or_marked_insecure() {
+        let c = Client::new(ClientOptions {
+            insecure: vec!["build.internal:5000".into()],
+            docker_config: None,
+        })
+        .unwrap();
+        assert_eq!(
+            c.base("registry.example.com"),
+            "https://registry.example.com"
+        );
+        assert_eq!(c.base("docker.io"), "https://registry-1.docker.io");
+        assert_eq!(c.base("127.0.0.1:5000"), "http://127.0.0.1:5000");
+        assert_eq!(c.base("[::1]:5000"), "http://[::1]:5000");
+        assert_eq!(c.base("localhost:5000"), "http://localhost:5000");
+        assert_eq!(c.base("build.internal:5000"), "http://build.internal:5000");
+        assert_eq!(c.base("build.internal:5001"), "https://build.internal:5001");
+    }
+
+    #[test]
     fn parses_bearer_challenges() {
         let m = parse_challenge(
             r#"Bearer realm="https://auth.example/token",service="reg",scope="repository:a/b:pull,push""#,

@@ -2,6 +2,9 @@
 //! library's server on 127.0.0.1:0) against real parts: the Docker engine, Podman's socket,
 //! the `docker-registry` from Debian and HTTP servers on loopback.
 
+mod deploy;
+mod registry;
+mod registry_access;
 mod scan;
 mod scan_faults;
 mod server;

@@ -6,6 +6,7 @@ pub mod docker;
 pub mod http;
 pub mod podman;
 pub mod proxy;
+pub mod registry;
 pub mod scan;
 
 use std::path::Path;

@@ -1,0 +1,894 @@
+//! `imagetrail deploy` and the queries over its records, against the real docker-registry on
+//! 127.0.0.1 with images the tests push.
+
+use std::path::Path;
+use std::process::Output;
+
+use crate::support::http::{RecordingServer, Reply};
+use crate::support::registry::{oci_labels, shared, unique_repo};
+use crate::support::{imagetrail, read, run, stderr, stdout};
+
+/// `imagetrail ARGS --state-dir STATE` with TZ fixed, so local times are known.
+pub fn it(state: &Path, args: &[&str]) -> Output {
+    let mut cmd = imagetrail();
+    cmd.args(args)
+        .arg("--state-dir")
+        .arg(state)
+        .env("TZ", "Europe/Amsterdam")
+        .env("USER", "ci-runner");
+    run(&mut cmd)
+}
+
+fn state() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("it-dep").tempdir().unwrap()
+}
+
+#[test]
+fn deploy_single_platform_image_pushed_by_docker() {
+    let reg = shared();
+    let repo = unique_repo("docker");
+    let image = format!("{}/{repo}:1f3a9c2", reg.addr);
+    crate::support::docker::build_image(
+        &image,
+        &oci_labels(
+            "2026-01-24T22:41:03Z",
+            "1f3a9c2",
+            "add healthcheck + fix nginx proxy header",
+        ),
+    );
+    let pushed = crate::support::docker::docker(&["push", &image]);
+    let digest = pushed
+        .split_whitespace()
+        .find(|w| w.starts_with("sha256:"))
+        .expect("docker push prints the digest")
+        .to_string();
+    crate::support::docker::docker(&["rmi", &image]);
+
+    let st = state();
+    let out = it(
+        st.path(),
+        &[
+            "deploy", "--app", "hello", "--env", "prod", "--image", &image, "--by", "alice",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let so = stdout(&out);
+    assert!(
+        so.contains(&format!(
+            "deployed {image} to hello in prod as {digest} (linux/amd64)"
+        )),
+        "{so}"
+    );
+    assert!(so.contains("built     2026-01-24T22:41:03Z"), "{so}");
+
+    let info = read(&st.path().join("prod/hello/deploy-info.yml"));
+    assert!(
+        info.contains("app: \"hello\"\nworkspace: \"prod\"\n"),
+        "{info}"
+    );
+    assert!(
+        info.contains(&format!(
+            "  repo: \"{}/{repo}\"\n  tag: \"1f3a9c2\"\n  digest: \"{digest}\"\n",
+            reg.addr
+        )),
+        "{info}"
+    );
+    assert!(info.contains("  description: \"add healthcheck + fix nginx proxy header\"\n  built_at: \"2026-01-24T22:41:03Z\"\n  revision: \"1f3a9c2\"\n"), "{info}");
+    assert!(info.contains("  deployed_by: \"alice\"\n"), "{info}");
+    assert!(!info.contains("index_digest"), "single platform: {info}");
+    let hist = read(&st.path().join("prod/hello/deploy-history.yml"));
+    assert!(hist.starts_with("- image:\n"), "{hist}");
+    assert!(
+        hist.contains(&format!("    digest: \"{digest}\"\n")),
+        "{hist}"
+    );
+    assert!(hist.contains("    workspace: \"prod\"\n"), "{hist}");
+
+    let out = it(st.path(), &["status"]);
+    let so = stdout(&out);
+    assert!(so.starts_with("ENV   APP    TAG      DIGEST"), "{so}");
+    assert!(
+        so.contains(&format!("prod  hello  1f3a9c2  {}", &digest[..19])),
+        "{so}"
+    );
+    assert!(so.contains("alice"), "{so}");
+}
+
+#[test]
+fn deploy_from_a_two_platform_index_records_both_digests() {
+    let reg = shared();
+    let repo = unique_repo("index");
+    let labels = oci_labels("2026-01-24T22:41:03Z", "46e443d", "multi-arch build");
+    let amd = reg.push_image(&repo, None, "amd64", "2026-01-24T22:41:03Z", &labels);
+    let arm = reg.push_image(&repo, None, "arm64", "2026-01-24T22:41:03Z", &labels);
+    let index = reg.push_index(&repo, "46e443d", &[(&amd, "amd64"), (&arm, "arm64")]);
+    let st = state();
+    let image = format!("{}/{repo}:46e443d", reg.addr);
+
+    let out = it(
+        st.path(),
+        &[
+            "deploy",
+            "--env",
+            "prod",
+            "--image",
+            &image,
+            "--platform",
+            "linux/arm64",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let app_dir = st.path().join("prod").join(&repo);
+    let info = read(&app_dir.join("deploy-info.yml"));
+    assert!(info.contains(&format!("  digest: \"{arm}\"\n  index_digest: \"{index}\"\n  platform:\n    os: \"linux\"\n    architecture: \"arm64\"\n")), "{info}");
+    assert!(
+        info.contains(&format!("app: \"{repo}\"")),
+        "app defaults to the repository path: {info}"
+    );
+
+    // Default platform linux/amd64 picks the other child.
+    let out = it(
+        st.path(),
+        &["deploy", "--env", "staging", "--image", &image],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let info = read(
+        &st.path()
+            .join("staging")
+            .join(&repo)
+            .join("deploy-info.yml"),
+    );
+    assert!(
+        info.contains(&format!(
+            "  digest: \"{amd}\"\n  index_digest: \"{index}\"\n"
+        )),
+        "{info}"
+    );
+
+    // A platform the index lacks: a clear error, nothing written.
+    let out = it(
+        st.path(),
+        &[
+            "deploy",
+            "--env",
+            "qa",
+            "--image",
+            &image,
+            "--platform",
+            "linux/s390x",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let se = stderr(&out);
+    assert!(se.contains("is a multi-platform index without linux/s390x; it has: linux/amd64, linux/arm64; choose one with --platform"), "{se}");
+    assert!(!st.path().join("qa").exists());
+
+    // Deploying by the index digest gives the same record.
+    let by_digest = format!("{}/{repo}@{index}", reg.addr);
+    let out = it(
+        st.path(),
+        &[
+            "deploy",
+            "--env",
+            "dev",
+            "--image",
+            &by_digest,
+            "--platform",
+            "linux/arm64",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let info = read(&st.path().join("dev").join(&repo).join("deploy-info.yml"));
+    assert!(
+        info.contains(&format!(
+            "  digest: \"{arm}\"\n  index_digest: \"{index}\"\n"
+        )),
+        "{info}"
+    );
+
+    // where: the platform digest finds what runs it; the index digest finds every
+    // environment running any of its platforms.
+    let out = it(st.path(), &["where", &arm]);
+    let so = stdout(&out);
+    assert!(so.contains("\ndev ") && so.contains("\nprod "), "{so}");
+    assert!(!so.contains("staging"), "{so}");
+    let out = it(st.path(), &["where", &index]);
+    let so = stdout(&out);
+    assert!(
+        so.contains("\ndev ") && so.contains("\nprod ") && so.contains("\nstaging "),
+        "{so}"
+    );
+}
+
+#[test]
+fn a_moving_tag_is_recorded_by_digest_and_queries_answer_from_history() {
+    let reg = shared();
+    let repo = unique_repo("moving");
+    let v1 = reg.push_image(
+        &repo,
+        Some("9c8e712"),
+        "amd64",
+        "2026-01-20T18:12:55Z",
+        &oci_labels("2026-01-20T18:12:55Z", "9c8e712", "initial release"),
+    );
+    let v2 = reg.push_image(
+        &repo,
+        Some("1f3a9c2"),
+        "amd64",
+        "2026-01-24T22:41:03Z",
+        &oci_labels(
+            "2026-01-24T22:41:03Z",
+            "1f3a9c2",
+            "add healthcheck + fix nginx proxy header",
+        ),
+    );
+    reg.tag(&repo, "stable", &v1);
+    let st = state();
+    let stable = format!("{}/{repo}:stable", reg.addr);
+    let out = it(
+        st.path(),
+        &[
+            "deploy",
+            "--app",
+            "hello",
+            "--env",
+            "prod",
+            "--image",
+            &stable,
+            "--by",
+            "bob",
+            "--deployed-at",
+            "2026-01-22T09:03:11Z",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    reg.tag(&repo, "stable", &v2);
+    let out = it(
+        st.path(),
+        &[
+            "deploy",
+            "--app",
+            "hello",
+            "--env",
+            "prod",
+            "--image",
+            &stable,
+            "--by",
+            "alice",
+            "--deployed-at",
+            "2026-01-25T01:10:00Z",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0));
+
+    let hist = read(&st.path().join("prod/hello/deploy-history.yml"));
+    assert_eq!(hist.matches("\n- image:").count() + 1, 2, "{hist}");
+    assert!(hist.find(&v1).unwrap() < hist.find(&v2).unwrap(), "{hist}");
+
+    // "What was running yesterday at 05:00": the local form (Amsterdam, UTC+1 in January).
+    let out = it(
+        st.path(),
+        &["at", "2026-01-25 06:00", "--env", "prod", "--app", "hello"],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let so = stdout(&out);
+    assert!(
+        so.starts_with("at 2026-01-25T05:00:00Z (2026-01-25 06:00 local):\nhello in prod\n"),
+        "{so}"
+    );
+    assert!(
+        so.contains(&format!("  image     {}/{repo}:stable@{v2}\n", reg.addr)),
+        "{so}"
+    );
+    assert!(so.contains("  built     2026-01-24T22:41:03Z\n"), "{so}");
+    assert!(
+        so.contains("  about     add healthcheck + fix nginx proxy header\n"),
+        "{so}"
+    );
+    assert!(
+        so.contains("  deployed  2026-01-25T01:10:00Z by alice\n"),
+        "{so}"
+    );
+    // Before the second deployment: the first; before any: nothing (exit 1).
+    let out = it(
+        st.path(),
+        &["at", "2026-01-23T00:00:00Z", "--format", "json"],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["image"]["digest"], v1.as_str());
+    assert_eq!(v[0]["deployment"]["deployed_by"], "bob");
+    let out = it(st.path(), &["at", "2026-01-01T00:00:00Z"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("nothing was running at 2026-01-01T00:00:00Z"));
+
+    // history with --since/--until and JSON.
+    let out = it(
+        st.path(),
+        &["history", "--since", "2026-01-24", "--format", "json"],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["image"]["digest"], v2.as_str());
+    let out = it(st.path(), &["history", "--until", "2026-01-23T00:00:00Z"]);
+    let so = stdout(&out);
+    assert!(
+        so.contains("2026-01-22T09:03:11Z  prod  hello  stable") && so.contains("initial release"),
+        "{so}"
+    );
+    assert!(!so.contains("2026-01-25"), "{so}");
+
+    // compare the old digest: a rollback, with what changed.
+    let old = format!("{}/{repo}@{v1}", reg.addr);
+    let out = it(
+        st.path(),
+        &["compare", &old, "--app", "hello", "--env", "prod"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let so = stdout(&out);
+    assert!(so.contains("  revision  1f3a9c2 -> 9c8e712\n"), "{so}");
+    assert!(
+        so.contains("  built     2026-01-24T22:41:03Z -> 2026-01-20T18:12:55Z\n"),
+        "{so}"
+    );
+    assert!(
+        so.contains("  about     add healthcheck + fix nginx proxy header -> initial release\n"),
+        "{so}"
+    );
+    assert!(
+        so.contains("    org.opencontainers.image.revision: 1f3a9c2 -> 9c8e712\n"),
+        "{so}"
+    );
+    assert!(
+        so.contains(
+            "ROLLBACK: the candidate was deployed here before, on 2026-01-22T09:03:11Z by bob"
+        ),
+        "{so}"
+    );
+    // compare a fresh build: not a rollback.
+    reg.push_image(
+        &repo,
+        Some("77aa001"),
+        "amd64",
+        "2026-01-26T10:00:00Z",
+        &oci_labels("2026-01-26T10:00:00Z", "77aa001", "next"),
+    );
+    let out = it(
+        st.path(),
+        &[
+            "compare",
+            &format!("{}/{repo}:77aa001", reg.addr),
+            "--app",
+            "hello",
+            "--env",
+            "prod",
+        ],
+    );
+    let so = stdout(&out);
+    assert!(
+        so.contains("the candidate was never deployed here (built after what runs)"),
+        "{so}"
+    );
+
+    // where: by digest, by tag, by git revision; the old digest runs nowhere now.
+    for q in [
+        v2.clone(),
+        "1f3a9c2".to_string(),
+        format!("{}/{repo}:stable", reg.addr),
+    ] {
+        let out = it(st.path(), &["where", &q]);
+        assert_eq!(out.status.code(), Some(0), "{q}");
+        let so = stdout(&out);
+        assert!(
+            so.contains("prod  hello") && so.contains("2026-01-25T01:10:00Z  alice"),
+            "{q}: {so}"
+        );
+    }
+    let out = it(st.path(), &["where", &v1]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("runs nowhere now"));
+}
+
+#[test]
+fn deploy_posts_the_atomist_body_with_a_bearer_key() {
+    let reg = shared();
+    let repo = unique_repo("notify");
+    let digest = reg.push_image(
+        &repo,
+        Some("v1"),
+        "amd64",
+        "2026-01-24T22:41:03Z",
+        &oci_labels("2026-01-24T22:41:03Z", "46e443d", "x"),
+    );
+    let server = RecordingServer::start(Reply::json(201, serde_json::json!({"ok": true})));
+    let st = state();
+    let key = st.path().join("key");
+    std::fs::write(&key, "s3cret-key\n").unwrap();
+    let endpoint = format!("{}/atomist/resource/39b472d9", server.url());
+    let out = it(
+        st.path(),
+        &[
+            "deploy",
+            "--env",
+            "production",
+            "--image",
+            &format!("{}/{repo}:v1", reg.addr),
+            "--name",
+            "web",
+            "--endpoint",
+            &endpoint,
+            "--api-key-file",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains(&format!("notified {endpoint}: HTTP 201")));
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].method, "POST");
+    assert_eq!(reqs[0].path, "/atomist/resource/39b472d9");
+    assert_eq!(
+        reqs[0].header("authorization").as_deref(),
+        Some("Bearer s3cret-key")
+    );
+    assert_eq!(
+        reqs[0].header("content-type").as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(
+        reqs[0].json(),
+        serde_json::json!({
+            "image": {"url": format!("{}/{repo}@{digest}", reg.addr), "name": "web"},
+            "environment": {"name": "production"},
+            "platform": {"os": "linux", "architecture": "amd64"},
+        })
+    );
+    // --name is also the default app.
+    assert!(st.path().join("production/web/deploy-info.yml").is_file());
+
+    // An endpoint that refuses: recorded locally, error quoted, exit 1.
+    let bad = RecordingServer::start(Reply::json(
+        401,
+        serde_json::json!({"error": "invalid api key"}),
+    ));
+    let out = it(
+        st.path(),
+        &[
+            "deploy",
+            "--env",
+            "production",
+            "--image",
+            &format!("{}/{repo}:v1", reg.addr),
+            "--name",
+            "web",
+            "--endpoint",
+            &bad.url(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let se = stderr(&out);
+    assert!(
+        se.contains("the deployment is recorded, but notifying")
+            && se.contains("HTTP 401 Unauthorized: invalid api key"),
+        "{se}"
+    );
+    assert_eq!(
+        bad.requests()[0].header("authorization"),
+        None,
+        "no key file, no header"
+    );
+}
+
+#[test]
+fn bad_references_and_registries_are_refused_before_anything_is_written() {
+    let reg = shared();
+    let repo = unique_repo("bad");
+    reg.push_image(&repo, Some("v1"), "amd64", "2026-01-24T22:41:03Z", &[]);
+    let st = state();
+    let check = |args: &[&str], code: i32, msg: &str| {
+        let mut a = vec!["deploy", "--app", "hello", "--env", "prod"];
+        a.extend_from_slice(args);
+        let out = it(st.path(), &a);
+        assert_eq!(out.status.code(), Some(code), "{args:?}");
+        let se = stderr(&out);
+        assert!(se.contains(msg), "{args:?}: {se}");
+        assert!(
+            std::fs::read_dir(st.path()).unwrap().next().is_none(),
+            "{args:?} wrote something"
+        );
+    };
+    let tag_ref = format!("{}/{repo}:v1", reg.addr);
+    check(
+        &["--image", &tag_ref, "--require-digest"],
+        2,
+        "names a tag, but --require-digest asks for a digest (tags move)",
+    );
+    let unknown_digest = format!("{}/{repo}@sha256:{}", reg.addr, "0".repeat(64));
+    check(
+        &["--image", &unknown_digest],
+        1,
+        &format!(
+            "{unknown_digest} is not in the registry (the registry answered 404); check the tag or digest, or push the image first"
+        ),
+    );
+    let unknown_tag = format!("{}/{repo}:nope", reg.addr);
+    check(
+        &["--image", &unknown_tag],
+        1,
+        &format!("{unknown_tag} is not in the registry"),
+    );
+    check(
+        &["--image", &format!("{}/{repo}@sha256:abc", reg.addr)],
+        2,
+        "the digest must be sha256:<64 lower-case hex>",
+    );
+    let down = format!("127.0.0.1:{}", crate::support::registry::free_port());
+    check(
+        &["--image", &format!("{down}/x:v1")],
+        1,
+        &format!("cannot reach registry {down}"),
+    );
+    // A registry that answers 401 and we have no credentials for it.
+    let locked = RecordingServer::start(
+        Reply::json(
+            401,
+            serde_json::json!({"errors": [{"code": "UNAUTHORIZED"}]}),
+        )
+        .header("www-authenticate", "Basic realm=\"registry\""),
+    );
+    let host = locked.addr.to_string();
+    check(
+        &["--image", &format!("{host}/x:v1")],
+        1,
+        &format!("registry {host} answered 401"),
+    );
+    assert!(
+        stderr(&it(
+            st.path(),
+            &[
+                "deploy",
+                "--env",
+                "prod",
+                "--image",
+                &format!("{host}/x:v1")
+            ]
+        ))
+        .contains(&format!("log in with `docker login {host}`"))
+    );
+    // Names that could escape the state directory.
+    for (flag, value) in [
+        ("--env", "../etc"),
+        ("--env", "prod/.."),
+        ("--app", "a/../../b"),
+        ("--app", ".."),
+    ] {
+        let mut a = vec!["deploy", "--image", tag_ref.as_str(), flag, value];
+        if flag == "--env" {
+            a.extend(["--app", "x"]);
+        } else {
+            a.extend(["--env", "prod"]);
+        }
+        let out = it(st.path(), &a);
+        assert_eq!(out.status.code(), Some(2), "{value}");
+        let se = stderr(&out);
+        assert!(
+            se.contains("has a `.` or `..` segment, which could point outside the state directory"),
+            "{se}"
+        );
+    }
+    assert!(std::fs::read_dir(st.path()).unwrap().next().is_none());
+}
+
+#[test]
+fn basic_credentials_come_from_the_docker_config() {
+    let reg_server = RecordingServer::start(
+        Reply::json(401, serde_json::json!({})).header("www-authenticate", "Basic realm=\"r\""),
+    );
+    let st = state();
+    let cfg = st.path().join("docker-config.json");
+    let host = reg_server.addr.to_string();
+    // user:pass in base64 under the host's key.
+    std::fs::write(
+        &cfg,
+        format!("{{\"auths\": {{\"{host}\": {{\"auth\": \"dXNlcjpwYXNz\"}}}}}}"),
+    )
+    .unwrap();
+    let out = it(
+        st.path(),
+        &[
+            "deploy",
+            "--env",
+            "prod",
+            "--app",
+            "x",
+            "--image",
+            &format!("{host}/x:v1"),
+            "--docker-config",
+            cfg.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let reqs = reg_server.requests();
+    assert_eq!(reqs[0].header("authorization"), None, "anonymous first");
+    assert_eq!(
+        reqs[1].header("authorization").as_deref(),
+        Some("Basic dXNlcjpwYXNz")
+    );
+    assert!(
+        reqs[0]
+            .header("accept")
+            .unwrap()
+            .contains("application/vnd.oci.image.index.v1+json")
+    );
+}
+
+#[test]
+fn slash_names_are_stored_safely_and_listed_back_exactly() {
+    let reg = shared();
+    let repo = format!("team/{}", unique_repo("slash"));
+    reg.push_image(&repo, Some("v1"), "amd64", "2026-01-24T22:41:03Z", &[]);
+    let st = state();
+    let out = it(
+        st.path(),
+        &[
+            "deploy",
+            "--env",
+            "cluster-a/payments",
+            "--image",
+            &format!("{}/{repo}:v1", reg.addr),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let enc_app = repo.replace('/', "%2F");
+    assert!(
+        st.path()
+            .join("cluster-a%2Fpayments")
+            .join(&enc_app)
+            .join("deploy-info.yml")
+            .is_file()
+    );
+    let out = it(st.path(), &["status", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["app"], repo.as_str());
+    assert_eq!(v[0]["deployment"]["workspace"], "cluster-a/payments");
+    let out = it(
+        st.path(),
+        &["status", "--env", "cluster-a/payments", "--app", &repo],
+    );
+    assert!(
+        stdout(&out).contains(&format!("cluster-a/payments  {repo}  v1")),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn racing_deploys_from_separate_processes_both_land_whole() {
+    let reg = shared();
+    let repo = unique_repo("race");
+    reg.push_image(
+        &repo,
+        Some("a"),
+        "amd64",
+        "2026-01-24T22:41:03Z",
+        &oci_labels("2026-01-24T22:41:03Z", "aaaaaaa", "a"),
+    );
+    reg.push_image(
+        &repo,
+        Some("b"),
+        "amd64",
+        "2026-01-24T22:41:04Z",
+        &oci_labels("2026-01-24T22:41:04Z", "bbbbbbb", "b"),
+    );
+    let st = state();
+    let rounds = 8;
+    for _ in 0..rounds {
+        let children: Vec<_> = ["a", "b"]
+            .iter()
+            .map(|t| {
+                let mut cmd = imagetrail();
+                cmd.args([
+                    "deploy",
+                    "--app",
+                    "hello",
+                    "--env",
+                    "prod",
+                    "--by",
+                    t,
+                    "--image",
+                    &format!("{}/{repo}:{t}", reg.addr),
+                    "--state-dir",
+                ])
+                .arg(st.path())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+                cmd.spawn().unwrap()
+            })
+            .collect();
+        for c in children {
+            let out = c.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    let out = it(st.path(), &["history", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).is_empty(),
+        "no torn or malformed entry: {}",
+        stderr(&out)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entries = v.as_array().unwrap();
+    assert_eq!(entries.len(), 2 * rounds);
+    let by_a = entries
+        .iter()
+        .filter(|e| e["deployment"]["deployed_by"] == "a")
+        .count();
+    assert_eq!(by_a, rounds);
+    let hist = read(&st.path().join("prod/hello/deploy-history.yml"));
+    assert_eq!(hist.matches("    event_id: ").count(), 2 * rounds, "{hist}");
+}
+
+#[test]
+fn a_torn_history_is_reported_by_every_reader_and_the_next_deploy_is_clean() {
+    let reg = shared();
+    let repo = unique_repo("torn");
+    reg.push_image(
+        &repo,
+        Some("v1"),
+        "amd64",
+        "2026-01-20T00:00:00Z",
+        &oci_labels("2026-01-20T00:00:00Z", "1111111", "one"),
+    );
+    reg.push_image(
+        &repo,
+        Some("v2"),
+        "amd64",
+        "2026-01-21T00:00:00Z",
+        &oci_labels("2026-01-21T00:00:00Z", "2222222", "two"),
+    );
+    let st = state();
+    let img = |t: &str| format!("{}/{repo}:{t}", reg.addr);
+    it(
+        st.path(),
+        &[
+            "deploy",
+            "--app",
+            "hello",
+            "--env",
+            "prod",
+            "--image",
+            &img("v1"),
+            "--deployed-at",
+            "2026-01-22T00:00:00Z",
+        ],
+    );
+    it(
+        st.path(),
+        &[
+            "deploy",
+            "--app",
+            "hello",
+            "--env",
+            "prod",
+            "--image",
+            &img("v2"),
+            "--deployed-at",
+            "2026-01-23T00:00:00Z",
+        ],
+    );
+    let path = st.path().join("prod/hello/deploy-history.yml");
+    let whole = read(&path);
+    let second = whole.rfind("- image:").unwrap();
+    let line = whole[..second].matches('\n').count() + 1;
+    // The crash: the second append stopped half-way through a line.
+    let cut = second + (whole.len() - second) / 2;
+    std::fs::write(&path, &whole[..cut]).unwrap();
+    let report = format!("deploy-history.yml:{line}: the last entry is incomplete");
+
+    let out = it(st.path(), &["history"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains(&report), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("2026-01-22T00:00:00Z  prod  hello  v1"),
+        "{}",
+        stdout(&out)
+    );
+    let out = it(st.path(), &["at", "2026-01-30T00:00:00Z"]);
+    assert!(stderr(&out).contains(&report), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!("{}:v1@", img("v1").rsplit_once(':').unwrap().0)),
+        "{}",
+        stdout(&out)
+    );
+    let out = it(st.path(), &["where", "1111111"]);
+    assert!(
+        stderr(&out).contains(&report) || stdout(&out).contains("runs nowhere"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = it(
+        st.path(),
+        &[
+            "deploy",
+            "--app",
+            "hello",
+            "--env",
+            "prod",
+            "--image",
+            &img("v2"),
+            "--deployed-at",
+            "2026-01-24T00:00:00Z",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("deploy-history.yml:{line}: an incomplete entry (an earlier append was cut off) was moved to")), "{}", stderr(&out));
+    let after = read(&path);
+    assert!(
+        after.starts_with(&whole[..second]),
+        "earlier entries untouched"
+    );
+    let out = it(st.path(), &["history", "--format", "json"]);
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    assert_eq!(v[1]["deployment"]["deployed_at"], "2026-01-24T00:00:00Z");
+    let aside = read(&st.path().join("prod/hello/deploy-history.yml.torn"));
+    assert!(aside.contains(&whole[second..cut]), "{aside}");
+}
+
+#[test]
+fn a_hand_edited_yaml_with_a_syntax_error_is_reported_with_its_line_and_kept() {
+    let reg = shared();
+    let repo = unique_repo("edit");
+    reg.push_image(&repo, Some("v1"), "amd64", "2026-01-20T00:00:00Z", &[]);
+    let st = state();
+    let img = format!("{}/{repo}:v1", reg.addr);
+    it(
+        st.path(),
+        &["deploy", "--app", "hello", "--env", "prod", "--image", &img],
+    );
+    let path = st.path().join("prod/hello/deploy-info.yml");
+    let text = read(&path);
+    let broken = text.replace("  deployed_by: \"ci-runner\"", "  deployed_by: \"ci-runner");
+    assert_ne!(text, broken);
+    std::fs::write(&path, &broken).unwrap();
+    let out = it(st.path(), &["status"]);
+    assert_eq!(out.status.code(), Some(1));
+    let se = stderr(&out);
+    let line = broken
+        .lines()
+        .position(|l| l.contains("deployed_by"))
+        .unwrap()
+        + 1;
+    let reported: usize = se
+        .split("deploy-info.yml:")
+        .nth(1)
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((line..=line + 3).contains(&reported), "line {line}: {se}");
+    assert!(se.contains("nothing was overwritten"), "{se}");
+    let out = it(
+        st.path(),
+        &["deploy", "--app", "hello", "--env", "prod", "--image", &img],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("deploy-info.yml:"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        read(&path),
+        broken,
+        "the hand-edited file is left as it was"
+    );
+}
