@@ -237,6 +237,9 @@ impl Client {
                             "no answer within {} s (timeout; raise --timeout or check the server)",
                             self.config.timeout.as_secs_f64()
                         )
+                    } else if e.is_connect() {
+                        // reqwest's own text repeats the URL; the root cause is what helps.
+                        format!("cannot connect: {}", root_cause(&e))
                     } else {
                         error_chain(&e)
                     };
@@ -370,6 +373,17 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
     let delta = when.with_timezone(&chrono::Utc) - chrono::Utc::now();
     Some(delta.to_std().unwrap_or(Duration::ZERO))
+}
+
+/// The innermost cause of an error (e.g. "Connection refused (os error 111)").
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut last = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        last = s.to_string();
+        source = s.source();
+    }
+    last
 }
 
 /// An error and its causes on one line (reqwest hides the useful part in the source chain).

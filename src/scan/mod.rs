@@ -94,9 +94,12 @@ async fn run(
     let client = settings.client().map_err(Error::from)?;
     // IMAGE_NAME names the image in payloads only for the target that is that image.
     let image_name_id = match &settings.image_name {
+        // A name the engine rejects or does not know only means no target is named by it.
         Some(name) => engine
             .image(name)
-            .await?
+            .await
+            .ok()
+            .flatten()
             .and_then(|i| i.id)
             .map(|id| crate::engine::strip_sha(&id)),
         None => None,
@@ -207,16 +210,20 @@ fn print_report(outcomes: &[Outcome], settings: &Settings, output: Option<&Path>
             text.push_str(&sanitize(&summary));
             text.push('\n');
             print!("{text}");
+            // Details go to the log on stderr: failures and problems at warn (shown by
+            // default), successes at info (-v); `-q` silences them.
             for o in outcomes {
-                let name = o.image_name.clone().unwrap_or_else(|| o.dir.clone());
-                let detail = outputs::full_summary(o);
-                eprintln!(
-                    "{}: {}",
-                    sanitize(&cap_line(&name)),
-                    sanitize(&cap_line(&detail))
-                );
+                let name = sanitize(&cap_line(
+                    &o.image_name.clone().unwrap_or_else(|| o.dir.clone()),
+                ));
+                let detail = sanitize(&cap_line(&outputs::full_summary(o)));
+                if o.successful {
+                    tracing::info!("{name}: {detail}");
+                } else {
+                    tracing::warn!("{name}: {detail}");
+                }
                 for p in &o.problems {
-                    eprintln!("  - {}", sanitize(&cap_line(&p.message)));
+                    tracing::warn!("{name}: {}", sanitize(&cap_line(&p.message)));
                 }
             }
         }

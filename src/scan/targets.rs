@@ -82,7 +82,12 @@ pub fn from_scanin(scanin: &Path, image_name: Option<&str>) -> Result<Vec<Target
 
 /// The images named on the command line, in the order given.
 pub fn from_names(names: &[String]) -> Result<Vec<Target>, Error> {
-    let names: Vec<&String> = names.iter().filter(|n| !n.trim().is_empty()).collect();
+    // The same name twice is one target (registered once).
+    let mut seen = std::collections::HashSet::new();
+    let names: Vec<&String> = names
+        .iter()
+        .filter(|n| !n.trim().is_empty() && seen.insert(n.trim().to_string()))
+        .collect();
     if names.is_empty() {
         return Err(Error::Usage("name at least one image".into()));
     }

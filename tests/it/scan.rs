@@ -439,3 +439,76 @@ fn deploy_without_repo_digest_is_a_failed_target() {
     let legacy = read(&dirs.result(&id, "analytics_scanner_results.json"));
     assert!(legacy.contains("push the image"), "{legacy}");
 }
+
+/// The deploy scan type posts the Atomist body (digest from RepoDigests, platform from inspect)
+/// to `<SERVER><API_PREFIX>/deployments` with the Bearer token.
+#[test]
+fn deploy_posts_the_atomist_body_by_digest() {
+    let registry = crate::support::scan::LoopbackRegistry::start();
+    let id = build_image("it-scan-deploy:1", GOOD);
+    let pushed = format!("{}/it-scan/deploy:1", registry.addr);
+    docker(&["tag", "it-scan-deploy:1", &pushed]);
+    docker(&["push", &pushed]);
+    let digest = docker(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{index .RepoDigests 0}}",
+        &pushed,
+    ]);
+    assert!(digest.starts_with(&format!("{}/it-scan/deploy@sha256:", registry.addr)));
+
+    let server = RecordingServer::start(crate::support::http::Reply::json(
+        201,
+        serde_json::json!({"id": "x"}),
+    ));
+    let token_dir = tempfile::Builder::new()
+        .prefix("it-scan")
+        .tempdir()
+        .unwrap();
+    let token = token_dir.path().join("token");
+    std::fs::write(&token, "deploy-key\n").unwrap();
+    let dirs = ScanDirs::new();
+    dirs.target(&id);
+    let out = run(dirs
+        .command("deploy")
+        .env("SERVER", server.url())
+        .env("ENVIRONMENT", "prod")
+        .env("IMAGE_NAME", &pushed)
+        .arg("--token-file")
+        .arg(&token));
+    docker(&["rmi", &pushed]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "Scanner execution status: True\n1 target: 1 recorded as deployed in prod, 0 failed; results in {}\n",
+            dirs.scanout.display()
+        )
+    );
+    let requests = server.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].path, "/api/v1/deployments");
+    assert_eq!(
+        requests[0].header("authorization").as_deref(),
+        Some("Bearer deploy-key")
+    );
+    assert_eq!(
+        requests[0].header("content-type").as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(
+        requests[0].json(),
+        serde_json::json!({
+            "image": {"url": digest},
+            "environment": {"name": "prod"},
+            "platform": {"os": "linux", "architecture": "amd64"}
+        })
+    );
+    let legacy: serde_json::Value =
+        serde_json::from_str(&read(&dirs.result(&id, "analytics_scanner_results.json"))).unwrap();
+    assert_eq!(
+        legacy["Summary"],
+        format!("Recorded {digest} as deployed in prod.")
+    );
+}

@@ -460,3 +460,48 @@ fn bad_settings_are_usage_errors() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("set SERVER or --server"));
 }
+
+/// 429 with `Retry-After` is retried (same key, same body), 4xx other than 408/429 is not.
+#[test]
+fn too_many_requests_is_retried_after_the_servers_wait() {
+    let id = build_image("it-scan-429:1", GOOD);
+    let server = RecordingServer::analytics_ok();
+    server.then(
+        Reply::json(429, serde_json::json!({"summary": "slow down"})).header("Retry-After", "1"),
+    );
+    let dirs = ScanDirs::new();
+    dirs.target(&id);
+    let out = run(dirs.command("register").env("SERVER", server.url()));
+    assert_eq!(out.status.code(), Some(0));
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        requests[0].header("idempotency-key"),
+        requests[1].header("idempotency-key")
+    );
+    assert_eq!(legacy(&dirs, &id)["Successful"], true);
+
+    // Attempts exhausted: the last answer is quoted.
+    let server = RecordingServer::start(Reply::json(
+        503,
+        serde_json::json!({"summary": "maintenance"}),
+    ));
+    let dirs = ScanDirs::new();
+    dirs.target(&id);
+    let out = run(dirs
+        .command("register")
+        .env("SERVER", server.url())
+        .args(["--attempts", "2"]));
+    assert_eq!(out.status.code(), Some(0));
+    let register_calls = server
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/api/v1/register")
+        .count();
+    assert_eq!(register_calls, 2);
+    let summary = legacy(&dirs, &id)["Summary"].as_str().unwrap().to_string();
+    assert!(
+        summary.contains("/api/v1/register answered 503: maintenance."),
+        "{summary}"
+    );
+}
