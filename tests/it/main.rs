@@ -10,5 +10,6 @@ mod scan_faults;
 mod server;
 mod server_admission;
 mod server_crash;
+mod server_pipeline;
 mod server_scanner;
 mod support;
