@@ -81,9 +81,10 @@ PIDS+=($SERVE)
 for _ in $(seq 1 100); do grep -q listening "$WORK/serve.out" 2>/dev/null && break; sleep 0.1; done
 URL=$(sed -n 's/^listening on //p' "$WORK/serve.out")
 measure "imagetrail serve: register" "$URL" bench/wrk/register.lua "$DURATION"
-measure "imagetrail serve: deployments" "$URL" bench/wrk/deployments.lua "$DURATION"
+measure "imagetrail serve: deployments, 1 env" "$URL" bench/wrk/deployments.lua "$DURATION"
+BENCH_ENVS=8 measure "imagetrail serve: deployments, 8 envs" "$URL" bench/wrk/deployments.lua "$DURATION"
 echo
-echo "callback log: $(wc -l <"$WORK/state/.analytics/callbacks.jsonl") lines; deployments recorded: $(cat "$WORK"/state/bench/*/deploy-history.yml | grep -c '^- ')"
+echo "callback log: $(wc -l <"$WORK/state/.analytics/callbacks.jsonl") lines; deployments recorded: $(cat "$WORK"/state/bench*/*/deploy-history.yml | grep -c '^- ')"
 
 # --- soak: register for $SOAK s, RSS sampled every second
 echo
@@ -98,6 +99,6 @@ done
 wait "$WRKPID"
 awk 'NR==1{first=$1} {if(min==""||$1<min)min=$1; if($1>max)max=$1; last=$1; n++}
      END{printf "samples %d, first %d, min %d, max %d, last %d KiB\n", n, first, min, max, last}' "$WORK/rss.txt"
-awk 'NR>5 && NR<=10 {s+=$1; c++} END{printf "mean of samples 6-10: %d KiB; ", s/c}' "$WORK/rss.txt"
+awk 'NR>5 && NR<=10 {s+=$1; c++} END{if(c) printf "mean of samples 6-10: %d KiB; ", s/c}' "$WORK/rss.txt"
 tail -5 "$WORK/rss.txt" | awk '{s+=$1; c++} END{printf "mean of the last 5: %d KiB\n", s/c}'
 awk '/Requests\/sec/ {print "soak throughput: " $2 " req/s"} $1=="99%" {print "soak p99: " $2}' "$WORK/wrk-soak.txt"
