@@ -16,11 +16,27 @@ use super::error::ApiError;
 /// Cut off a request that is not answered within `timeout`, typically a client that sends its
 /// body slowly or never finishes it. Slow headers are cut off by hyper's header read timeout,
 /// set to the same value. The connection is closed so the client cannot keep it.
+/// Each answered request is logged at `info` (method, path, status, milliseconds): `-v` or
+/// `RUST_LOG=imagetrail=info` shows them.
 pub async fn request_timeout(timeout: Duration, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let started = std::time::Instant::now();
     match tokio::time::timeout(timeout, next.run(req)).await {
-        Ok(response) => response,
+        Ok(response) => {
+            tracing::info!(
+                %method,
+                path,
+                status = response.status().as_u16(),
+                ms = started.elapsed().as_secs_f64() * 1000.0,
+                "request"
+            );
+            response
+        }
         Err(_) => {
             tracing::warn!(
+                %method,
+                path,
                 "request cut off after {:?}: the client did not finish it",
                 timeout
             );

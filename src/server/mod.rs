@@ -106,6 +106,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         max_body_bytes: args.max_body_bytes,
         request_timeout: Duration::from_secs_f64(args.request_timeout),
     };
+    // Check what can fail before the address is bound and announced, so a misconfigured server
+    // never says "listening".
+    if let Some((cert, key)) = &config.tls {
+        tls::load(cert, key).await?;
+    }
+    let analytics_dir = config.state_dir.join(ANALYTICS_DIR);
+    std::fs::create_dir_all(&analytics_dir).with_context(|| {
+        format!(
+            "cannot create {}; give a writable --state-dir",
+            analytics_dir.display()
+        )
+    })?;
     if config.api_keys.is_none() {
         tracing::warn!(
             "no --api-keys-file: POST /api/v1/deployments answers 401 until the server has keys"

@@ -222,3 +222,58 @@ fn sigterm(child: &Child) {
         .success();
     assert!(ok);
 }
+
+#[test]
+fn serve_refuses_a_bad_configuration_with_a_clear_message() {
+    let dir = tempfile::Builder::new()
+        .prefix("it-srv-cfg-")
+        .tempdir()
+        .unwrap();
+    let state = dir.path().join("state");
+    let serve = |extra: &[&str]| {
+        let mut cmd = imagetrail();
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(&state)
+            .args(extra);
+        crate::support::run(&mut cmd)
+    };
+    let missing = dir.path().join("no-such-keys");
+    let out = serve(&["--api-keys-file", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        crate::support::stderr(&out).contains("cannot read the API keys file"),
+        "{}",
+        crate::support::stderr(&out)
+    );
+
+    let empty = dir.path().join("empty-keys");
+    std::fs::write(&empty, "# no keys yet\n\n").unwrap();
+    let out = serve(&["--api-keys-file", empty.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(crate::support::stderr(&out).contains("holds no key"));
+
+    let cert = dir.path().join("tls.crt");
+    std::fs::write(&cert, "not a certificate").unwrap();
+    let out = serve(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        cert.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!crate::support::stdout(&out).contains("listening"));
+    assert!(
+        crate::support::stderr(&out).contains("cannot load TLS certificate"),
+        "{}",
+        crate::support::stderr(&out)
+    );
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut cmd = imagetrail();
+    cmd.args(["serve", "--listen", &addr, "--state-dir"])
+        .arg(&state);
+    let out = crate::support::run(&mut cmd);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(crate::support::stderr(&out).contains(&format!("cannot listen on {addr}")));
+}
