@@ -64,6 +64,26 @@ struct Seen {
     registered: HashMap<(String, String), DateTime<Utc>>,
     /// "<kind> <key>" → the answer given to the first request with that key.
     answers: HashMap<String, Value>,
+    /// The keys of `answers`, oldest first, so only the newest [`IDEMPOTENCY_KEYS`] are kept
+    /// (a retry comes within minutes; the scanner sends a fresh key for every target and run).
+    order: std::collections::VecDeque<String>,
+}
+
+/// How many idempotency keys of callbacks are remembered (also across restarts: the index is
+/// rebuilt from the log).
+pub const IDEMPOTENCY_KEYS: usize = 100_000;
+
+impl Seen {
+    fn remember(&mut self, key: String, answer: Value) {
+        if self.answers.insert(key.clone(), answer).is_none() {
+            self.order.push_back(key);
+            if self.order.len() > IDEMPOTENCY_KEYS
+                && let Some(old) = self.order.pop_front()
+            {
+                self.answers.remove(&old);
+            }
+        }
+    }
 }
 
 enum Job {
@@ -160,7 +180,7 @@ impl AnalyticsLog {
             }
             let answer = answer(&mut seen, now);
             if let Some(key) = &key {
-                seen.answers.insert(format!("{kind} {key}"), answer.clone());
+                seen.remember(format!("{kind} {key}"), answer.clone());
             }
             answer
         };
@@ -224,8 +244,7 @@ fn index(seen: &mut Seen, entry: &Entry) {
         );
     }
     if let Some(key) = &entry.idempotency_key {
-        seen.answers
-            .insert(format!("{} {key}", entry.kind), entry.answer.clone());
+        seen.remember(format!("{} {key}", entry.kind), entry.answer.clone());
     }
 }
 
