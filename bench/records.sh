@@ -16,12 +16,13 @@ if [ -z "$BIN" ]; then
   if [ -x target/release/imagetrail ]; then BIN=target/release/imagetrail; else
     cargo build -q; BIN=target/debug/imagetrail; fi
 fi
-BIN=$(realpath "$BIN")
 W=$(mktemp -d /tmp/it-dep-bench.XXXXXX)
+# A private copy, so a rebuild during the run cannot change what is measured.
+cp "$BIN" "$W/imagetrail"; BIN=$W/imagetrail
 REG_PID=
 cleanup() { [ -n "$REG_PID" ] && kill "$REG_PID" 2>/dev/null; rm -rf "$W"; }
 trap cleanup EXIT
-echo "binary: $BIN" >&2
+echo "binary: ${IMAGETRAIL_BIN:-target/*/imagetrail} copied to $BIN" >&2
 
 # --- a loopback registry with one image (OCI labels) pushed through the API -------------------
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

@@ -247,7 +247,7 @@ pub struct HistoryArgs {
     /// Filters and format.
     #[command(flatten)]
     pub query: QueryArgs,
-    /// Only deployments at or after this time (RFC 3339 or "YYYY-MM-DD HH:MM" local).
+    /// Only deployments at or after this time (RFC 3339, "YYYY-MM-DD HH:MM" local, "yesterday 05:00").
     #[arg(long)]
     pub since: Option<String>,
     /// Only deployments at or before this time.
@@ -258,7 +258,7 @@ pub struct HistoryArgs {
 /// `imagetrail at TIME`.
 #[derive(Debug, Args)]
 pub struct AtArgs {
-    /// The point in time (RFC 3339 or "YYYY-MM-DD HH:MM" in the local zone).
+    /// The point in time: RFC 3339, "YYYY-MM-DD HH:MM" in the local zone, or "yesterday 05:00".
     pub time: String,
     /// Filters and format.
     #[command(flatten)]

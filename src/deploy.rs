@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::cli::DeployArgs;
 use crate::error::Error;
 use crate::exit::ExitCode;
-use crate::records::{Deployment, DeploymentRecord, ImageRecord, Platform, RecordsError, Store};
+use crate::records::{Deployment, DeploymentRecord, ImageRecord, RecordsError, Store};
 use crate::registry::{self, Client, ClientOptions, Reference, Resolved};
 use crate::terminal::sanitize;
 
@@ -38,10 +38,12 @@ pub fn client(opts: &crate::cli::RegistryOpts) -> anyhow::Result<Client> {
     })?)
 }
 
-/// A usage error for records names, so `..` and empty names exit 2.
+/// A usage error for records names, so `..`, empty and already-taken names exit 2.
 pub fn usage_if_name(e: RecordsError) -> anyhow::Error {
     match e {
-        RecordsError::InvalidName { .. } => Error::Usage(e.to_string()).into(),
+        RecordsError::InvalidName { .. } | RecordsError::NameTaken { .. } => {
+            Error::Usage(e.to_string()).into()
+        }
         other => Error::Records(other).into(),
     }
 }
@@ -148,7 +150,7 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
     }
     let recorded = store
         .record_reporting(&deployment)
-        .map_err(|e| anyhow::Error::from(Error::Records(e)))
+        .map_err(usage_if_name)
         .context("nothing was recorded")?;
     if let Some(t) = &recorded.moved_torn_tail {
         eprintln!(
@@ -269,9 +271,4 @@ async fn notify(endpoint: &str, key: Option<&str>, d: &Deployment) -> anyhow::Re
         .unwrap_or(body);
     let (said, _) = crate::terminal::cap(said.trim(), 500);
     anyhow::bail!("HTTP {status}: {}", sanitize(said))
-}
-
-/// The platform a record runs on, as text.
-pub fn platform_text(p: &Platform) -> String {
-    registry::platform_string(p)
 }

@@ -525,16 +525,17 @@ impl Client {
     }
 
     /// Send a request with auth: anonymous first; on 401, Basic or a Bearer token as the
-    /// `WWW-Authenticate` challenge asks, then once more.
+    /// `WWW-Authenticate` challenge asks, then once more. `scope` (`repository:NAME:pull`,
+    /// ...) keys the cached authorization and names the access in errors.
     async fn send(
         &self,
         registry: &str,
         method: Method,
         url: &str,
         accept: Option<&str>,
-        what: &str,
+        scope: &str,
     ) -> Result<reqwest::Response, RegistryError> {
-        let scope_key = (registry.to_string(), what.to_string());
+        let scope_key = (registry.to_string(), scope.to_string());
         let build = |auth: Option<String>| {
             let mut rb = self.http.request(method.clone(), url);
             if let Some(a) = accept {
@@ -546,9 +547,9 @@ impl Client {
             rb
         };
         let cached = self.tokens.lock().unwrap().get(&scope_key).cloned();
-        let resp = self.exec(registry, build(cached.clone()), what).await?;
+        let resp = self.exec(registry, build(cached.clone())).await?;
         if resp.status() != StatusCode::UNAUTHORIZED {
-            return self.check_auth(registry, resp, what);
+            return self.check_auth(registry, resp, scope);
         }
         let challenge = resp
             .headers()
@@ -559,7 +560,7 @@ impl Client {
         let cred = self.credential(registry);
         let auth = if challenge.to_ascii_lowercase().starts_with("bearer") {
             Some(
-                self.token(registry, &challenge, cred.as_ref(), what)
+                self.token(registry, &challenge, cred.as_ref(), scope)
                     .await?,
             )
         } else {
@@ -573,11 +574,11 @@ impl Client {
             }
         };
         let Some(auth) = auth else {
-            return self.check_auth(registry, resp, what);
+            return self.check_auth(registry, resp, scope);
         };
         self.tokens.lock().unwrap().insert(scope_key, auth.clone());
-        let resp = self.exec(registry, build(Some(auth)), what).await?;
-        self.check_auth(registry, resp, what)
+        let resp = self.exec(registry, build(Some(auth))).await?;
+        self.check_auth(registry, resp, scope)
     }
 
     fn check_auth(
@@ -601,7 +602,6 @@ impl Client {
         &self,
         registry: &str,
         rb: reqwest::RequestBuilder,
-        _what: &str,
     ) -> Result<reqwest::Response, RegistryError> {
         rb.send().await.map_err(|e| RegistryError::Unreachable {
             registry: registry.to_string(),
@@ -653,7 +653,7 @@ impl Client {
             }
             None => {}
         }
-        let resp = self.exec(registry, rb, what).await?;
+        let resp = self.exec(registry, rb).await?;
         if !resp.status().is_success() {
             return Err(RegistryError::Unauthorized {
                 registry: registry.to_string(),

@@ -155,7 +155,7 @@ impl<'a> HistoryFile<'a> {
             if buf.is_empty() {
                 break;
             }
-            lines += buf.iter().filter(|&&b| b == b'\n').count();
+            lines += memchr::memchr_iter(b'\n', &buf).count();
             pos += buf.len() as u64;
         }
         Ok(lines)
@@ -190,6 +190,9 @@ impl<'a> HistoryFile<'a> {
             line: self.line_of(start).unwrap_or(0),
             message: "the entry is not valid UTF-8".into(),
         })?;
+        if let Some(e) = yaml::fast_history_entry(text) {
+            return Ok(e);
+        }
         match yaml::parse::<Vec<HistoryEntry>>(text) {
             Ok(mut v) if v.len() == 1 => Ok(v.remove(0)),
             Ok(v) => Err(RecordsError::Malformed {
@@ -272,23 +275,25 @@ impl<'a> HistoryFile<'a> {
         Ok(best)
     }
 
-    /// Parse every entry before `end`, in order. Returns the first malformed entry as an error.
-    pub fn all(&self, end: u64) -> Result<Vec<HistoryEntry>, RecordsError> {
-        let bytes = self.read(0, end as usize)?;
+    /// Parse every entry starting in `[from, end)`, in order (`from` must be an entry start or
+    /// 0). Returns the first malformed entry as an error, with its line.
+    pub fn range(&self, from: u64, end: u64) -> Result<Vec<HistoryEntry>, RecordsError> {
+        if from >= end {
+            return Ok(vec![]);
+        }
+        let bytes = self.read(from, (end - from) as usize)?;
         let mut starts = Vec::new();
         let mut line_starts = Vec::new();
-        let mut line = 1usize;
+        let mut line = self.line_of(from)?;
         if bytes.starts_with(b"- ") {
             starts.push(0usize);
-            line_starts.push(1usize);
+            line_starts.push(line);
         }
-        for i in 0..bytes.len() {
-            if bytes[i] == b'\n' {
-                line += 1;
-                if bytes.get(i + 1) == Some(&b'-') && bytes.get(i + 2) == Some(&b' ') {
-                    starts.push(i + 1);
-                    line_starts.push(line);
-                }
+        for i in memchr::memchr_iter(b'\n', &bytes) {
+            line += 1;
+            if bytes.get(i + 1) == Some(&b'-') && bytes.get(i + 2) == Some(&b' ') {
+                starts.push(i + 1);
+                line_starts.push(line);
             }
         }
         let mut out = Vec::with_capacity(starts.len());
@@ -299,6 +304,10 @@ impl<'a> HistoryFile<'a> {
                 line: line_starts[k],
                 message: "the entry is not valid UTF-8".into(),
             })?;
+            if let Some(e) = yaml::fast_history_entry(text) {
+                out.push(e);
+                continue;
+            }
             match yaml::parse::<Vec<HistoryEntry>>(text) {
                 Ok(v) => out.extend(v),
                 Err((l, message)) => {
@@ -311,6 +320,16 @@ impl<'a> HistoryFile<'a> {
             }
         }
         Ok(out)
+    }
+
+    /// The start of the last entry before `end` whose bytes contain `needle` (e.g. a digest),
+    /// found by a reverse substring search rather than by parsing every entry.
+    pub fn last_containing(&self, needle: &[u8], end: u64) -> Result<Option<u64>, RecordsError> {
+        let bytes = self.read(0, end as usize)?;
+        let Some(pos) = memchr::memmem::rfind(&bytes, needle) else {
+            return Ok(None);
+        };
+        self.prev_start(pos as u64 + 1)
     }
 }
 

@@ -44,7 +44,7 @@ pub enum RecordsError {
         source: std::io::Error,
     },
     /// A record file is not valid YAML of the expected shape.
-    #[error("{path}:{line}: {message}; fix or remove that entry by hand, nothing was overwritten")]
+    #[error("{path}:{line}: {message}; fix it by hand, nothing was overwritten")]
     Malformed {
         /// The file.
         path: PathBuf,
@@ -345,11 +345,115 @@ impl Store {
         let torn = h.check_tail()?;
         let end = torn.as_ref().map_or(h.len(), |t| t.offset);
         let entries = h
-            .all(end)?
+            .range(0, end)?
             .into_iter()
             .map(|e| to_deployment(app, e))
             .collect();
         Ok(HistoryRead { entries, torn })
+    }
+
+    /// The history entries deployed within `[since, until]` (either bound optional), found by
+    /// bisection so only the entries returned are parsed.
+    pub fn read_history_range(
+        &self,
+        env: &str,
+        app: &str,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+    ) -> Result<HistoryRead, RecordsError> {
+        let path = self.history_path(env, app)?;
+        let Some(file) = open_existing(&path)? else {
+            return Ok(HistoryRead {
+                entries: vec![],
+                torn: None,
+            });
+        };
+        let h = history::HistoryFile::new(&file, &path)?;
+        let torn = h.check_tail()?;
+        let whole_end = torn.as_ref().map_or(h.len(), |t| t.offset);
+        let from = match since {
+            // The first entry after the last one strictly before `since`.
+            Some(s) => match h.at(s - chrono::Duration::nanoseconds(1), whole_end)? {
+                Some(before) => h.next_start(before + 1)?.unwrap_or(whole_end),
+                None => 0,
+            },
+            None => 0,
+        };
+        let end = match until {
+            Some(u) => match h.at(u, whole_end)? {
+                Some(last) => h.next_start(last + 1)?.unwrap_or(whole_end).min(whole_end),
+                None => 0,
+            },
+            None => whole_end,
+        };
+        let entries = h
+            .range(from, end.max(from))?
+            .into_iter()
+            .map(|e| to_deployment(app, e))
+            .collect();
+        Ok(HistoryRead { entries, torn })
+    }
+
+    /// The torn last entry of the history, if an append was cut off (reads only the tail).
+    pub fn torn_tail(&self, env: &str, app: &str) -> Result<Option<TornTail>, RecordsError> {
+        let path = self.history_path(env, app)?;
+        match open_existing(&path)? {
+            Some(file) => history::HistoryFile::new(&file, &path)?.check_tail(),
+            None => Ok(None),
+        }
+    }
+
+    /// The most recent history entry of `app` in `env` whose image digest or index digest is
+    /// `digest`, found by a substring search from the end (only that entry is parsed).
+    pub fn last_with_digest(
+        &self,
+        env: &str,
+        app: &str,
+        digest: &str,
+    ) -> Result<Option<Deployment>, RecordsError> {
+        let path = self.history_path(env, app)?;
+        let Some(file) = open_existing(&path)? else {
+            return Ok(None);
+        };
+        let h = history::HistoryFile::new(&file, &path)?;
+        let end = h.check_tail()?.map_or(h.len(), |t| t.offset);
+        let mut end_at = end;
+        // The quoted digest also matches inside index_digest; check the parsed entry.
+        let needle = yaml::quote(digest);
+        while let Some(start) = h.last_containing(needle.as_bytes(), end_at)? {
+            let e = h.parse_entry(start)?;
+            if e.image.digest == digest || e.image.index_digest.as_deref() == Some(digest) {
+                return Ok(Some(to_deployment(app, e)));
+            }
+            end_at = start;
+        }
+        Ok(None)
+    }
+
+    /// Since when `app` in `env` has run `digest` without interruption: the oldest entry of
+    /// the unbroken run of that digest at the end of the history, read backwards.
+    pub fn running_since(
+        &self,
+        env: &str,
+        app: &str,
+        digest: &str,
+    ) -> Result<Option<DateTime<Utc>>, RecordsError> {
+        let path = self.history_path(env, app)?;
+        let Some(file) = open_existing(&path)? else {
+            return Ok(None);
+        };
+        let h = history::HistoryFile::new(&file, &path)?;
+        let mut end = h.check_tail()?.map_or(h.len(), |t| t.offset);
+        let mut since = None;
+        while let Some(start) = h.prev_start(end)? {
+            let e = h.parse_entry(start)?;
+            if e.image.digest != digest {
+                break;
+            }
+            since = Some(e.deployment.deployed_at);
+            end = start;
+        }
+        Ok(since)
     }
 
     /// What ran of `app` in `env` at `t`: the last deployment at or before `t`.

@@ -18,8 +18,14 @@ use crate::registry::{self, Reference};
 use crate::terminal::sanitize;
 
 /// Parse a point in time: RFC 3339 (`2026-01-25T05:00:00Z`, any offset), or a local time
-/// `YYYY-MM-DD HH:MM[:SS]` (also with `T`), or a date `YYYY-MM-DD` (local midnight).
+/// `YYYY-MM-DD HH:MM[:SS]` (also with `T`), a date `YYYY-MM-DD` (local midnight), or
+/// `today`/`yesterday` with an optional `HH:MM` ("yesterday 05:00", local).
 pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    parse_time_from(s, Local::now().date_naive())
+}
+
+/// [`parse_time`] with "today" given, so the relative forms are testable.
+pub fn parse_time_from(s: &str, today: NaiveDate) -> Result<DateTime<Utc>, String> {
     let s = s.trim();
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
@@ -44,9 +50,30 @@ pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
         return local(d.and_hms_opt(0, 0, 0).expect("midnight exists"));
     }
+    let lower = s.to_ascii_lowercase();
+    let (day, rest) = if let Some(r) = lower.strip_prefix("yesterday") {
+        (today.pred_opt(), r)
+    } else if let Some(r) = lower.strip_prefix("today") {
+        (Some(today), r)
+    } else {
+        (None, "")
+    };
+    if let Some(day) = day {
+        let rest = rest.trim().trim_start_matches("at ").trim();
+        let time = if rest.is_empty() {
+            Some(chrono::NaiveTime::MIN)
+        } else {
+            chrono::NaiveTime::parse_from_str(rest, "%H:%M:%S")
+                .or_else(|_| chrono::NaiveTime::parse_from_str(rest, "%H:%M"))
+                .ok()
+        };
+        if let Some(time) = time {
+            return local(day.and_time(time));
+        }
+    }
     Err(format!(
-        "cannot read the time {s:?}: use RFC 3339 (2026-01-25T05:00:00Z) or a local time \
-         such as \"2026-01-25 05:00\""
+        "cannot read the time {s:?}: use RFC 3339 (2026-01-25T05:00:00Z), a local time \
+         such as \"2026-01-25 05:00\", or \"yesterday 05:00\""
     ))
 }
 
@@ -244,7 +271,7 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
     let store = Store::new(&args.query.state.state_dir);
     let mut all = Vec::new();
     for (env, app) in selected(&store, args.query.env.as_deref(), args.query.app.as_deref())? {
-        let read = store.read_history(&env, &app)?;
+        let read = store.read_history_range(&env, &app, since, until)?;
         if let Some(t) = &read.torn {
             warn_torn(t);
         }
@@ -361,9 +388,8 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_default();
     let resolved = client.resolve(&reference, &platform).await?;
     let candidate = crate::deploy::image_record(&resolved);
-    let read = store.read_history(&args.env, &app)?;
-    if let Some(t) = &read.torn {
-        warn_torn(t);
+    if let Some(t) = store.torn_tail(&args.env, &app)? {
+        warn_torn(&t);
     }
 
     let Some(current) = current else {
@@ -393,12 +419,12 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let same = current.image.digest == candidate.digest;
-    let earlier = read
-        .entries
-        .iter()
-        .rev()
-        .skip_while(|d| d.image.digest == current.image.digest)
-        .find(|d| d.image.digest == candidate.digest);
+    // What runs is the last entry, so any entry with the candidate's digest is earlier.
+    let earlier = if same {
+        None
+    } else {
+        store.last_with_digest(&args.env, &app, &candidate.digest)?
+    };
     let mut label_changes = BTreeMap::new();
     if let Some(cur) = &current_labels {
         for k in cur.keys().chain(resolved.labels.keys()) {
@@ -415,7 +441,7 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
             "current": current,
             "candidate": candidate,
             "same": same,
-            "rollback": earlier.map(|d| serde_json::json!({
+            "rollback": earlier.as_ref().map(|d| serde_json::json!({
                 "deployed_at": show_time(&d.deployment.deployed_at),
                 "deployed_by": d.deployment.deployed_by,
             })),
@@ -462,7 +488,7 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
             show_time(&current.deployment.deployed_at),
             sanitize(&current.deployment.deployed_by)
         );
-    } else if let Some(e) = earlier {
+    } else if let Some(e) = &earlier {
         println!(
             "ROLLBACK: the candidate was deployed here before, on {} by {}",
             show_time(&e.deployment.deployed_at),
@@ -550,17 +576,11 @@ pub fn where_(args: WhereArgs) -> anyhow::Result<ExitCode> {
             continue;
         }
         // Since when: the start of the unbroken run of this digest at the end of the history.
-        let read = store.read_history(&env, &app)?;
-        if let Some(t) = &read.torn {
-            warn_torn(t);
+        if let Some(t) = store.torn_tail(&env, &app)? {
+            warn_torn(&t);
         }
-        let since = read
-            .entries
-            .iter()
-            .rev()
-            .take_while(|d| d.image.digest == cur.image.digest)
-            .last()
-            .map(|d| d.deployment.deployed_at)
+        let since = store
+            .running_since(&env, &app, &cur.image.digest)?
             .unwrap_or(cur.deployment.deployed_at);
         hits.push((cur, since));
     }
@@ -597,4 +617,53 @@ pub fn where_(args: WhereArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::Success
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_absolute_local_and_relative_times() {
+        let today = NaiveDate::from_ymd_opt(2026, 1, 26).unwrap();
+        let local = |y, m, d, h, mi| {
+            Local
+                .from_local_datetime(
+                    &NaiveDate::from_ymd_opt(y, m, d)
+                        .unwrap()
+                        .and_hms_opt(h, mi, 0)
+                        .unwrap(),
+                )
+                .earliest()
+                .unwrap()
+                .with_timezone(&Utc)
+        };
+        assert_eq!(
+            parse_time_from("2026-01-25T05:00:00+01:00", today).unwrap(),
+            Utc.with_ymd_and_hms(2026, 1, 25, 4, 0, 0).unwrap()
+        );
+        assert_eq!(
+            parse_time_from("2026-01-25 05:00", today).unwrap(),
+            local(2026, 1, 25, 5, 0)
+        );
+        assert_eq!(
+            parse_time_from("yesterday 05:00", today).unwrap(),
+            local(2026, 1, 25, 5, 0)
+        );
+        assert_eq!(
+            parse_time_from("Yesterday at 05:00", today).unwrap(),
+            local(2026, 1, 25, 5, 0)
+        );
+        assert_eq!(
+            parse_time_from("today", today).unwrap(),
+            local(2026, 1, 26, 0, 0)
+        );
+        assert_eq!(
+            parse_time_from("2026-01-25", today).unwrap(),
+            local(2026, 1, 25, 0, 0)
+        );
+        let err = parse_time_from("last tuesday", today).unwrap_err();
+        assert!(err.contains("\"yesterday 05:00\""), "{err}");
+        assert!(parse_time_from("yesterday 25:00", today).is_err());
+    }
 }

@@ -301,3 +301,85 @@ fn a_hand_broken_middle_entry_is_reported_with_its_line() {
         "line {reported} vs {line}: {err}"
     );
 }
+
+#[test]
+fn ranges_runs_and_digest_lookups_read_only_what_they_need() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    // digests: 1 1 2 3 3 3 (hours 1..=6)
+    let seq = [1u32, 1, 2, 3, 3, 3];
+    let all: Vec<Deployment> = seq
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| dep("hello", "prod", "t", &digest(n), t(1 + i as u32, 0)))
+        .collect();
+    for d in &all {
+        store.record(d).unwrap();
+    }
+    let r = store
+        .read_history_range("prod", "hello", Some(t(2, 0)), Some(t(4, 30)))
+        .unwrap();
+    assert_eq!(r.entries, all[1..4].to_vec());
+    let r = store
+        .read_history_range("prod", "hello", Some(t(2, 30)), None)
+        .unwrap();
+    assert_eq!(r.entries, all[2..].to_vec());
+    let r = store
+        .read_history_range("prod", "hello", None, Some(t(0, 30)))
+        .unwrap();
+    assert!(r.entries.is_empty());
+    assert_eq!(
+        store
+            .read_history_range("prod", "hello", None, None)
+            .unwrap()
+            .entries,
+        all
+    );
+    assert_eq!(
+        store.running_since("prod", "hello", &digest(3)).unwrap(),
+        Some(t(4, 0))
+    );
+    assert_eq!(
+        store.running_since("prod", "hello", &digest(1)).unwrap(),
+        None
+    );
+    assert_eq!(
+        store.last_with_digest("prod", "hello", &digest(1)).unwrap(),
+        Some(all[1].clone())
+    );
+    assert_eq!(
+        store.last_with_digest("prod", "hello", &digest(9)).unwrap(),
+        None
+    );
+    assert_eq!(store.torn_tail("prod", "hello").unwrap(), None);
+}
+
+#[test]
+fn the_fast_entry_reader_agrees_with_the_yaml_parser_on_every_prefix() {
+    let mut d = dep("hello", "prod", "1f3a9c2", &digest(7), t(1, 10));
+    d.image.description =
+        Some("quote \" backslash \\ newline \n tab \t esc \u{1b} nel \u{85} ünï 🙂: # - x".into());
+    d.image.index_digest = Some(digest(8));
+    d.image.platform.variant = Some("v8".into());
+    d.deployment.name = Some("web".into());
+    let text = yaml::history_entry(&d);
+    let fast = yaml::fast_history_entry(&text).expect("canonical entry");
+    assert_eq!(fast.image, d.image);
+    assert_eq!(fast.deployment, d.deployment);
+    for cut in 0..text.len() {
+        if !text.is_char_boundary(cut) {
+            continue;
+        }
+        let prefix = &text[..cut];
+        if let Some(f) = yaml::fast_history_entry(prefix) {
+            let slow = yaml::parse::<Vec<yaml::HistoryEntry>>(prefix)
+                .unwrap_or_else(|e| panic!("fast accepted what YAML refuses at {cut}: {e:?}"));
+            assert_eq!(slow[0].image, f.image, "cut {cut}");
+            assert_eq!(slow[0].deployment, f.deployment, "cut {cut}");
+        }
+    }
+    // Not the canonical shape: left to the YAML parser.
+    assert!(yaml::fast_history_entry(&text.replace("    tag: \"", "    tag:  \"")).is_none());
+    assert!(yaml::fast_history_entry(&format!("{text}    # note\n")).is_none());
+    assert!(yaml::fast_history_entry(&text.replace("    repo:", "    repo2:")).is_none());
+}

@@ -5,6 +5,7 @@
 //! Every string is written double-quoted with YAML escapes, so no value (a description with a
 //! colon, a `#`, a newline, a control character) can change the structure of the file.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -174,4 +175,155 @@ pub fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, (usize, St
             .to_string();
         (line, msg)
     })
+}
+
+/// Read one history entry written in exactly the shape [`history_entry`] writes, without a
+/// YAML parser (a long history is read 100k entries at a time by `history` and `prune`).
+/// Anything else (comments, other quoting, unknown or repeated keys, a cut line) gives `None`,
+/// and the caller parses the entry with `serde-saphyr`, which then also reports the problem.
+pub fn fast_history_entry(text: &str) -> Option<HistoryEntry> {
+    #[derive(PartialEq)]
+    enum Section {
+        Image,
+        Platform,
+        Deployment,
+    }
+    let mut lines = text.lines();
+    if lines.next()? != "- image:" {
+        return None;
+    }
+    let mut section = Section::Image;
+    let mut image: HashMap<&str, String> = HashMap::new();
+    let mut platform: HashMap<&str, String> = HashMap::new();
+    let mut dep: HashMap<&str, String> = HashMap::new();
+    let mut saw_platform = false;
+    let mut saw_deployment = false;
+    for line in lines {
+        if line.is_empty() {
+            continue;
+        }
+        if line == "  deployment:" {
+            if saw_deployment {
+                return None;
+            }
+            saw_deployment = true;
+            section = Section::Deployment;
+            continue;
+        }
+        if line == "    platform:" && section != Section::Deployment {
+            if saw_platform {
+                return None;
+            }
+            saw_platform = true;
+            section = Section::Platform;
+            continue;
+        }
+        let (map, key, value) = if let Some(rest) = line.strip_prefix("      ") {
+            if section != Section::Platform {
+                return None;
+            }
+            let (k, v) = rest.split_once(": ")?;
+            (1u8, k, v)
+        } else if let Some(rest) = line.strip_prefix("    ") {
+            let (k, v) = rest.split_once(": ")?;
+            match section {
+                Section::Deployment => (2u8, k, v),
+                Section::Image | Section::Platform => {
+                    section = Section::Image;
+                    (0u8, k, v)
+                }
+            }
+        } else {
+            return None;
+        };
+        let (map, allowed): (&mut HashMap<&str, String>, &[&str]) = match map {
+            1 => (&mut platform, &["os", "architecture", "variant"]),
+            2 => (
+                &mut dep,
+                &[
+                    "deployed_at",
+                    "deployed_by",
+                    "workspace",
+                    "name",
+                    "event_id",
+                ],
+            ),
+            _ => (
+                &mut image,
+                &[
+                    "repo",
+                    "tag",
+                    "digest",
+                    "index_digest",
+                    "description",
+                    "built_at",
+                    "revision",
+                    "source",
+                    "title",
+                ],
+            ),
+        };
+        let key = *allowed.iter().find(|a| **a == key)?;
+        if map.insert(key, unquote(value)?).is_some() {
+            return None;
+        }
+    }
+    let platform = if saw_platform {
+        super::Platform {
+            os: platform.remove("os")?,
+            architecture: platform.remove("architecture")?,
+            variant: platform.remove("variant"),
+        }
+    } else {
+        super::Platform::default()
+    };
+    Some(HistoryEntry {
+        image: ImageRecord {
+            repo: image.remove("repo")?,
+            tag: image.remove("tag"),
+            digest: image.remove("digest")?,
+            index_digest: image.remove("index_digest"),
+            platform,
+            description: image.remove("description"),
+            built_at: image.remove("built_at"),
+            revision: image.remove("revision"),
+            source: image.remove("source"),
+            title: image.remove("title"),
+        },
+        deployment: DeploymentRecord {
+            deployed_at: dep.remove("deployed_at")?.parse().ok()?,
+            deployed_by: dep.remove("deployed_by")?,
+            workspace: dep.remove("workspace")?,
+            name: dep.remove("name"),
+            event_id: dep.remove("event_id")?.parse().ok()?,
+        },
+    })
+}
+
+/// The inverse of [`quote`]; `None` for anything `quote` does not write.
+fn unquote(v: &str) -> Option<String> {
+    let inner = v.strip_prefix('"')?.strip_suffix('"')?;
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next()? {
+                '"' => out.push('"'),
+                '\\' => out.push('\\'),
+                'n' => out.push('\n'),
+                't' => out.push('\t'),
+                'u' => {
+                    let hex: String = chars.by_ref().take(4).collect();
+                    if hex.len() != 4 {
+                        return None;
+                    }
+                    out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+                }
+                _ => return None,
+            },
+            '"' => return None,
+            c => out.push(c),
+        }
+    }
+    Some(out)
 }

@@ -344,6 +344,18 @@ fn a_moving_tag_is_recorded_by_digest_and_queries_answer_from_history() {
         ),
         "{so}"
     );
+    let out = it(
+        st.path(),
+        &[
+            "compare", &old, "--app", "hello", "--env", "prod", "--format", "json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["rollback"]["deployed_by"], "bob");
+    assert_eq!(v["rollback"]["deployed_at"], "2026-01-22T09:03:11Z");
+    assert_eq!(v["current"]["image"]["digest"], v2.as_str());
+    assert_eq!(v["candidate"]["digest"], v1.as_str());
+    assert_eq!(v["same"], false);
     // compare a fresh build: not a rollback.
     reg.push_image(
         &repo,
@@ -444,6 +456,34 @@ fn deploy_posts_the_atomist_body_with_a_bearer_key() {
     );
     // --name is also the default app.
     assert!(st.path().join("production/web/deploy-info.yml").is_file());
+    // The same name for the same repository under another app: refused, exit 2.
+    let out = it(
+        st.path(),
+        &[
+            "deploy",
+            "--env",
+            "production",
+            "--app",
+            "web2",
+            "--image",
+            &format!("{}/{repo}:v1", reg.addr),
+            "--name",
+            "web",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains(
+            "the name \"web\" is already used in environment \"production\" by app \"web\""
+        ),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !st.path()
+            .join("production/web2/deploy-history.yml")
+            .exists()
+    );
 
     // An endpoint that refuses: recorded locally, error quoted, exit 1.
     let bad = RecordingServer::start(Reply::json(
@@ -639,6 +679,18 @@ fn slash_names_are_stored_safely_and_listed_back_exactly() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let enc_app = repo.replace('/', "%2F");
+    // No OCI labels: the build time falls back to the config's `created`.
+    let info = read(
+        &st.path()
+            .join("cluster-a%2Fpayments")
+            .join(&enc_app)
+            .join("deploy-info.yml"),
+    );
+    assert!(
+        info.contains("  built_at: \"2026-01-24T22:41:03Z\"\n"),
+        "{info}"
+    );
+    assert!(!info.contains("description"), "{info}");
     assert!(
         st.path()
             .join("cluster-a%2Fpayments")
@@ -891,4 +943,48 @@ fn a_hand_edited_yaml_with_a_syntax_error_is_reported_with_its_line_and_kept() {
         broken,
         "the hand-edited file is left as it was"
     );
+}
+
+#[test]
+fn hostile_labels_cannot_change_the_terminal_or_the_yaml() {
+    let reg = shared();
+    let repo = unique_repo("hostile");
+    let desc = "red \u{1b}[31malert\u{7}\nrevision: forged\n- image: {}\"";
+    reg.push_image(
+        &repo,
+        Some("v1"),
+        "amd64",
+        "2026-01-24T22:41:03Z",
+        &[("org.opencontainers.image.description", desc)],
+    );
+    let st = state();
+    let out = it(
+        st.path(),
+        &[
+            "deploy",
+            "--app",
+            "hello",
+            "--env",
+            "prod",
+            "--image",
+            &format!("{}/{repo}:v1", reg.addr),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let so = stdout(&out);
+    assert!(!so.contains('\u{1b}') && !so.contains('\u{7}'), "{so:?}");
+    assert!(so.contains("red \\u{1b}[31malert\\u{7}"), "{so}");
+    let info = read(&st.path().join("prod/hello/deploy-info.yml"));
+    assert!(
+        info.contains(
+            "  description: \"red \\u001B[31malert\\u0007\\nrevision: forged\\n- image: {}\\\"\"\n"
+        ),
+        "{info}"
+    );
+    // Read back exactly, and the history still has one entry.
+    let out = it(st.path(), &["history", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["image"]["description"], desc);
+    assert!(v[0]["image"].get("revision").is_none());
 }

@@ -151,3 +151,44 @@ fn tags_follow_link_pages_and_are_sorted_client_side() {
         ]
     );
 }
+
+#[test]
+fn the_catalog_follows_link_pages() {
+    let server = RecordingServer::start(not_found());
+    let host = server.addr.to_string();
+    server
+        .then(
+            Reply::json(200, serde_json::json!({"repositories": ["team/b"]}))
+                .header("link", "</v2/_catalog?last=team%2Fb&n=100>; rel=\"next\""),
+        )
+        .then(Reply::json(
+            200,
+            serde_json::json!({"repositories": ["team/a"]}),
+        ))
+        .then(Reply::json(
+            200,
+            serde_json::json!({"name": "team/a", "tags": []}),
+        ))
+        .then(Reply::json(
+            200,
+            serde_json::json!({"name": "team/b", "tags": null}),
+        ));
+    let mut cmd = imagetrail();
+    cmd.args(["registry", "overview", "--registry", &host]);
+    let out = run(&mut cmd);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let paths: Vec<String> = server.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(
+        paths,
+        [
+            "/v2/_catalog?n=100",
+            "/v2/_catalog?last=team%2Fb&n=100",
+            "/v2/team/a/tags/list?n=1000",
+            "/v2/team/b/tags/list?n=1000",
+        ]
+    );
+    assert_eq!(
+        crate::support::stdout(&out),
+        format!("{host}/team/a\n  (no tags)\n{host}/team/b\n  (no tags)\n")
+    );
+}

@@ -63,15 +63,16 @@ impl Registry {
         )
         .unwrap();
         // The registry must not outlive the test process, which never drops statics: a shell
-        // watches our pid and stops the registry when we are gone.
+        // watches our pid, stops the registry when we are gone and removes its temp root.
         let script = r#"docker-registry serve "$1" >"$2" 2>&1 & r=$!
 while kill -0 "$3" 2>/dev/null && kill -0 "$r" 2>/dev/null; do sleep 1; done
-kill "$r" 2>/dev/null"#;
+kill "$r" 2>/dev/null; wait "$r" 2>/dev/null; rm -rf "$4""#;
         let watcher = Command::new("sh")
             .args(["-c", script, "sh"])
             .arg(&cfg)
             .arg(dir.path().join("log"))
             .arg(std::process::id().to_string())
+            .arg(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
