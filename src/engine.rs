@@ -232,6 +232,9 @@ pub fn strip_sha(id: &str) -> String {
 pub struct Engine {
     docker: Docker,
     endpoint: Endpoint,
+    /// Image inspects by id: many containers of one image (`atomic scan --all`) need the same
+    /// image, which is asked for once.
+    images: std::sync::Arc<std::sync::Mutex<HashMap<String, ImageInspect>>>,
 }
 
 impl Engine {
@@ -277,7 +280,11 @@ impl Engine {
             }
         };
         tracing::debug!(%endpoint, version = ?docker.client_version(), "engine connected");
-        Ok(Engine { docker, endpoint })
+        Ok(Engine {
+            docker,
+            endpoint,
+            images: Default::default(),
+        })
     }
 
     /// The endpoint this engine was reached at.
@@ -314,6 +321,21 @@ impl Engine {
         }
     }
 
+    /// [`Engine::image`] for an image id, asked of the engine once per run.
+    async fn image_by_id(&self, id: &str) -> Result<Option<ImageInspect>, EngineError> {
+        if let Some(i) = self.images.lock().expect("not poisoned").get(id) {
+            return Ok(Some(i.clone()));
+        }
+        let found = self.image(id).await?;
+        if let Some(i) = &found {
+            self.images
+                .lock()
+                .expect("not poisoned")
+                .insert(id.to_string(), i.clone());
+        }
+        Ok(found)
+    }
+
     /// `GET /containers/{name}/json`; `None` when the engine has no such container.
     pub async fn container(
         &self,
@@ -348,7 +370,7 @@ impl Engine {
                         // The image a container runs gives the digest and tags; it may have
                         // been removed since, which is not an error for the container.
                         let image = match c.image.as_deref() {
-                            Some(img) if !img.is_empty() => self.image(img).await?,
+                            Some(img) if !img.is_empty() => self.image_by_id(img).await?,
                             _ => None,
                         };
                         return Ok(Object {

@@ -85,6 +85,21 @@ async fn connect(settings: &Settings) -> Result<Engine, Error> {
     Ok(Engine::connect(endpoint).await?)
 }
 
+/// What is kept of one target once its files are written: enough for stdout, the log, the
+/// exit code and `environment.json`, so memory stays flat however many targets there are.
+struct Done {
+    successful: bool,
+    problems: usize,
+    /// The log line and the problem lines, already capped and escaped.
+    log: Vec<String>,
+    /// The `--format json` entry.
+    json: Option<serde_json::Value>,
+    /// Compact inspect JSON (`sha256:` stripped) of the image, keyed by id.
+    image: Option<(String, String)>,
+    /// Compact inspect JSON of the container, keyed by id.
+    container: Option<(String, String)>,
+}
+
 async fn run(
     settings: Settings,
     targets: Vec<Target>,
@@ -110,15 +125,41 @@ async fn run(
         client: client.as_ref(),
         image_name_id,
     };
-    let outcomes: Vec<Outcome> = futures_util::stream::iter(targets)
-        .map(|t| outcome::process(&ctx, t))
+    let stamp = chrono::Local::now();
+    let claimed = std::sync::Mutex::new(std::collections::HashSet::new());
+    // Each target writes its own files as soon as its work is done, so file-system latency
+    // overlaps with the network; `buffered` keeps the order of the results.
+    let work = futures_util::stream::iter(targets)
+        .map(|t| async {
+            let o = outcome::process(&ctx, t).await;
+            // Two names for one image make one target (the first one named).
+            if !claimed.lock().expect("not poisoned").insert(o.dir.clone()) {
+                return Ok(None);
+            }
+            if let Some((dir, uuid_base)) = &output {
+                write_target(dir, uuid_base, &o, &settings, stamp).await?;
+            }
+            Ok(Some(finish(o, &settings)))
+        })
         .buffered(settings.concurrency)
-        .collect()
-        .await;
-    let outcomes = dedupe(outcomes);
-
-    if let Some((dir, uuid_base)) = &output {
-        write_outputs(dir, uuid_base, &outcomes, &settings, &engine).await?;
+        .collect::<Vec<Result<Option<Done>, Error>>>();
+    // `GET /info` is slow on some engines; it runs while the targets are processed.
+    let info = async {
+        match output {
+            Some(_) => Some(engine.info().await),
+            None => None,
+        }
+    };
+    let (done, info) = tokio::join!(work, info);
+    let mut outcomes = Vec::with_capacity(done.len());
+    for d in done {
+        if let Some(d) = d? {
+            outcomes.push(d);
+        }
+    }
+    if let Some((dir, _)) = &output {
+        let info = info.expect("fetched when there is an output");
+        write_environment(dir, &outcomes, &settings, info, stamp)?;
     }
     print_report(
         &outcomes,
@@ -127,8 +168,7 @@ async fn run(
     );
 
     let failed = outcomes.iter().any(|o| !o.successful)
-        || (settings.scan_type == ScanType::Verify
-            && outcomes.iter().any(|o| !o.problems.is_empty()));
+        || (settings.scan_type == ScanType::Verify && outcomes.iter().any(|o| o.problems > 0));
     Ok(if failed && settings.exit_code != 0 {
         ExitCode::Custom(settings.exit_code)
     } else {
@@ -136,33 +176,80 @@ async fn run(
     })
 }
 
-/// Two names for one image make one target (the first one named).
-fn dedupe(outcomes: Vec<Outcome>) -> Vec<Outcome> {
-    let mut seen = std::collections::HashSet::new();
-    outcomes
-        .into_iter()
-        .filter(|o| seen.insert(o.dir.clone()))
-        .collect()
+/// Keep what is needed of an outcome once its files are written.
+fn finish(o: Outcome, settings: &Settings) -> Done {
+    let name = sanitize(&cap_line(
+        &o.image_name.clone().unwrap_or_else(|| o.dir.clone()),
+    ));
+    let mut log = vec![format!(
+        "{name}: {}",
+        sanitize(&cap_line(&outputs::full_summary(&o)))
+    )];
+    log.extend(
+        o.problems
+            .iter()
+            .map(|p| format!("{name}: {}", sanitize(&cap_line(&p.message)))),
+    );
+    let json = (settings.format == Format::Json).then(|| {
+        serde_json::json!({
+            "target": o.dir,
+            "image": o.image_name,
+            "object": o.object.as_ref().map(|x| x.kind.as_str()),
+            "successful": o.successful,
+            "summary": outputs::full_summary(&o),
+            "labels": o.labels.as_ref().map(|l| serde_json::Value::Object(l.to_json())),
+            "problems": o.problems,
+            "errors": o.errors,
+            "server answer": o.answer,
+        })
+    });
+    let compact = |v: serde_json::Result<serde_json::Value>| {
+        let mut v = v.unwrap_or_default();
+        crate::engine::strip_sha_fields(&mut v);
+        v.to_string()
+    };
+    let (image, container) = match &o.object {
+        Some(obj) => (
+            obj.image.as_ref().map(|i| {
+                (
+                    i.id.clone().unwrap_or_default(),
+                    compact(serde_json::to_value(i)),
+                )
+            }),
+            obj.container
+                .as_ref()
+                .map(|c| (obj.id.clone(), compact(serde_json::to_value(c)))),
+        ),
+        None => (None, None),
+    };
+    Done {
+        successful: o.successful,
+        problems: o.problems.len(),
+        log,
+        json,
+        image,
+        container,
+    }
 }
 
-async fn write_outputs(
+/// Write one target's `json` and legacy file (on a blocking thread: file-system calls).
+async fn write_target(
     dir: &Path,
     uuid_base: &str,
-    outcomes: &[Outcome],
+    o: &Outcome,
     settings: &Settings,
-    engine: &Engine,
+    stamp: chrono::DateTime<chrono::Local>,
 ) -> Result<(), Error> {
-    let stamp = chrono::Local::now();
-    for o in outcomes {
-        let target_dir = dir.join(&o.dir);
+    let target_dir = dir.join(&o.dir);
+    let files = [
+        ("json", outputs::atomic_json(o, settings, uuid_base)),
+        (outputs::LEGACY_FILE, outputs::legacy_json(o, settings)),
+    ];
+    tokio::task::spawn_blocking(move || {
         std::fs::create_dir_all(&target_dir).map_err(|source| Error::Output {
             path: target_dir.clone(),
             source,
         })?;
-        let files = [
-            ("json", outputs::atomic_json(o, settings, uuid_base)),
-            (outputs::LEGACY_FILE, outputs::legacy_json(o, settings)),
-        ];
         for (name, bytes) in files {
             if let Some(kept) = outputs::write_atomic(&target_dir, name, &bytes, &stamp)? {
                 tracing::warn!(
@@ -172,8 +259,20 @@ async fn write_outputs(
                 );
             }
         }
-    }
-    let info = match engine.info().await {
+        Ok(())
+    })
+    .await
+    .expect("the writer thread does not panic")
+}
+
+fn write_environment(
+    dir: &Path,
+    outcomes: &[Done],
+    settings: &Settings,
+    info: Result<serde_json::Value, crate::engine::EngineError>,
+    stamp: chrono::DateTime<chrono::Local>,
+) -> Result<(), Error> {
+    let info = match info {
         Ok(info) => info,
         Err(e) => {
             tracing::warn!(
@@ -183,7 +282,20 @@ async fn write_outputs(
             serde_json::Value::Object(Default::default())
         }
     };
-    let bytes = outputs::environment_json(info, outcomes, settings);
+    let mut seen = std::collections::HashSet::new();
+    let images: Vec<&str> = outcomes
+        .iter()
+        .filter_map(|o| o.image.as_ref())
+        .filter(|(id, _)| seen.insert(format!("i{id}")))
+        .map(|(_, j)| j.as_str())
+        .collect();
+    let containers: Vec<&str> = outcomes
+        .iter()
+        .filter_map(|o| o.container.as_ref())
+        .filter(|(id, _)| seen.insert(format!("c{id}")))
+        .map(|(_, j)| j.as_str())
+        .collect();
+    let bytes = outputs::environment_json(info, &images, &containers, settings);
     if let Some(kept) = outputs::write_atomic(dir, "environment.json", &bytes, &stamp)? {
         tracing::warn!(
             "{} already existed; the old file was kept as {}",
@@ -196,7 +308,7 @@ async fn write_outputs(
 
 /// stdout: one status line per target (pipelines grep them), then a one-line summary; or one
 /// JSON document with `--format json`. Every untrusted string is escaped first.
-fn print_report(outcomes: &[Outcome], settings: &Settings, output: Option<&Path>) {
+fn print_report(outcomes: &[Done], settings: &Settings, output: Option<&Path>) {
     let summary = summary_line(outcomes, settings, output);
     match settings.format {
         Format::Text => {
@@ -213,37 +325,18 @@ fn print_report(outcomes: &[Outcome], settings: &Settings, output: Option<&Path>
             // Details go to the log on stderr: failures and problems at warn (shown by
             // default), successes at info (-v); `-q` silences them.
             for o in outcomes {
-                let name = sanitize(&cap_line(
-                    &o.image_name.clone().unwrap_or_else(|| o.dir.clone()),
-                ));
-                let detail = sanitize(&cap_line(&outputs::full_summary(o)));
-                if o.successful {
-                    tracing::info!("{name}: {detail}");
-                } else {
-                    tracing::warn!("{name}: {detail}");
-                }
-                for p in &o.problems {
-                    tracing::warn!("{name}: {}", sanitize(&cap_line(&p.message)));
+                for (i, line) in o.log.iter().enumerate() {
+                    if o.successful && i == 0 {
+                        tracing::info!("{line}");
+                    } else {
+                        tracing::warn!("{line}");
+                    }
                 }
             }
         }
         Format::Json => {
-            let targets: Vec<serde_json::Value> = outcomes
-                .iter()
-                .map(|o| {
-                    serde_json::json!({
-                        "target": o.dir,
-                        "image": o.image_name,
-                        "object": o.object.as_ref().map(|x| x.kind.as_str()),
-                        "successful": o.successful,
-                        "summary": outputs::full_summary(o),
-                        "labels": o.labels.as_ref().map(|l| serde_json::Value::Object(l.to_json())),
-                        "problems": o.problems,
-                        "errors": o.errors,
-                        "server answer": o.answer,
-                    })
-                })
-                .collect();
+            let targets: Vec<&serde_json::Value> =
+                outcomes.iter().filter_map(|o| o.json.as_ref()).collect();
             let doc = serde_json::json!({"targets": targets, "summary": summary});
             println!(
                 "{}",
@@ -263,7 +356,7 @@ fn cap_line(text: &str) -> String {
     }
 }
 
-fn summary_line(outcomes: &[Outcome], settings: &Settings, output: Option<&Path>) -> String {
+fn summary_line(outcomes: &[Done], settings: &Settings, output: Option<&Path>) -> String {
     let n = outcomes.len();
     let ok = outcomes.iter().filter(|o| o.successful).count();
     let failed = n - ok;
@@ -274,7 +367,7 @@ fn summary_line(outcomes: &[Outcome], settings: &Settings, output: Option<&Path>
     };
     let mut line = match settings.scan_type {
         ScanType::Verify => {
-            let problems: usize = outcomes.iter().map(|o| o.problems.len()).sum();
+            let problems: usize = outcomes.iter().map(|o| o.problems).sum();
             format!("{targets} verified: {problems} label problem(s), {failed} could not be read")
         }
         ScanType::Register if settings.server.is_none() => format!(

@@ -242,37 +242,49 @@ fn python_json<T: Serialize>(value: &T) -> Vec<u8> {
     out.into_bytes()
 }
 
-/// The bytes of `environment.json`.
-pub fn environment_json(info: Value, outcomes: &[Outcome], settings: &Settings) -> Vec<u8> {
-    let mut images: Vec<Value> = Vec::new();
-    let mut containers: Vec<Value> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for o in outcomes {
-        let Some(obj) = &o.object else { continue };
-        if let Some(c) = &obj.container
-            && seen.insert(format!("c{}", obj.id))
-        {
-            containers.push(serde_json::to_value(c).unwrap_or_default());
+/// The bytes of `environment.json`: atomic's `{info, images, containers}` (inspects given as
+/// compact JSON with `sha256:` already stripped, parsed one at a time so memory stays flat),
+/// plus the `scanner` block.
+pub fn environment_json(
+    mut info: Value,
+    images: &[&str],
+    containers: &[&str],
+    settings: &Settings,
+) -> Vec<u8> {
+    strip_sha_fields(&mut info);
+    let indent_item = |compact: &str| -> String {
+        let v: Value = serde_json::from_str(compact).unwrap_or_default();
+        let text = String::from_utf8(python_json(&v)).expect("ASCII");
+        text.lines()
+            .map(|l| format!("        {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let list = |items: &[&str]| -> String {
+        if items.is_empty() {
+            return "[]".into();
         }
-        if let Some(i) = &obj.image
-            && seen.insert(format!("i{}", i.id.clone().unwrap_or_default()))
-        {
-            images.push(serde_json::to_value(i).unwrap_or_default());
-        }
-    }
-    let mut doc = json!({
-        "info": info,
-        "images": images,
-        "containers": containers,
-    });
-    strip_sha_fields(&mut doc);
-    doc["scanner"] = json!({
+        let body: Vec<String> = items.iter().map(|i| indent_item(i)).collect();
+        format!("[\n{}\n    ]", body.join(",\n"))
+    };
+    let indent_value = |v: &Value| -> String {
+        let text = String::from_utf8(python_json(v)).expect("ASCII");
+        text.lines().collect::<Vec<_>>().join("\n    ")
+    };
+    let scanner = json!({
         "name": SCANNER_NAME,
         "version": env!("CARGO_PKG_VERSION"),
         "scan type": scan_type_name(settings),
         "server": server_url(settings),
     });
-    python_json(&doc)
+    format!(
+        "{{\n    \"info\": {},\n    \"images\": {},\n    \"containers\": {},\n    \"scanner\": {}\n}}",
+        indent_value(&info),
+        list(images),
+        list(containers),
+        indent_value(&scanner)
+    )
+    .into_bytes()
 }
 
 /// Check that results can be written under `dir` (creating it when `create`), before any work
@@ -339,7 +351,7 @@ mod tests {
             "{\n    \"a\": [\n        \"\\u00e9\",\n        {}\n    ],\n    \"b\": []\n}"
         );
         assert_eq!(
-            String::from_utf8(python_json(&json!("😀"))).unwrap(),
+            String::from_utf8(python_json(&json!("\u{1F600}"))).unwrap(),
             "\"\\ud83d\\ude00\""
         );
     }
