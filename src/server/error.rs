@@ -51,11 +51,19 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(status = %self.status, code = self.code, "{}", self.summary);
         }
-        (
+        let mut response = (
             self.status,
             Json(json!({"success": false, "error": self.code, "summary": self.summary})),
         )
-            .into_response()
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            // RFC 6750: say which scheme the server wants.
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"imagetrail\""),
+            );
+        }
+        response
     }
 }
 

@@ -413,6 +413,10 @@ async fn deployments_without_a_valid_api_key_are_401_and_store_nothing() {
         .await
         .unwrap();
     assert_eq!(no_key.status(), 401);
+    assert_eq!(
+        no_key.headers()["www-authenticate"],
+        "Bearer realm=\"imagetrail\""
+    );
     let answer: Value = no_key.json().await.unwrap();
     assert!(
         answer["summary"]
@@ -832,4 +836,30 @@ async fn a_retried_deployment_with_the_same_idempotency_key_is_recorded_once() {
             .len(),
         1
     );
+}
+
+#[tokio::test]
+async fn callbacks_can_require_an_api_key() {
+    let server = TestServer::start(|c| c.callbacks_require_key = true).await;
+    let body = register_body("46e443d").to_string();
+    let (status, answer) = post_raw(
+        &server,
+        "/api/v1/register",
+        "application/json",
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_eq!(answer["error"], "unauthorized");
+    assert!(server.callbacks().is_empty());
+    let r = client()
+        .post(server.at("/api/v1/register"))
+        .bearer_auth(KEY)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(server.callbacks().len(), 1);
 }
