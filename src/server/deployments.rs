@@ -11,7 +11,8 @@
 //! repository path without the registry host. `image.name` is unique per repository per
 //! environment (Atomist's rule): a name already used by another app for the same repository, or
 //! a nameless request for a repository that runs as named instances there, is a 409.
-//! Extensions: `deployed_by` (default: the API key's label).
+//! Extensions: `deployed_by` (default: the API key's label), and `Idempotency-Key` (a retry gets
+//! the first answer and is not recorded twice).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
