@@ -191,7 +191,15 @@ impl AnalyticsLog {
             request,
             answer,
         };
-        self.append(&entry).await?;
+        if let Err(e) = self.append(&entry).await {
+            // Nothing was stored: a retry with the same key must be tried again, not answered
+            // with the success that was never written.
+            if let Some(key) = &entry.idempotency_key {
+                let mut seen = self.seen.lock().expect("callback index lock");
+                seen.answers.remove(&format!("{kind} {key}"));
+            }
+            return Err(e);
+        }
         Ok(entry.answer)
     }
 }
