@@ -863,3 +863,67 @@ async fn callbacks_can_require_an_api_key() {
     assert_eq!(r.status(), 200);
     assert_eq!(server.callbacks().len(), 1);
 }
+
+#[tokio::test]
+async fn a_torn_callback_line_is_kept_and_new_lines_start_fresh() {
+    let state = tempfile::Builder::new()
+        .prefix("it-srv-")
+        .tempdir()
+        .unwrap();
+    let log = state.path().join(".analytics/callbacks.jsonl");
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    let whole = json!({
+        "kind": "register", "received_at": "2026-11-22T05:00:00Z",
+        "request": {"git-url": "https://github.com/example/app", "git-sha": "46e443d"},
+        "answer": {"success": true}
+    });
+    let torn = "{\"kind\":\"register\",\"received_at\":\"2026-11-22T05:00:01Z\",\"requ";
+    std::fs::write(&log, format!("{whole}\n{torn}")).unwrap();
+
+    let dir = state.path().to_path_buf();
+    let server = TestServer::start(|c| c.state_dir = dir).await;
+    let (status, answer) = post_raw(
+        &server,
+        "/api/v1/register",
+        "application/json",
+        register_body("46e443d").to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        answer["last_scanned_at"], "Sun, 22 Nov 2026 05:00:00 GMT",
+        "the whole line before the torn one still counts"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0], whole.to_string(), "earlier entries byte for byte");
+    assert_eq!(lines[1], torn, "the torn line is kept as it was");
+    let new: Value = serde_json::from_str(lines[2]).expect("the new entry is a whole line");
+    assert_eq!(new["request"]["git-sha"], "46e443d");
+}
+
+#[tokio::test]
+async fn a_torn_history_entry_is_reported_beside_the_whole_ones() {
+    let server = TestServer::start(|_| {}).await;
+    let url = format!("registry.example.com/team/app@{}", digest(1));
+    let (status, _) = post_deployment(
+        &server,
+        json!({"environment": {"name": "prod"}, "image": {"url": url}}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let history = server.store().history_path("prod", "team/app").unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&history)
+        .unwrap();
+    f.write_all(b"- app: team/app\n  image:\n    repo: regis")
+        .unwrap();
+    drop(f);
+    let (status, answer) = get(&server, "/api/v1/deployments?environment=prod").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["deployments"].as_array().unwrap().len(), 1);
+    let warning = answer["warnings"][0].as_str().unwrap();
+    assert!(warning.contains("incomplete"), "{warning}");
+}
