@@ -402,4 +402,14 @@ pub struct ServeArgs {
     /// Cluster name used in admission environments (`<cluster>/<namespace>`).
     #[arg(long, env = "IMAGETRAIL_CLUSTER", default_value = "default")]
     pub cluster: String,
+    /// Also require an API key on the analytics callbacks (register, scanner-error).
+    #[arg(long, env = "IMAGETRAIL_CALLBACKS_REQUIRE_KEY")]
+    pub callbacks_require_key: bool,
+    /// The largest request body accepted, in bytes (larger ones get 413).
+    #[arg(long, env = "IMAGETRAIL_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Seconds one request may take from its first byte to its answer; a client that never
+    /// finishes its request is cut off after this.
+    #[arg(long, env = "IMAGETRAIL_REQUEST_TIMEOUT", default_value_t = 10.0)]
+    pub request_timeout: f64,
 }

@@ -129,7 +129,7 @@ async fn run(
     let claimed = std::sync::Mutex::new(std::collections::HashSet::new());
     // Each target writes its own files as soon as its work is done, so file-system latency
     // overlaps with the network; `buffered` keeps the order of the results.
-    let done: Vec<Result<Option<Done>, Error>> = futures_util::stream::iter(targets)
+    let work = futures_util::stream::iter(targets)
         .map(|t| async {
             let o = outcome::process(&ctx, t).await;
             // Two names for one image make one target (the first one named).
@@ -142,8 +142,15 @@ async fn run(
             Ok(Some(finish(o, &settings)))
         })
         .buffered(settings.concurrency)
-        .collect()
-        .await;
+        .collect::<Vec<Result<Option<Done>, Error>>>();
+    // `GET /info` is slow on some engines; it runs while the targets are processed.
+    let info = async {
+        match output {
+            Some(_) => Some(engine.info().await),
+            None => None,
+        }
+    };
+    let (done, info) = tokio::join!(work, info);
     let mut outcomes = Vec::with_capacity(done.len());
     for d in done {
         if let Some(d) = d? {
@@ -151,7 +158,8 @@ async fn run(
         }
     }
     if let Some((dir, _)) = &output {
-        write_environment(dir, &outcomes, &settings, &engine, stamp).await?;
+        let info = info.expect("fetched when there is an output");
+        write_environment(dir, &outcomes, &settings, info, stamp)?;
     }
     print_report(
         &outcomes,
@@ -257,14 +265,14 @@ async fn write_target(
     .expect("the writer thread does not panic")
 }
 
-async fn write_environment(
+fn write_environment(
     dir: &Path,
     outcomes: &[Done],
     settings: &Settings,
-    engine: &Engine,
+    info: Result<serde_json::Value, crate::engine::EngineError>,
     stamp: chrono::DateTime<chrono::Local>,
 ) -> Result<(), Error> {
-    let info = match engine.info().await {
+    let info = match info {
         Ok(info) => info,
         Err(e) => {
             tracing::warn!(

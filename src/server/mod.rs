@@ -1,10 +1,246 @@
 //! `imagetrail serve`: analytics callbacks, the deployments API, queries and the admission
-//! webhook. Stores through [`crate::records`], never in a format of its own.
+//! webhook. Deployments are stored through [`crate::records`], never in a format of its own.
+//!
+//! Layout:
+//!
+//! * [`run`] is the seam: it takes a bound listener and a shutdown future (mini-redis style), so
+//!   tests start the server on `127.0.0.1:0`; [`serve`] is the CLI entry that binds `--listen`,
+//!   waits for SIGTERM/SIGINT and calls it.
+//! * `analytics`: `POST /api/v1/register` and `/scanner-error`, stored as append-only JSON lines
+//!   with group commit (one `fdatasync` for every batch of waiting requests).
+//! * `deployments`: `POST /api/v1/deployments` (the Atomist body), through [`crate::records::Store`].
+//! * `queries`: the `GET` endpoints over the records.
+//! * `admission`: the Kubernetes `AdmissionReview` v1 webhook for Pods.
+//! * `auth` (Bearer API keys), `limits` (body size, content type, request timeout), `tls`,
+//!   `reference` (image references pinned by digest), `error` (the JSON error answer).
 
-use crate::cli::ServeArgs;
+mod admission;
+mod analytics;
+mod auth;
+mod deployments;
+mod error;
+mod limits;
+mod queries;
+mod reference;
+mod tls;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::routing::{get, post};
+
+use crate::cli::{AdmissionMode, ServeArgs};
 use crate::exit::ExitCode;
+use crate::records::Store;
 
-/// `imagetrail serve`.
-pub async fn serve(_args: ServeArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("serve is not implemented yet")
+pub use analytics::ANALYTICS_DIR;
+pub use auth::ApiKeys;
+pub use reference::{PinnedRef, ReferenceError};
+
+/// Everything the server needs besides its listener.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The state directory: deployment records, and the analytics log under [`ANALYTICS_DIR`].
+    pub state_dir: PathBuf,
+    /// Keys accepted as `Authorization: Bearer` on the deployments API. `None`: writes refused.
+    pub api_keys: Option<ApiKeys>,
+    /// Whether the analytics callbacks also require an API key.
+    pub callbacks_require_key: bool,
+    /// PEM certificate chain and key: serve HTTPS instead of HTTP.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// What the admission webhook does with images not pinned by digest.
+    pub admission_mode: AdmissionMode,
+    /// The cluster part of admission environments (`<cluster>/<namespace>`).
+    pub cluster: String,
+    /// The largest request body accepted.
+    pub max_body_bytes: usize,
+    /// How long one request may take, from its first byte to the answer (headers and body
+    /// included): a client that never finishes is cut off after this.
+    pub request_timeout: Duration,
+}
+
+impl Config {
+    /// Defaults for `state_dir`, as `imagetrail serve` would use without flags.
+    pub fn new(state_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            state_dir: state_dir.into(),
+            api_keys: None,
+            callbacks_require_key: false,
+            tls: None,
+            admission_mode: AdmissionMode::Record,
+            cluster: "default".into(),
+            max_body_bytes: 1024 * 1024,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What every handler shares.
+pub(crate) struct AppState {
+    pub(crate) config: Config,
+    pub(crate) store: Store,
+    pub(crate) analytics: analytics::AnalyticsLog,
+    pub(crate) env_locks: deployments::EnvLocks,
+    pub(crate) idempotency: deployments::Idempotency,
+}
+
+/// `imagetrail serve`: bind `--listen`, serve until SIGTERM or SIGINT, then finish the requests
+/// in flight and exit 0.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let api_keys = match &args.api_keys_file {
+        Some(path) => Some(ApiKeys::load(path)?),
+        None => None,
+    };
+    let config = Config {
+        state_dir: args.state.state_dir.clone(),
+        api_keys,
+        callbacks_require_key: args.callbacks_require_key,
+        tls: args.tls_cert.clone().zip(args.tls_key.clone()),
+        admission_mode: args.admission_mode,
+        cluster: args.cluster.clone(),
+        max_body_bytes: args.max_body_bytes,
+        request_timeout: Duration::from_secs_f64(args.request_timeout),
+    };
+    // Check what can fail before the address is bound and announced, so a misconfigured server
+    // never says "listening".
+    if let Some((cert, key)) = &config.tls {
+        tls::load(cert, key).await?;
+    }
+    let analytics_dir = config.state_dir.join(ANALYTICS_DIR);
+    std::fs::create_dir_all(&analytics_dir).with_context(|| {
+        format!(
+            "cannot create {}; give a writable --state-dir",
+            analytics_dir.display()
+        )
+    })?;
+    if config.api_keys.is_none() {
+        tracing::warn!(
+            "no --api-keys-file: POST /api/v1/deployments answers 401 until the server has keys"
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {}; pick a free address with --listen HOST:PORT",
+                args.listen
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    // The bound address goes to stdout (it is the command's result, and `--listen :0` makes it
+    // unknown until now); everything else is logged on stderr.
+    println!("listening on {scheme}://{addr}");
+    run(listener, config, shutdown_signal()).await?;
+    Ok(ExitCode::Success)
+}
+
+/// Resolve when SIGTERM or SIGINT arrives.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install the SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install the SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+/// Serve on `listener` until `shutdown` resolves, then stop accepting, let the requests in
+/// flight finish (up to the request timeout) and flush the analytics log.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let analytics = analytics::AnalyticsLog::open(&config.state_dir.join(ANALYTICS_DIR))?;
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(tls::load(cert, key).await?),
+        None => None,
+    };
+    let request_timeout = config.request_timeout;
+    let state = Arc::new(AppState {
+        store: Store::new(&config.state_dir),
+        config,
+        analytics,
+        env_locks: Default::default(),
+        idempotency: Default::default(),
+    });
+    let app = router(state.clone());
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, tls = tls.is_some(), "imagetrail serve listening");
+
+    let handle = axum_server::Handle::<SocketAddr>::new();
+    let shutdown_handle = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        shutdown_handle.graceful_shutdown(Some(request_timeout));
+    });
+
+    let make_service = app.into_make_service();
+    match tls {
+        Some(tls) => {
+            let mut server = axum_server::Server::from_listener(listener)
+                .acceptor(
+                    axum_server::tls_rustls::RustlsAcceptor::new(tls)
+                        .handshake_timeout(request_timeout),
+                )
+                .handle(handle)
+                .first_request_timeout(request_timeout);
+            server
+                .http_builder()
+                .http1()
+                .header_read_timeout(request_timeout);
+            server.serve(make_service).await
+        }
+        None => {
+            let mut server = axum_server::Server::from_listener(listener)
+                .handle(handle)
+                .first_request_timeout(request_timeout);
+            server
+                .http_builder()
+                .http1()
+                .header_read_timeout(request_timeout);
+            server.serve(make_service).await
+        }
+    }
+    .context("the HTTP server stopped")?;
+    state.analytics.close().await;
+    tracing::info!("imagetrail serve stopped");
+    Ok(())
+}
+
+/// Every route. The environment in `/api/v1/environments/{*env}` is the rest of the path, so
+/// `cluster/namespace` works both plain and percent-encoded (`cluster%2Fnamespace`).
+fn router(state: Arc<AppState>) -> Router {
+    let timeout = state.config.request_timeout;
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/api/v1/register", post(analytics::register))
+        .route("/api/v1/scanner-error", post(analytics::scanner_error))
+        .route(
+            "/api/v1/deployments",
+            post(deployments::create).get(queries::deployments),
+        )
+        .route("/api/v1/environments", get(queries::environments))
+        .route("/api/v1/environments/{*env}", get(queries::environment))
+        .route("/api/v1/admission", post(admission::review))
+        .fallback(error::not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(
+            state.config.max_body_bytes,
+        ))
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::middleware::from_fn(move |req, next| {
+            limits::request_timeout(timeout, req, next)
+        }))
+        .with_state(state)
 }

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Load benchmark of `imagetrail serve` on loopback with wrk (-t2 -c16), against the original Flask
+# mock of the analytics server (Flask's threaded server) and the same app under gunicorn with 2
+# workers, measured in the same run.
+#
+#   bench/serve.sh              # 10 s per wrk run, a 60 s soak with RSS sampled every second
+#   DURATION=5 SOAK=20 bench/serve.sh
+#
+# Needs: wrk (Debian), python3; Flask and gunicorn are installed into a venv under /tmp if missing
+# (PyPI). Durability: register callbacks are fdatasync'd per batch (group commit) before the
+# answer; deployments are written through records::Store (history append + fdatasync,
+# deploy-info.yml written to a temp file, fsync'd, renamed, directory fsync'd) before the answer.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+SOAK=${SOAK:-60}
+BIN=${BIN:-target/release/imagetrail}
+VENV=${VENV:-/tmp/it-srv-venv}
+WRK=(wrk -t2 -c16 --latency)
+
+[ -x "$BIN" ] || cargo build --release
+if [ ! -x "$VENV/bin/gunicorn" ]; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q flask gunicorn
+fi
+
+WORK=$(mktemp -d /tmp/it-srv-bench.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "nothing listens on $1" >&2; exit 1; }
+
+# One wrk run: prints "req/s p50 p99" from wrk's --latency report.
+measure() {
+  local name=$1 url=$2 script=$3 duration=$4
+  local out
+  out=$("${WRK[@]}" -d"${duration}s" -s "$script" "$url")
+  echo "$out" > "$WORK/wrk-$name.txt"
+  local rps p50 p99 non2xx
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  non2xx=$(awk '/Non-2xx/ {print $4}' <<<"$out")
+  printf '| %-34s | %10s | %8s | %8s | %s |\n' "$name" "$rps" "$p50" "$p99" "${non2xx:-0}"
+}
+
+echo "machine: $(nproc) cores, $(uname -r); wrk -t2 -c16, ${DURATION}s per run"
+echo
+echo "| server | req/s | p50 | p99 | non-2xx |"
+echo "|---|---:|---:|---:|---:|"
+
+# --- baseline 1: the original Flask mock, Flask's own threaded server
+PORT=$(free_port)
+"$VENV/bin/python" bench/flask_mock.py "$PORT" >"$WORK/flask.log" 2>&1 &
+PIDS+=($!)
+wait_port "$PORT"
+measure "Flask mock (flask run, threaded)" "http://127.0.0.1:$PORT" bench/wrk/register.lua "$DURATION"
+kill "${PIDS[-1]}"
+
+# --- baseline 2: the same app under gunicorn, 2 workers
+PORT=$(free_port)
+(cd bench && exec "$VENV/bin/gunicorn" -w 2 -b "127.0.0.1:$PORT" --log-level warning flask_mock:app) >"$WORK/gunicorn.log" 2>&1 &
+PIDS+=($!)
+wait_port "$PORT"
+measure "Flask mock (gunicorn -w 2)" "http://127.0.0.1:$PORT" bench/wrk/register.lua "$DURATION"
+kill "${PIDS[-1]}"
+
+# --- imagetrail serve
+export BENCH_KEY=bench-key-$RANDOM
+echo "bench $BENCH_KEY" > "$WORK/keys"
+"$BIN" serve --listen 127.0.0.1:0 --state-dir "$WORK/state" --api-keys-file "$WORK/keys" >"$WORK/serve.out" 2>"$WORK/serve.err" &
+SERVE=$!
+PIDS+=($SERVE)
+for _ in $(seq 1 100); do grep -q listening "$WORK/serve.out" 2>/dev/null && break; sleep 0.1; done
+URL=$(sed -n 's/^listening on //p' "$WORK/serve.out")
+measure "imagetrail serve: register" "$URL" bench/wrk/register.lua "$DURATION"
+measure "imagetrail serve: deployments, 1 env" "$URL" bench/wrk/deployments.lua "$DURATION"
+BENCH_ENVS=8 measure "imagetrail serve: deployments, 8 envs" "$URL" bench/wrk/deployments.lua "$DURATION"
+echo
+echo "callback log: $(wc -l <"$WORK/state/.analytics/callbacks.jsonl") lines; deployments recorded: $(cat "$WORK"/state/bench*/*/deploy-history.yml | grep -c '^- ')"
+
+# --- soak: register for $SOAK s, RSS sampled every second
+echo
+echo "soak: register for ${SOAK}s, RSS (KiB) of imagetrail serve every second"
+"${WRK[@]}" -d"${SOAK}s" -s bench/wrk/register.lua "$URL" >"$WORK/wrk-soak.txt" &
+WRKPID=$!
+: >"$WORK/rss.txt"
+while kill -0 "$WRKPID" 2>/dev/null; do
+  ps -o rss= -p "$SERVE" >>"$WORK/rss.txt"
+  sleep 1
+done
+wait "$WRKPID"
+awk 'NR==1{first=$1} {if(min==""||$1<min)min=$1; if($1>max)max=$1; last=$1; n++}
+     END{printf "samples %d, first %d, min %d, max %d, last %d KiB\n", n, first, min, max, last}' "$WORK/rss.txt"
+awk 'NR>5 && NR<=10 {s+=$1; c++} END{if(c) printf "mean of samples 6-10: %d KiB; ", s/c}' "$WORK/rss.txt"
+tail -5 "$WORK/rss.txt" | awk '{s+=$1; c++} END{printf "mean of the last 5: %d KiB\n", s/c}'
+awk '/Requests\/sec/ {print "soak throughput: " $2 " req/s"} $1=="99%" {print "soak p99: " $2}' "$WORK/wrk-soak.txt"

@@ -1,0 +1,20 @@
+-- POST /api/v1/deployments with the Atomist body: 16 apps spread over BENCH_ENVS environments
+-- (default 1), a new digest on every request (each one is a real deployment: a history append
+-- and a deploy-info.yml replace).
+local n = 0
+local envs = tonumber(os.getenv("BENCH_ENVS") or "1")
+local counter = 0
+setup = function(thread)
+  counter = counter + 1
+  thread:set("tid", counter)
+end
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer " .. (os.getenv("BENCH_KEY") or "bench-key")
+request = function()
+  n = n + 1
+  local body = string.format(
+    '{"environment":{"name":"bench-%d"},"image":{"url":"registry.example.com/team/app-%d@sha256:%032x%032x"}}',
+    n % envs, n % 16, tid or 0, n)
+  return wrk.format(nil, "/api/v1/deployments", nil, body)
+end

@@ -1,0 +1,426 @@
+//! The analytics callbacks the scanner sends: `POST /api/v1/register` and
+//! `POST /api/v1/scanner-error`, validated as the real analytics server (fabric8-gemini) does:
+//! `Content-Type` exactly `application/json`, `git-url` and `git-sha` required.
+//!
+//! Storage: one append-only JSON-lines file, `<state-dir>/.analytics/callbacks.jsonl`, one line per
+//! accepted callback (the request as received, when, and the answer given). A single writer
+//! thread does group commit: it writes every line waiting, calls `fdatasync` once, and only then
+//! are those requests answered, so an answered callback survives a crash and the cost of one
+//! sync is shared by every request that arrived meanwhile. A torn last line (a crash during a
+//! write) is reported at startup with its line number and left in place; new lines start on a
+//! fresh line, so it never corrupts another entry.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+
+use anyhow::Context;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use tokio::sync::oneshot;
+
+use super::AppState;
+use super::error::ApiError;
+use super::limits::{ContentType, json_body};
+
+/// The directory under the state directory that holds the callback log. It starts with a dot
+/// because the records' path encoding never produces one, so no environment can collide with it.
+pub const ANALYTICS_DIR: &str = ".analytics";
+
+/// The callback log's file name inside [`ANALYTICS_DIR`].
+pub const LOG_FILE: &str = "callbacks.jsonl";
+
+/// The longest `Idempotency-Key` accepted.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// One line of the log.
+#[derive(Debug, Serialize, Deserialize)]
+struct Entry {
+    /// `register` or `scanner-error`.
+    kind: String,
+    /// When the server accepted it.
+    received_at: DateTime<Utc>,
+    /// The client's `Idempotency-Key`, if it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<String>,
+    /// The body as received.
+    request: Value,
+    /// The answer given.
+    answer: Value,
+}
+
+/// What earlier callbacks decide about later ones.
+#[derive(Default)]
+struct Seen {
+    /// (git-url, git-sha) → when it was last registered.
+    registered: HashMap<(String, String), DateTime<Utc>>,
+    /// "<kind> <key>" → the answer given to the first request with that key.
+    answers: HashMap<String, Value>,
+    /// The keys of `answers`, oldest first, so only the newest [`IDEMPOTENCY_KEYS`] are kept
+    /// (a retry comes within minutes; the scanner sends a fresh key for every target and run).
+    order: std::collections::VecDeque<String>,
+}
+
+/// How many idempotency keys of callbacks are remembered (also across restarts: the index is
+/// rebuilt from the log).
+pub const IDEMPOTENCY_KEYS: usize = 100_000;
+
+impl Seen {
+    fn remember(&mut self, key: String, answer: Value) {
+        if self.answers.insert(key.clone(), answer).is_none() {
+            self.order.push_back(key);
+            if self.order.len() > IDEMPOTENCY_KEYS
+                && let Some(old) = self.order.pop_front()
+            {
+                self.answers.remove(&old);
+            }
+        }
+    }
+}
+
+enum Job {
+    Append {
+        line: Vec<u8>,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    Close(oneshot::Sender<()>),
+}
+
+/// The callback log: in-memory indexes plus the group-commit writer.
+pub struct AnalyticsLog {
+    seen: Mutex<Seen>,
+    tx: mpsc::Sender<Job>,
+    path: PathBuf,
+}
+
+impl AnalyticsLog {
+    /// Open (or create) the log in `dir`, rebuild the indexes from it and start the writer.
+    pub fn open(dir: &Path) -> anyhow::Result<AnalyticsLog> {
+        std::fs::create_dir_all(dir).with_context(|| {
+            format!(
+                "cannot create {}; check that the state directory is writable",
+                dir.display()
+            )
+        })?;
+        let path = dir.join(LOG_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .with_context(|| format!("cannot open the callback log {}", path.display()))?;
+        let seen = load(&path, &mut file)?;
+        let (tx, rx) = mpsc::channel();
+        let writer_path = path.clone();
+        std::thread::Builder::new()
+            .name("analytics-log".into())
+            .spawn(move || writer(file, &writer_path, rx))
+            .context("cannot start the callback log writer")?;
+        Ok(AnalyticsLog {
+            seen: Mutex::new(seen),
+            tx,
+            path,
+        })
+    }
+
+    /// Write everything waiting and stop the writer.
+    pub async fn close(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Job::Close(done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    /// Append one line and wait until it is on disk.
+    async fn append(&self, entry: &Entry) -> Result<(), ApiError> {
+        let mut line = serde_json::to_vec(entry)
+            .map_err(|e| ApiError::internal("cannot encode the callback", &e))?;
+        line.push(b'\n');
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Job::Append { line, done })
+            .map_err(|_| ApiError::internal("the callback log is closed", &"shutting down"))?;
+        match wait.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ApiError::internal(
+                &format!("cannot write the callback log {}", self.path.display()),
+                &e,
+            )),
+            Err(_) => Err(ApiError::internal(
+                "the callback log writer stopped",
+                &"see earlier errors",
+            )),
+        }
+    }
+
+    /// Record one callback and give its answer, or the stored answer of an earlier request with
+    /// the same idempotency key (then nothing new is stored).
+    async fn accept(
+        &self,
+        kind: &str,
+        key: Option<String>,
+        request: Value,
+        answer: impl FnOnce(&mut Seen, DateTime<Utc>) -> Value,
+    ) -> Result<Value, ApiError> {
+        let now = Utc::now();
+        let answer = {
+            let mut seen = self.seen.lock().expect("callback index lock");
+            if let Some(key) = &key
+                && let Some(previous) = seen.answers.get(&format!("{kind} {key}"))
+            {
+                return Ok(previous.clone());
+            }
+            let answer = answer(&mut seen, now);
+            if let Some(key) = &key {
+                seen.remember(format!("{kind} {key}"), answer.clone());
+            }
+            answer
+        };
+        let entry = Entry {
+            kind: kind.to_string(),
+            received_at: now,
+            idempotency_key: key,
+            request,
+            answer,
+        };
+        if let Err(e) = self.append(&entry).await {
+            // Nothing was stored: a retry with the same key must be tried again, not answered
+            // with the success that was never written.
+            if let Some(key) = &entry.idempotency_key {
+                let mut seen = self.seen.lock().expect("callback index lock");
+                seen.answers.remove(&format!("{kind} {key}"));
+            }
+            return Err(e);
+        }
+        Ok(entry.answer)
+    }
+}
+
+/// Rebuild the indexes from the log; make sure the next append starts on a fresh line.
+fn load(path: &Path, file: &mut File) -> anyhow::Result<Seen> {
+    let mut seen = Seen::default();
+    let reader = BufReader::new(File::open(path)?);
+    for (n, line) in reader.split(b'\n').enumerate() {
+        let line = line.with_context(|| format!("cannot read {}", path.display()))?;
+        if line.is_empty() {
+            continue;
+        }
+        match serde_json::from_slice::<Entry>(&line) {
+            Ok(entry) => {
+                index(&mut seen, &entry);
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "{}:{}: unreadable callback entry ({e}), probably torn by a crash; it is kept as it is and ignored",
+                    path.display(),
+                    n + 1
+                );
+            }
+        }
+    }
+    let len = file.seek(SeekFrom::End(0))?;
+    if len > 0 {
+        let mut last = [0u8; 1];
+        use std::os::unix::fs::FileExt;
+        file.read_exact_at(&mut last, len - 1)?;
+        if last[0] != b'\n' {
+            file.write_all(b"\n")?;
+            file.sync_data()?;
+        }
+    }
+    Ok(seen)
+}
+
+fn index(seen: &mut Seen, entry: &Entry) {
+    if entry.kind == "register"
+        && let (Some(url), Some(sha)) = (
+            entry.request.get("git-url").and_then(Value::as_str),
+            entry.request.get("git-sha").and_then(Value::as_str),
+        )
+    {
+        seen.registered.insert(
+            (url.trim().to_string(), sha.trim().to_string()),
+            entry.received_at,
+        );
+    }
+    if let Some(key) = &entry.idempotency_key {
+        seen.remember(format!("{} {key}", entry.kind), entry.answer.clone());
+    }
+}
+
+/// The writer thread: group commit until closed.
+fn writer(mut file: File, path: &Path, rx: mpsc::Receiver<Job>) {
+    let mut len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    while let Ok(job) = rx.recv() {
+        let mut batch = Vec::new();
+        let mut close = None;
+        match job {
+            Job::Append { line, done } => batch.push((line, done)),
+            Job::Close(done) => close = Some(done),
+        }
+        while close.is_none() {
+            match rx.try_recv() {
+                Ok(Job::Append { line, done }) => batch.push((line, done)),
+                Ok(Job::Close(done)) => close = Some(done),
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            let mut buf = Vec::with_capacity(batch.iter().map(|(l, _)| l.len()).sum());
+            for (line, _) in &batch {
+                buf.extend_from_slice(line);
+            }
+            let result = file.write_all(&buf).and_then(|()| file.sync_data());
+            let outcome = match result {
+                Ok(()) => {
+                    len += buf.len() as u64;
+                    Ok(())
+                }
+                Err(e) => {
+                    // Cut a partial write back off, so the next batch does not continue a torn
+                    // line and every entry already answered stays intact.
+                    if let Err(t) = file.set_len(len) {
+                        tracing::error!(
+                            "cannot truncate {} after a failed write: {t}",
+                            path.display()
+                        );
+                    }
+                    Err(e.to_string())
+                }
+            };
+            for (_, done) in batch {
+                let _ = done.send(outcome.clone());
+            }
+        }
+        if let Some(done) = close {
+            let _ = done.send(());
+            return;
+        }
+    }
+}
+
+/// The `Idempotency-Key` header, if any and usable.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(v) if !v.trim().is_empty() && v.len() <= MAX_IDEMPOTENCY_KEY => {
+            Ok(Some(v.trim().to_string()))
+        }
+        _ => Err(ApiError::bad_request(
+            "idempotency-key",
+            format!(
+                "the Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters"
+            ),
+        )),
+    }
+}
+
+/// The body as a JSON object, or a 400.
+fn object(body: Value) -> Result<Map<String, Value>, ApiError> {
+    match body {
+        Value::Object(map) => Ok(map),
+        _ => Err(ApiError::bad_request(
+            "invalid-body",
+            "the body must be a JSON object",
+        )),
+    }
+}
+
+/// A required non-empty string field, with the real server's message when it is missing.
+fn required<'a>(body: &'a Map<String, Value>, key: &str) -> Result<&'a str, ApiError> {
+    match body.get(key).and_then(Value::as_str).map(str::trim) {
+        Some(v) if !v.is_empty() => Ok(v),
+        // The real server answers 404 here; 400 is the right status, and a 404 would tell the
+        // scanner "this endpoint does not exist".
+        _ => Err(ApiError::bad_request(
+            "missing-field",
+            format!("{key} cannot be empty"),
+        )),
+    }
+}
+
+fn check_callback_auth(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if state.config.callbacks_require_key {
+        super::auth::require(state.config.api_keys.as_ref(), headers)?;
+    }
+    Ok(())
+}
+
+/// `POST /api/v1/register`.
+pub async fn register(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    check_callback_auth(&state, &headers)?;
+    let body = object(json_body(&headers, body, ContentType::Exact)?)?;
+    let url = required(&body, "git-url")?.to_string();
+    let sha = required(&body, "git-sha")?.to_string();
+    let key = idempotency_key(&headers)?;
+    let answer = state
+        .analytics
+        .accept("register", key, Value::Object(body), |seen, now| {
+            match seen.registered.insert((url.clone(), sha.clone()), now) {
+                None => json!({
+                    "success": true,
+                    "summary": format!("Repository {url} with commit-hash {sha} has been successfully registered. Please check back for report after some time."),
+                }),
+                // The real server's answer for a repeat, with the time of the previous one in
+                // its RFC 1123 form and no report (this server does not scan repositories).
+                Some(previous) => json!({
+                    "success": true,
+                    "summary": format!("Repository {url} with commit-hash {sha} was already registered, but no report was found. Please check back later."),
+                    "last_scanned_at": previous.format("%a, %d %b %Y %H:%M:%S GMT").to_string(),
+                    "last_scan_report": null,
+                }),
+            }
+        })
+        .await?;
+    Ok((StatusCode::OK, Json(answer)))
+}
+
+/// `POST /api/v1/scanner-error`: `{"email-ids", "image-name", "error": [messages]}`.
+pub async fn scanner_error(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    check_callback_auth(&state, &headers)?;
+    let body = object(json_body(&headers, body, ContentType::Exact)?)?;
+    let errors = match body.get("error") {
+        Some(Value::String(s)) if !s.trim().is_empty() => 1,
+        Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_string) => a.len(),
+        _ => {
+            return Err(ApiError::bad_request(
+                "missing-field",
+                "error cannot be empty; send \"error\": [\"message\", ...]",
+            ));
+        }
+    };
+    let image = body
+        .get("image-name")
+        .and_then(Value::as_str)
+        .unwrap_or("(no image-name)")
+        .to_string();
+    let key = idempotency_key(&headers)?;
+    let answer = state
+        .analytics
+        .accept("scanner-error", key, Value::Object(body), |_, _| {
+            json!({
+                "success": true,
+                "summary": format!("Recorded {errors} scanner error(s) for image {image}."),
+            })
+        })
+        .await?;
+    Ok((StatusCode::OK, Json(answer)))
+}

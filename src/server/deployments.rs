@@ -1,0 +1,276 @@
+//! `POST /api/v1/deployments`: the Atomist deployment-tracking body, stored through
+//! [`crate::records::Store`] in the same files `imagetrail deploy` writes.
+//!
+//! ```json
+//! {"image": {"url": "host/repo@sha256:...", "name": "optional"},
+//!  "environment": {"name": "deployed"},
+//!  "platform": {"os": "linux", "architecture": "amd64", "variant": null}}
+//! ```
+//!
+//! `image.url` must be pinned by digest. The app is `image.name` when given, else the
+//! repository path without the registry host. `image.name` is unique per repository per
+//! environment (Atomist's rule): a name already used by another app for the same repository, or
+//! a nameless request for a repository that runs as named instances there, is a 409.
+//! Extensions: `deployed_by` (default: the API key's label), and `Idempotency-Key` (a retry gets
+//! the first answer and is not recorded twice).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::ApiError;
+use super::limits::{ContentType, json_body};
+use super::reference::PinnedRef;
+use crate::records::{Deployment, DeploymentRecord, ImageRecord, Platform, Store};
+
+/// The environment when the body names none (Atomist's default).
+pub const DEFAULT_ENVIRONMENT: &str = "deployed";
+
+#[derive(Debug, Deserialize)]
+struct Body {
+    image: Option<ImageBody>,
+    #[serde(default)]
+    environment: Option<NameBody>,
+    #[serde(default)]
+    platform: Option<PlatformBody>,
+    #[serde(default)]
+    deployed_by: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ImageBody {
+    url: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct NameBody {
+    name: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct PlatformBody {
+    os: Option<String>,
+    architecture: Option<String>,
+    variant: Option<String>,
+}
+
+/// Answers given to deployments that carried an `Idempotency-Key` (the scanner and
+/// `imagetrail deploy` retry with the same key), so a retry whose first attempt was stored but
+/// not answered is not recorded twice. Kept in memory for the newest [`IDEMPOTENCY_KEYS`] keys.
+#[derive(Default)]
+pub struct Idempotency {
+    inner: Mutex<(HashMap<String, Value>, std::collections::VecDeque<String>)>,
+}
+
+/// How many idempotency keys the server remembers.
+pub const IDEMPOTENCY_KEYS: usize = 100_000;
+
+impl Idempotency {
+    fn get(&self, key: &str) -> Option<Value> {
+        self.inner.lock().expect("idempotency").0.get(key).cloned()
+    }
+
+    fn put(&self, key: String, answer: Value) {
+        let mut guard = self.inner.lock().expect("idempotency");
+        let (map, order) = &mut *guard;
+        if map.insert(key.clone(), answer).is_none() {
+            order.push_back(key);
+            if order.len() > IDEMPOTENCY_KEYS
+                && let Some(old) = order.pop_front()
+            {
+                map.remove(&old);
+            }
+        }
+    }
+}
+
+/// Serialises the name-uniqueness check and the write per environment, so two concurrent
+/// requests cannot both pass the check. Different environments do not wait for each other.
+#[derive(Default)]
+pub struct EnvLocks {
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl EnvLocks {
+    /// The lock of one environment.
+    pub fn get(&self, env: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .expect("env locks")
+            .entry(env.to_string())
+            .or_default()
+            .clone()
+    }
+}
+
+fn non_empty(v: Option<String>) -> Option<String> {
+    v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// `POST /api/v1/deployments`.
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    // Authentication first: an unauthenticated client learns nothing about the body rules.
+    let key_label = super::auth::require(state.config.api_keys.as_ref(), &headers)?;
+    let idempotency_key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .map(|k| format!("{key_label} {k}"));
+    if let Some(answer) = idempotency_key
+        .as_deref()
+        .and_then(|k| state.idempotency.get(k))
+    {
+        return Ok((StatusCode::CREATED, Json(answer)));
+    }
+    let body: Body = json_body(&headers, body, ContentType::Json)?;
+    let image = body.image.ok_or_else(|| {
+        ApiError::bad_request(
+            "missing-field",
+            "image.url is required: {\"image\": {\"url\": \"host/repo@sha256:<digest>\"}}",
+        )
+    })?;
+    let url = non_empty(image.url).ok_or_else(|| {
+        ApiError::bad_request(
+            "missing-field",
+            "image.url is required: {\"image\": {\"url\": \"host/repo@sha256:<digest>\"}}",
+        )
+    })?;
+    let pinned = PinnedRef::parse(&url)
+        .map_err(|e| ApiError::bad_request("image-not-pinned", e.to_string()))?;
+    let name = non_empty(image.name);
+    let env = non_empty(body.environment.and_then(|e| e.name))
+        .unwrap_or_else(|| DEFAULT_ENVIRONMENT.to_string());
+    let platform = body.platform.unwrap_or_default();
+    let default = Platform::default();
+    let platform = Platform {
+        os: non_empty(platform.os).unwrap_or(default.os),
+        architecture: non_empty(platform.architecture).unwrap_or(default.architecture),
+        variant: non_empty(platform.variant),
+    };
+    let app = name.clone().unwrap_or_else(|| pinned.path().to_string());
+    let deployment = Deployment {
+        app,
+        image: ImageRecord {
+            repo: pinned.repo.clone(),
+            tag: pinned.tag.clone(),
+            digest: pinned.digest.clone(),
+            index_digest: None,
+            platform,
+            description: None,
+            built_at: None,
+            revision: None,
+            source: None,
+            title: None,
+        },
+        deployment: DeploymentRecord {
+            deployed_at: Utc::now(),
+            deployed_by: non_empty(body.deployed_by).unwrap_or(key_label),
+            workspace: env,
+            name,
+            event_id: Uuid::now_v7(),
+        },
+    };
+    let deployment = record(&state, deployment).await?;
+    let answer = json!({
+            "success": true,
+            "summary": format!(
+                "recorded {}@{} as {} in {}",
+                deployment.image.repo,
+                deployment.image.digest,
+                deployment.app,
+                deployment.deployment.workspace
+            ),
+            "deployment": deployment,
+    });
+    if let Some(key) = idempotency_key {
+        state.idempotency.put(key, answer.clone());
+    }
+    Ok((StatusCode::CREATED, Json(answer)))
+}
+
+/// Check the name rule and write `deployment`, one environment at a time. Shared with the
+/// admission webhook.
+pub async fn record(state: &Arc<AppState>, deployment: Deployment) -> Result<Deployment, ApiError> {
+    write(state, deployment, false).await
+}
+
+/// [`record`], unless the app's current deployment already runs the same digest (a Pod of a
+/// ReplicaSet admitted again); then nothing is written.
+pub async fn record_if_new(
+    state: &Arc<AppState>,
+    deployment: Deployment,
+) -> Result<Deployment, ApiError> {
+    write(state, deployment, true).await
+}
+
+async fn write(
+    state: &Arc<AppState>,
+    deployment: Deployment,
+    skip_if_current: bool,
+) -> Result<Deployment, ApiError> {
+    let lock = state.env_locks.get(&deployment.deployment.workspace);
+    let _guard = lock.lock().await;
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || {
+        if skip_if_current
+            && let Some(current) =
+                store.current(&deployment.deployment.workspace, &deployment.app)?
+            && current.image.digest == deployment.image.digest
+            && current.image.repo == deployment.image.repo
+        {
+            return Ok(current);
+        }
+        check_unique_name(&store, &deployment)?;
+        store.record(&deployment)?;
+        Ok(deployment)
+    })
+    .await
+    .map_err(|e| ApiError::internal("the record task failed", &e))?
+}
+
+/// Atomist's rule: one repository deployed several times into one environment needs a distinct
+/// `image.name` for each instance. The store refuses a name another app already uses for the same
+/// repository ([`crate::records::RecordsError::NameTaken`]); this adds the other half: a request
+/// without a name for a repository that runs as named instances there.
+fn check_unique_name(store: &Store, d: &Deployment) -> Result<(), ApiError> {
+    if d.deployment.name.is_some() {
+        return Ok(());
+    }
+    let env = &d.deployment.workspace;
+    for app in store.apps(env)? {
+        if app == d.app {
+            continue;
+        }
+        if let Some(other) = store.current(env, &app)?
+            && other.image.repo == d.image.repo
+            && let Some(theirs) = &other.deployment.name
+        {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "name-required",
+                format!(
+                    "{} runs in environment {env:?} as named instances (e.g. {theirs:?}); send image.name to say which instance this deployment is",
+                    d.image.repo
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
