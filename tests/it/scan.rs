@@ -383,7 +383,7 @@ fn engine_sees_only_get_requests() {
     }
 }
 
-/// The same register scan against Podman's Docker-compatible socket.
+/// The same register scan against Podman's Docker-compatible socket, found via CONTAINER_HOST.
 #[test]
 fn register_against_podman() {
     let podman = crate::support::podman::podman();
@@ -394,7 +394,13 @@ fn register_against_podman() {
     dirs.target(&id);
     let out = run(dirs
         .command("register")
-        .env("DOCKER_HOST", format!("unix://{}", podman.socket.display()))
+        // Podman's own variable in Podman's spelling (bollard does not read it); an empty
+        // DOCKER_HOST means "not given", as atomic passes unset variables.
+        .env("DOCKER_HOST", "")
+        .env(
+            "CONTAINER_HOST",
+            format!("unix:{}", podman.socket.display()),
+        )
         .env("SERVER", server.url())
         .env("IMAGE_NAME", "it-scan-podman:1"));
     assert_eq!(out.status.code(), Some(0));
@@ -415,6 +421,14 @@ fn register_against_podman() {
     let legacy: serde_json::Value =
         serde_json::from_str(&read(&dirs.result(&id, "analytics_scanner_results.json"))).unwrap();
     assert_eq!(legacy["Successful"], true);
+    // Podman answered, not the Docker engine (which knows the same image id): only Podman
+    // names it localhost/<name>.
+    let env: serde_json::Value =
+        serde_json::from_str(&read(&dirs.scanout.join("environment.json"))).unwrap();
+    assert_eq!(
+        env["images"][0]["RepoTags"],
+        serde_json::json!(["localhost/it-scan-podman:1"])
+    );
 }
 
 /// The deploy scan type refuses an image without a registry digest, saying to push it first.
