@@ -151,11 +151,27 @@ impl Store {
     ) -> Result<Option<Deployment>, RecordsError> {
         let env = d.deployment.workspace.as_str();
         let app_dir = self.app_dir(env, &d.app)?;
+        let needs_others = d.deployment.name.is_some() || checks.name_required_for_named_instances;
+        if needs_others && eb.currents.is_none() {
+            // Loaded late: the items accepted earlier in this batch are not on disk yet.
+            let mut loaded = self.load_currents(env);
+            if let Ok(map) = &mut loaded {
+                for ((e, app), r) in own.iter() {
+                    if let (true, Ok(Some(d))) = (e == env, r) {
+                        map.insert(app.clone(), Some(d.clone()));
+                    }
+                }
+            }
+            eb.currents = Some(loaded);
+        }
         // A hand-edited deploy-info.yml that no longer parses is refused, not overwritten.
+        // (Every info file was just read for the name rules when they apply: not twice.)
         let current = match own
             .entry((env.to_string(), d.app.clone()))
-            .or_insert_with(|| self.read_info(&app_dir.join(INFO)))
-        {
+            .or_insert_with(|| match &eb.currents {
+                Some(Ok(currents)) => Ok(currents.get(&d.app).cloned().flatten()),
+                _ => self.read_info(&app_dir.join(INFO)),
+            }) {
             Ok(c) => c.clone(),
             Err(e) => return Err(duplicate(e)),
         };
@@ -169,13 +185,10 @@ impl Store {
             c.deployment.workspace = env.to_string();
             return Ok(Some(c));
         }
-        let needs_others = d.deployment.name.is_some() || checks.name_required_for_named_instances;
-        if needs_others {
-            let currents = eb
-                .currents
-                .get_or_insert_with(|| self.load_currents(env))
-                .as_ref()
-                .map_err(duplicate)?;
+        if let Some(currents) = &eb.currents
+            && needs_others
+        {
+            let currents = currents.as_ref().map_err(duplicate)?;
             for (other, o) in currents {
                 let Some(o) = o else { continue };
                 if *other == d.app || o.image.repo != d.image.repo {

@@ -545,3 +545,20 @@ fn record_files_are_readable_by_everyone_like_the_history() {
     );
     assert_ne!(mode("deploy-info.yml"), 0o600);
 }
+
+#[test]
+fn a_name_freed_by_an_earlier_item_of_the_batch_can_be_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    let mut web = dep("web", "prod", "a", &digest(1), t(1, 0));
+    web.deployment.name = Some("frontend".into());
+    store.record(&web).unwrap();
+    // The first item needs no name rule, so the environment is only read for the second,
+    // which must see `web` without its name, as the first item left it.
+    let web_unnamed = dep("web", "prod", "b", &digest(2), t(1, 1));
+    let mut web2 = dep("web2", "prod", "c", &digest(3), t(1, 2));
+    web2.deployment.name = Some("frontend".into());
+    let results = store.record_many(&[web_unnamed, web2.clone()]);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(store.current("prod", "web2").unwrap(), Some(web2));
+}
