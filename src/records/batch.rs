@@ -116,13 +116,10 @@ impl Store {
         let dir = self.env_dir(env)?;
         let created = create_dir(&dir)?;
         let lock_path = dir.join(".lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err(&lock_path))?;
-        lock.lock().map_err(io_err(&lock_path))?;
+        let lock = open_locked(
+            OpenOptions::new().create(true).truncate(false).write(true),
+            &lock_path,
+        )?;
         if created {
             sync_dir(&self.root)?;
         }
@@ -455,13 +452,10 @@ fn stage(job: &AppJob, info: &str) -> Result<Staged, RecordsError> {
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
     let history_path = job.dir.join(HISTORY);
-    let history = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .read(true)
-        .open(&history_path)
-        .map_err(io_err(&history_path))?;
-    history.lock().map_err(io_err(&history_path))?;
+    let history = open_locked(
+        OpenOptions::new().create(true).append(true).read(true),
+        &history_path,
+    )?;
     let moved = history::append_locked(&history, &history_path, &job.entries)?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".deploy-info.")
@@ -476,6 +470,13 @@ fn stage(job: &AppJob, info: &str) -> Result<Staged, RecordsError> {
         info_path: job.dir.join(INFO),
         moved,
     })
+}
+
+/// Open `path` with `options` and take an exclusive lock on it (waits for other holders).
+fn open_locked(options: &OpenOptions, path: &Path) -> Result<File, RecordsError> {
+    let file = options.open(path).map_err(io_err(path))?;
+    file.lock().map_err(io_err(path))?;
+    Ok(file)
 }
 
 /// Create `dir` (and its parents); whether `dir` itself was new.

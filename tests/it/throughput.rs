@@ -6,14 +6,16 @@ use std::collections::BTreeSet;
 
 use serde_json::json;
 
-use crate::server::{KEY, TestServer, client, digest};
+use std::sync::Arc;
+
+use crate::server::{TestServer, digest, post_deployment};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_deployments_get_their_own_answers_and_all_land_in_the_history() {
-    let server = TestServer::start(|_| {}).await;
+    let server = Arc::new(TestServer::start(|_| {}).await);
     // The repository `shared` runs as a named instance in it-thr-0.
-    let (status, answer) = post(
-        server.url.clone(),
+    let (status, answer) = post_deployment(
+        &server,
         json!({
             "environment": {"name": "it-thr-0"},
             "image": {"url": format!("127.0.0.1:5000/it-thr/shared@{}", digest(999)), "name": "blue"},
@@ -37,10 +39,10 @@ async fn concurrent_deployments_get_their_own_answers_and_all_land_in_the_histor
                 "image": {"url": format!("127.0.0.1:5000/it-thr/app-{}@{}", n % 8, digest(n + 1))},
             })
         };
-        let url = server.url.clone();
-        tasks.push(tokio::spawn(
-            async move { (refused, post(url, body).await) },
-        ));
+        let server = server.clone();
+        tasks.push(tokio::spawn(async move {
+            (refused, post_deployment(&server, body).await)
+        }));
     }
     let mut answered = BTreeSet::new();
     for t in tasks {
@@ -81,18 +83,8 @@ async fn concurrent_deployments_get_their_own_answers_and_all_land_in_the_histor
         stored, answered,
         "every answered deployment, and only those"
     );
-    server.stop().await;
-}
-
-/// POST `body` to `url`'s deployments API with the test key; (status, body).
-async fn post(url: String, body: serde_json::Value) -> (u16, serde_json::Value) {
-    let r = client()
-        .post(format!("{url}/api/v1/deployments"))
-        .bearer_auth(KEY)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap())
+    Arc::into_inner(server)
+        .expect("every request task has finished")
+        .stop()
+        .await;
 }
