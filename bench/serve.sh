@@ -8,8 +8,8 @@
 #
 # Needs: wrk (Debian), python3; Flask and gunicorn are installed into a venv under /tmp if missing
 # (PyPI). Durability: register callbacks are fdatasync'd per batch (group commit) before the
-# answer; deployments are written through records::Store (history append + fdatasync,
-# deploy-info.yml written to a temp file, fsync'd, renamed, directory fsync'd) before the answer.
+# answer; deployments are group-committed through records::Store::record_checked_many (history
+# appends and deploy-info.yml temp files synced, renamed, then directories synced) before the answer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -335,7 +335,9 @@ impl<'a> HistoryFile<'a> {
 
 /// Append one whole entry to the locked history file `file` (opened with `O_APPEND`).
 /// A torn tail is moved to `<path>.torn` and cut off first; a broken hand-edited last entry
-/// refuses the append. Returns the torn tail that was moved, if any.
+/// refuses the append. Returns the torn tail that was moved, if any. The append is not synced
+/// here: the caller syncs the file (or the whole file system, for a batch) before anyone is
+/// told the entry is stored.
 pub fn append_locked(
     file: &File,
     path: &Path,
@@ -372,6 +374,5 @@ pub fn append_locked(
     let mut w = file;
     let data = format!("{prefix}{entry}");
     w.write_all(data.as_bytes()).map_err(io_err(path))?;
-    file.sync_data().map_err(io_err(path))?;
     Ok(torn)
 }

@@ -8,12 +8,13 @@
 //! `cluster/namespace` environments and repository-path apps cannot escape the state directory
 //! or collide. The CLI (`imagetrail deploy`, the queries) and the server use this module alone.
 
+mod batch;
 mod history;
 mod names;
 pub mod query;
 mod yaml;
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -72,8 +73,23 @@ pub enum RecordsError {
         /// The app that holds the name.
         other_app: String,
     },
+    /// A deployment without a `name` of a repository that runs in the environment as named
+    /// instances (checked only when asked, see [`Checks`]).
+    #[error(
+        "{repo} runs in environment {env:?} as named instances (e.g. {example:?}); \
+         send a name to say which instance this deployment is"
+    )]
+    NameRequired {
+        /// The environment.
+        env: String,
+        /// The repository.
+        repo: String,
+        /// One of the names in use.
+        example: String,
+    },
 }
 
+pub use batch::{Checks, Written};
 pub use history::TornTail;
 
 /// A history as read: the whole entries, and the torn last entry if an append was cut off.
@@ -222,61 +238,15 @@ impl Store {
     /// environment, so the name check and the write are one step; the history file itself is
     /// locked exclusively for the append (for any other writer). The history is appended
     /// first: if the process dies before `deploy-info.yml` is replaced, the history still has
-    /// the deployment and `deploy-info.yml` still describes the previous one whole.
+    /// the deployment and `deploy-info.yml` still describes the previous one whole. This is a
+    /// batch of one (see [`Store::record_checked_many`]).
     pub fn record_reporting(&self, d: &Deployment) -> Result<Recorded, RecordsError> {
-        let env = d.deployment.workspace.as_str();
-        let env_dir = self.env_dir(env)?;
-        let app_dir = self.app_dir(env, &d.app)?;
-        std::fs::create_dir_all(&app_dir).map_err(io_err(&app_dir))?;
-
-        let lock_path = env_dir.join(".lock");
-        let env_lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err(&lock_path))?;
-        env_lock.lock().map_err(io_err(&lock_path))?;
-
-        if let Some(name) = &d.deployment.name {
-            for other in self.apps(env)? {
-                if other == d.app {
-                    continue;
-                }
-                if let Some(o) = self.current(env, &other)?
-                    && o.deployment.name.as_deref() == Some(name.as_str())
-                    && o.image.repo == d.image.repo
-                {
-                    return Err(RecordsError::NameTaken {
-                        env: env.to_string(),
-                        name: name.clone(),
-                        repo: d.image.repo.clone(),
-                        other_app: other,
-                    });
-                }
-            }
+        let mut results = self.record_checked_many(&[(d.clone(), Checks::default())]);
+        match results.pop().expect("one result per item") {
+            Ok(Written::Recorded(r)) => Ok(r),
+            Ok(Written::AlreadyCurrent(_)) => unreachable!("skip_if_current was not asked"),
+            Err(e) => Err(e),
         }
-
-        // A hand-edited deploy-info.yml that no longer parses is refused, not overwritten.
-        let info_path = app_dir.join(INFO);
-        self.read_info(&info_path)?;
-
-        let history_path = app_dir.join(HISTORY);
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .read(true)
-            .open(&history_path)
-            .map_err(io_err(&history_path))?;
-        file.lock().map_err(io_err(&history_path))?;
-        let moved = history::append_locked(&file, &history_path, &yaml::history_entry(d))?;
-        file.unlock().map_err(io_err(&history_path))?;
-        drop(file);
-
-        write_atomically(&app_dir, &info_path, yaml::info(d).as_bytes())?;
-        Ok(Recorded {
-            moved_torn_tail: moved,
-        })
     }
 
     fn read_info(&self, path: &Path) -> Result<Option<Deployment>, RecordsError> {
@@ -541,23 +511,6 @@ fn list_dirs(dir: &Path) -> Result<Vec<String>, RecordsError> {
     }
     out.sort();
     Ok(out)
-}
-
-/// Replace `path` with `bytes`: a temp file in the same directory, flushed, renamed over it,
-/// then the directory flushed so the rename survives a crash.
-fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), RecordsError> {
-    use std::io::Write;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".deploy-info.")
-        .tempfile_in(dir)
-        .map_err(io_err(dir))?;
-    tmp.write_all(bytes).map_err(io_err(tmp.path()))?;
-    tmp.as_file().sync_all().map_err(io_err(path))?;
-    tmp.persist(path).map_err(|e| io_err(path)(e.error))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -383,3 +383,182 @@ fn the_fast_entry_reader_agrees_with_the_yaml_parser_on_every_prefix() {
     assert!(yaml::fast_history_entry(&format!("{text}    # note\n")).is_none());
     assert!(yaml::fast_history_entry(&text.replace("    repo:", "    repo2:")).is_none());
 }
+
+#[test]
+fn a_batch_writes_several_apps_and_refuses_only_the_duplicate_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    let mut web = dep("web", "prod", "a", &digest(1), t(1, 0));
+    web.deployment.name = Some("frontend".into());
+    let api1 = dep("api", "prod", "b", &digest(2), t(1, 1));
+    // Takes the name `web` took earlier in the same batch: refused.
+    let mut web2 = dep("web2", "prod", "c", &digest(3), t(1, 2));
+    web2.deployment.name = Some("frontend".into());
+    let api2 = dep("api", "prod", "d", &digest(4), t(1, 3));
+    let other = dep("hello", "staging", "e", &digest(5), t(1, 4));
+    let results = store.record_many(&[
+        web.clone(),
+        api1.clone(),
+        web2.clone(),
+        api2.clone(),
+        other.clone(),
+    ]);
+    assert_eq!(results.len(), 5);
+    assert!(results[0].is_ok() && results[1].is_ok(), "{results:?}");
+    assert!(results[3].is_ok() && results[4].is_ok(), "{results:?}");
+    let err = results[2].as_ref().unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "the name \"frontend\" is already used in environment \"prod\" by app \"web\""
+        ),
+        "{err}"
+    );
+    assert!(!dir.path().join("prod/web2").exists());
+    assert_eq!(store.history("prod", "web").unwrap(), vec![web.clone()]);
+    assert_eq!(
+        store.history("prod", "api").unwrap(),
+        vec![api1.clone(), api2.clone()]
+    );
+    // The info is the app's final state in the batch.
+    assert_eq!(store.current("prod", "api").unwrap(), Some(api2.clone()));
+    assert_eq!(store.current("staging", "hello").unwrap(), Some(other));
+    // The api history is the two entries, byte for byte, in batch order.
+    let bytes = std::fs::read_to_string(dir.path().join("prod/api/deploy-history.yml")).unwrap();
+    assert_eq!(
+        bytes,
+        format!(
+            "{}{}",
+            yaml::history_entry(&api1),
+            yaml::history_entry(&api2)
+        )
+    );
+    // A later batch still sees the stored name.
+    let again = store.record_many(&[web2]);
+    assert!(matches!(again[0], Err(RecordsError::NameTaken { .. })));
+}
+
+#[test]
+fn a_batch_can_require_names_and_skip_what_already_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    let mut named = dep("web-blue", "prod", "a", &digest(1), t(1, 0));
+    named.deployment.name = Some("web-blue".into());
+    let nameless = dep("hello", "prod", "b", &digest(2), t(1, 1));
+    let same_again = dep("web-blue", "prod", "a", &digest(1), t(1, 2));
+    let strict = Checks {
+        name_required_for_named_instances: true,
+        skip_if_current: true,
+    };
+    let results = store.record_checked_many(&[
+        (named.clone(), strict),
+        (nameless.clone(), strict),
+        (same_again, strict),
+    ]);
+    assert!(
+        matches!(results[0], Ok(Written::Recorded(_))),
+        "{results:?}"
+    );
+    let err = results[1].as_ref().unwrap_err();
+    assert!(matches!(err, RecordsError::NameRequired { .. }), "{err}");
+    assert!(err.to_string().contains("(e.g. \"web-blue\")"), "{err}");
+    match &results[2] {
+        Ok(Written::AlreadyCurrent(c)) => assert_eq!(**c, named),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.history("prod", "web-blue").unwrap(), vec![named]);
+    assert!(store.history("prod", "hello").unwrap().is_empty());
+    // Without the check, the store's own rules allow it.
+    assert!(store.record_many(&[nameless])[0].is_ok());
+}
+
+#[test]
+fn concurrent_batches_lose_nothing_and_interleave_whole_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    let threads = 4;
+    let batches = 10;
+    let per_batch = 6;
+    std::thread::scope(|s| {
+        for th in 0..threads {
+            let store = store.clone();
+            s.spawn(move || {
+                for b in 0..batches {
+                    let batch: Vec<Deployment> = (0..per_batch)
+                        .map(|k| {
+                            let n = (th * 1000 + b * 10 + k) as u32;
+                            let mut d =
+                                dep(&format!("app-{}", k % 3), "prod", "t", &digest(n), t(1, 0));
+                            d.deployment.deployed_by = format!("thread-{th}");
+                            d
+                        })
+                        .collect();
+                    for r in store.record_many(&batch) {
+                        r.unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let mut seen = std::collections::BTreeSet::new();
+    for k in 0..3 {
+        let h = store.history("prod", &format!("app-{k}")).unwrap();
+        assert_eq!(h.len(), threads * batches * per_batch / 3);
+        for d in &h {
+            assert!(
+                seen.insert(d.image.digest.clone()),
+                "{} twice",
+                d.image.digest
+            );
+        }
+        // The info is the last entry of the history.
+        assert_eq!(
+            store.current("prod", &format!("app-{k}")).unwrap().as_ref(),
+            h.last()
+        );
+    }
+    assert_eq!(seen.len(), threads * batches * per_batch);
+}
+
+#[test]
+fn record_files_are_readable_by_everyone_like_the_history() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    store
+        .record(&dep("hello", "prod", "a", &digest(1), t(1, 0)))
+        .unwrap();
+    store
+        .record(&dep("hello", "prod", "b", &digest(2), t(2, 0)))
+        .unwrap();
+    let mode = |f: &str| {
+        std::fs::metadata(dir.path().join("prod/hello").join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    // The process umask can only take bits away: compare with the history, created plainly.
+    assert_eq!(mode("deploy-info.yml"), mode("deploy-history.yml"));
+    assert_eq!(
+        mode("deploy-info.yml") & 0o644,
+        0o644 & mode("deploy-history.yml")
+    );
+    assert_ne!(mode("deploy-info.yml"), 0o600);
+}
+
+#[test]
+fn a_name_freed_by_an_earlier_item_of_the_batch_can_be_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    let mut web = dep("web", "prod", "a", &digest(1), t(1, 0));
+    web.deployment.name = Some("frontend".into());
+    store.record(&web).unwrap();
+    // The first item needs no name rule, so the environment is only read for the second,
+    // which must see `web` without its name, as the first item left it.
+    let web_unnamed = dep("web", "prod", "b", &digest(2), t(1, 1));
+    let mut web2 = dep("web2", "prod", "c", &digest(3), t(1, 2));
+    web2.deployment.name = Some("frontend".into());
+    let results = store.record_many(&[web_unnamed, web2.clone()]);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(store.current("prod", "web2").unwrap(), Some(web2));
+}

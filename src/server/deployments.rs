@@ -15,7 +15,7 @@
 //! the first answer and is not recorded twice).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 
 use axum::Json;
 use axum::body::Bytes;
@@ -31,7 +31,11 @@ use super::AppState;
 use super::error::ApiError;
 use super::limits::{ContentType, json_body};
 use super::reference::PinnedRef;
-use crate::records::{Deployment, DeploymentRecord, ImageRecord, Platform, Store};
+use tokio::sync::oneshot;
+
+use crate::records::{
+    Checks, Deployment, DeploymentRecord, ImageRecord, Platform, RecordsError, Store, Written,
+};
 
 /// The environment when the body names none (Atomist's default).
 pub const DEFAULT_ENVIRONMENT: &str = "deployed";
@@ -96,22 +100,74 @@ impl Idempotency {
     }
 }
 
-/// Serialises the name-uniqueness check and the write per environment, so two concurrent
-/// requests cannot both pass the check. Different environments do not wait for each other.
-#[derive(Default)]
-pub struct EnvLocks {
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+/// The group-commit writer of deployments: one thread takes every deployment waiting and
+/// records them with [`Store::record_checked_many`] (one `fdatasync` per touched history, one
+/// replace per touched `deploy-info.yml`, one `fsync` per touched directory), then answers each
+/// request with its own result. A request is answered only after its batch is synced. Like the
+/// callback log's writer; one writer also serialises every environment's name checks.
+pub struct Writer {
+    tx: mpsc::Sender<Job>,
 }
 
-impl EnvLocks {
-    /// The lock of one environment.
-    pub fn get(&self, env: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks
-            .lock()
-            .expect("env locks")
-            .entry(env.to_string())
-            .or_default()
-            .clone()
+struct Job {
+    deployment: Deployment,
+    checks: Checks,
+    done: oneshot::Sender<Result<Written, RecordsError>>,
+}
+
+/// The most deployments one batch takes, so one batch's answers are not held back forever
+/// under a flood.
+const MAX_BATCH: usize = 4096;
+
+impl Writer {
+    /// Start the writer thread over `store`; it stops when the [`Writer`] is dropped.
+    pub fn start(store: Store) -> std::io::Result<Writer> {
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("deployments-writer".into())
+            .spawn(move || write_batches(&store, &rx))?;
+        Ok(Writer { tx })
+    }
+
+    /// Queue one deployment and wait until its batch is written and synced.
+    async fn submit(&self, deployment: Deployment, checks: Checks) -> Result<Written, ApiError> {
+        let (done, wait) = oneshot::channel();
+        let stopped = |_| {
+            ApiError::internal(
+                "the deployments writer stopped",
+                &"the writer thread is gone",
+            )
+        };
+        self.tx
+            .send(Job {
+                deployment,
+                checks,
+                done,
+            })
+            .map_err(|_| stopped(()))?;
+        Ok(wait.await.map_err(|_| stopped(()))??)
+    }
+}
+
+/// The writer thread: group commit until every sender is gone.
+fn write_batches(store: &Store, rx: &mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let items: Vec<(Deployment, Checks)> = batch
+            .iter()
+            .map(|j| (j.deployment.clone(), j.checks))
+            .collect();
+        let results = store.record_checked_many(&items);
+        for (job, result) in batch.into_iter().zip(results) {
+            // The client may have gone (timeout); the deployment is recorded all the same.
+            let _ = job.done.send(result);
+        }
     }
 }
 
@@ -225,52 +281,15 @@ async fn write(
     deployment: Deployment,
     skip_if_current: bool,
 ) -> Result<Deployment, ApiError> {
-    let lock = state.env_locks.get(&deployment.deployment.workspace);
-    let _guard = lock.lock().await;
-    let store = state.store.clone();
-    tokio::task::spawn_blocking(move || {
-        if skip_if_current
-            && let Some(current) =
-                store.current(&deployment.deployment.workspace, &deployment.app)?
-            && current.image.digest == deployment.image.digest
-            && current.image.repo == deployment.image.repo
-        {
-            return Ok(current);
-        }
-        check_unique_name(&store, &deployment)?;
-        store.record(&deployment)?;
-        Ok(deployment)
-    })
-    .await
-    .map_err(|e| ApiError::internal("the record task failed", &e))?
-}
-
-/// Atomist's rule: one repository deployed several times into one environment needs a distinct
-/// `image.name` for each instance. The store refuses a name another app already uses for the same
-/// repository ([`crate::records::RecordsError::NameTaken`]); this adds the other half: a request
-/// without a name for a repository that runs as named instances there.
-fn check_unique_name(store: &Store, d: &Deployment) -> Result<(), ApiError> {
-    if d.deployment.name.is_some() {
-        return Ok(());
+    // Atomist's rule has two halves: the store refuses a name another app uses for the same
+    // repository; `name_required_for_named_instances` refuses a request without a name for a
+    // repository that runs as named instances there.
+    let checks = Checks {
+        name_required_for_named_instances: true,
+        skip_if_current,
+    };
+    match state.deployments.submit(deployment.clone(), checks).await? {
+        Written::Recorded(_) => Ok(deployment),
+        Written::AlreadyCurrent(current) => Ok(*current),
     }
-    let env = &d.deployment.workspace;
-    for app in store.apps(env)? {
-        if app == d.app {
-            continue;
-        }
-        if let Some(other) = store.current(env, &app)?
-            && other.image.repo == d.image.repo
-            && let Some(theirs) = &other.deployment.name
-        {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "name-required",
-                format!(
-                    "{} runs in environment {env:?} as named instances (e.g. {theirs:?}); send image.name to say which instance this deployment is",
-                    d.image.repo
-                ),
-            ));
-        }
-    }
-    Ok(())
 }

@@ -106,6 +106,13 @@ impl From<crate::records::RecordsError> for ApiError {
             RecordsError::NameTaken { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "duplicate-name", err.to_string())
             }
+            RecordsError::NameRequired { env, repo, example } => ApiError::new(
+                StatusCode::CONFLICT,
+                "name-required",
+                format!(
+                    "{repo} runs in environment {env:?} as named instances (e.g. {example:?}); send image.name to say which instance this deployment is"
+                ),
+            ),
             RecordsError::TornTail(_) => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "torn-history",

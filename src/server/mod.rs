@@ -85,7 +85,7 @@ pub(crate) struct AppState {
     pub(crate) config: Config,
     pub(crate) store: Store,
     pub(crate) analytics: analytics::AnalyticsLog,
-    pub(crate) env_locks: deployments::EnvLocks,
+    pub(crate) deployments: deployments::Writer,
     pub(crate) idempotency: deployments::Idempotency,
 }
 
@@ -168,11 +168,14 @@ pub async fn run(
         None => None,
     };
     let request_timeout = config.request_timeout;
+    let store = Store::new(&config.state_dir);
+    let deployments =
+        deployments::Writer::start(store.clone()).context("cannot start the deployments writer")?;
     let state = Arc::new(AppState {
-        store: Store::new(&config.state_dir),
+        store,
+        deployments,
         config,
         analytics,
-        env_locks: Default::default(),
         idempotency: Default::default(),
     });
     let app = router(state.clone());

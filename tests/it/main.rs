@@ -14,3 +14,4 @@ mod server_crash;
 mod server_pipeline;
 mod server_scanner;
 mod support;
+mod throughput;
