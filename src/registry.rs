@@ -693,6 +693,28 @@ impl Client {
         }
     }
 
+    /// One request on `/v2/<path>/manifests/<reference>`: reads send the full manifest
+    /// `Accept` list and ask for pull scope, a DELETE asks for delete scope.
+    async fn manifest_request(
+        &self,
+        method: Method,
+        r: &Reference,
+        reference: &str,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let url = format!(
+            "{}/v2/{}/manifests/{reference}",
+            self.base(&r.registry),
+            r.path
+        );
+        let (accept, action) = if method == Method::DELETE {
+            (None, "delete")
+        } else {
+            (Some(MANIFEST_ACCEPT), "pull")
+        };
+        let scope = format!("repository:{}:{action}", r.path);
+        self.send(&r.registry, method, &url, accept, &scope).await
+    }
+
     /// The digest a tag or digest points at, by HEAD with the full Accept list; falls back to
     /// GET and hashing when HEAD gives no `Docker-Content-Digest`. `None` when unknown.
     pub async fn head_digest(
@@ -700,21 +722,8 @@ impl Client {
         r: &Reference,
         reference: &str,
     ) -> Result<Option<String>, RegistryError> {
-        let url = format!(
-            "{}/v2/{}/manifests/{reference}",
-            self.base(&r.registry),
-            r.path
-        );
         let what = format!("HEAD {}:{reference}", r.repo());
-        let resp = self
-            .send(
-                &r.registry,
-                Method::HEAD,
-                &url,
-                Some(MANIFEST_ACCEPT),
-                &format!("repository:{}:pull", r.path),
-            )
-            .await?;
+        let resp = self.manifest_request(Method::HEAD, r, reference).await?;
         match resp.status() {
             StatusCode::NOT_FOUND => Ok(None),
             s if s.is_success() => match header(resp.headers(), "docker-content-digest") {
@@ -731,21 +740,8 @@ impl Client {
         r: &Reference,
         reference: &str,
     ) -> Result<Option<Manifest>, RegistryError> {
-        let url = format!(
-            "{}/v2/{}/manifests/{reference}",
-            self.base(&r.registry),
-            r.path
-        );
         let what = format!("GET manifest {}:{reference}", r.repo());
-        let resp = self
-            .send(
-                &r.registry,
-                Method::GET,
-                &url,
-                Some(MANIFEST_ACCEPT),
-                &format!("repository:{}:pull", r.path),
-            )
-            .await?;
+        let resp = self.manifest_request(Method::GET, r, reference).await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -992,21 +988,8 @@ impl Client {
 
     /// DELETE a manifest by digest (the registry removes every tag on it).
     pub async fn delete(&self, r: &Reference, digest: &str) -> Result<(), RegistryError> {
-        let url = format!(
-            "{}/v2/{}/manifests/{digest}",
-            self.base(&r.registry),
-            r.path
-        );
         let what = format!("DELETE {}@{digest}", r.repo());
-        let resp = self
-            .send(
-                &r.registry,
-                Method::DELETE,
-                &url,
-                None,
-                &format!("repository:{}:delete", r.path),
-            )
-            .await?;
+        let resp = self.manifest_request(Method::DELETE, r, digest).await?;
         if resp.status().is_success() || resp.status() == StatusCode::NOT_FOUND {
             return Ok(());
         }
