@@ -204,17 +204,9 @@ pub fn status(args: QueryArgs) -> anyhow::Result<ExitCode> {
             [
                 sanitize(&d.deployment.workspace),
                 sanitize(&d.app),
-                d.image
-                    .tag
-                    .as_deref()
-                    .map(sanitize)
-                    .unwrap_or_else(|| "-".into()),
+                dash(d.image.tag.as_deref()),
                 short(&d.image.digest),
-                d.image
-                    .built_at
-                    .as_deref()
-                    .map(sanitize)
-                    .unwrap_or_else(|| "-".into()),
+                dash(d.image.built_at.as_deref()),
                 show_time(&d.deployment.deployed_at),
                 sanitize(&d.deployment.deployed_by),
             ]
@@ -225,6 +217,11 @@ pub fn status(args: QueryArgs) -> anyhow::Result<ExitCode> {
         &table,
     );
     Ok(ExitCode::Success)
+}
+
+/// A table cell for an optional untrusted value: sanitised, or `-` when absent.
+fn dash(value: Option<&str>) -> String {
+    value.map(sanitize).unwrap_or_else(|| "-".into())
 }
 
 fn print_table<const N: usize>(head: [&str; N], rows: &[[String; N]]) {
@@ -296,11 +293,7 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
                 show_time(&d.deployment.deployed_at),
                 sanitize(&d.deployment.workspace),
                 sanitize(&d.app),
-                d.image
-                    .tag
-                    .as_deref()
-                    .map(sanitize)
-                    .unwrap_or_else(|| "-".into()),
+                dash(d.image.tag.as_deref()),
                 short(&d.image.digest),
                 sanitize(&d.deployment.deployed_by),
                 d.image
@@ -602,11 +595,7 @@ pub fn where_(args: WhereArgs) -> anyhow::Result<ExitCode> {
                     image_text(d),
                     show_time(since),
                     sanitize(&d.deployment.deployed_by),
-                    d.image
-                        .revision
-                        .as_deref()
-                        .map(sanitize)
-                        .unwrap_or_else(|| "-".into()),
+                    dash(d.image.revision.as_deref()),
                 ]
             })
             .collect();
