@@ -304,22 +304,7 @@ impl Store {
     /// The whole history of `app` in `env`, oldest first, with a torn last entry reported
     /// beside the entries before it rather than as an error.
     pub fn read_history(&self, env: &str, app: &str) -> Result<HistoryRead, RecordsError> {
-        let path = self.history_path(env, app)?;
-        let Some(file) = open_existing(&path)? else {
-            return Ok(HistoryRead {
-                entries: vec![],
-                torn: None,
-            });
-        };
-        let h = history::HistoryFile::new(&file, &path)?;
-        let torn = h.check_tail()?;
-        let end = torn.as_ref().map_or(h.len(), |t| t.offset);
-        let entries = h
-            .range(0, end)?
-            .into_iter()
-            .map(|e| to_deployment(app, e))
-            .collect();
-        Ok(HistoryRead { entries, torn })
+        self.read_history_range(env, app, None, None)
     }
 
     /// The history entries deployed within `[since, until]` (either bound optional), found by
