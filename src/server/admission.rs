@@ -28,7 +28,7 @@ use super::error::ApiError;
 use super::limits::{ContentType, json_body};
 use super::reference::{PinnedRef, ReferenceError};
 use crate::cli::AdmissionMode;
-use crate::records::{Deployment, DeploymentRecord, ImageRecord, Platform};
+use crate::records::{Deployment, DeploymentRecord, Platform};
 
 #[derive(Debug, Deserialize)]
 struct Review {
@@ -200,18 +200,7 @@ pub async fn review(
         for r in pinned {
             let d = Deployment {
                 app: r.path().to_string(),
-                image: ImageRecord {
-                    repo: r.repo.clone(),
-                    tag: r.tag.clone(),
-                    digest: r.digest.clone(),
-                    index_digest: None,
-                    platform: platform.clone(),
-                    description: None,
-                    built_at: None,
-                    revision: None,
-                    source: None,
-                    title: None,
-                },
+                image: r.image_record(platform.clone()),
                 deployment: DeploymentRecord {
                     deployed_at: Utc::now(),
                     deployed_by: user.clone(),

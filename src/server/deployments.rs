@@ -34,7 +34,7 @@ use super::reference::PinnedRef;
 use tokio::sync::oneshot;
 
 use crate::records::{
-    Checks, Deployment, DeploymentRecord, ImageRecord, Platform, RecordsError, Store, Written,
+    Checks, Deployment, DeploymentRecord, Platform, RecordsError, Store, Written,
 };
 
 /// The environment when the body names none (Atomist's default).
@@ -223,18 +223,7 @@ pub async fn create(
     let app = name.clone().unwrap_or_else(|| pinned.path().to_string());
     let deployment = Deployment {
         app,
-        image: ImageRecord {
-            repo: pinned.repo.clone(),
-            tag: pinned.tag.clone(),
-            digest: pinned.digest.clone(),
-            index_digest: None,
-            platform,
-            description: None,
-            built_at: None,
-            revision: None,
-            source: None,
-            title: None,
-        },
+        image: pinned.image_record(platform),
         deployment: DeploymentRecord {
             deployed_at: Utc::now(),
             deployed_by: non_empty(body.deployed_by).unwrap_or(key_label),

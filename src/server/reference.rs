@@ -3,6 +3,8 @@
 
 use thiserror::Error;
 
+use crate::records::{ImageRecord, Platform};
+
 /// Why a reference is not usable as a pinned image.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ReferenceError {
@@ -66,6 +68,23 @@ impl PinnedRef {
             tag: tag.map(str::to_string),
             digest: digest.to_string(),
         })
+    }
+
+    /// The record of this image as the server knows it: identity and platform only, since a
+    /// pinned URL carries no build metadata (the CLI's `deploy` reads that from the registry).
+    pub fn image_record(&self, platform: Platform) -> ImageRecord {
+        ImageRecord {
+            repo: self.repo.clone(),
+            tag: self.tag.clone(),
+            digest: self.digest.clone(),
+            index_digest: None,
+            platform,
+            description: None,
+            built_at: None,
+            revision: None,
+            source: None,
+            title: None,
+        }
     }
 
     /// The repository path without the registry host: the default app name.
