@@ -1,5 +1,5 @@
-//! Group commit: many deployments written with one sync per touched file instead of three syncs
-//! per deployment.
+//! Group commit: many deployments made durable by one sync round instead of three syncs per
+//! deployment.
 //!
 //! [`Store::record_checked_many`] (and [`Store::record_many`], [`Store::record`] on top of it)
 //! works in three steps:
@@ -9,23 +9,31 @@
 //!    against the stored state *plus the items accepted before it*, so a name taken earlier in
 //!    the same batch is refused like a stored one. A refused item gets its own error; the others
 //!    go on.
-//! 2. **Write, then sync twice.** Each touched app gets its accepted entries appended to its
+//! 2. **Write, sync once, rename.** Each touched app gets its accepted entries appended to its
 //!    history in one `write` (torn-tail rule as in [`super::history`]) and its final
-//!    `deploy-info.yml` written to a temp file beside it. Then one sync round makes all of that
-//!    durable, and only then is each temp file renamed over its `deploy-info.yml` (so the history
-//!    is on disk before any info names it), and a second sync round makes the renames and new
-//!    directories durable. A round is one `fsync` per file for a small batch, one `syncfs` of
-//!    the state directory's file system for a larger one: syncing files one by one costs one
+//!    `deploy-info.yml` written to a temp file beside it. One sync round makes all of that
+//!    durable, with the directories that gained a history file or an app directory. Only then
+//!    is each temp file renamed over its `deploy-info.yml`, so no info ever names an entry the
+//!    history may lose. A round is one `fsync` per file for a small batch, one `syncfs` of the
+//!    state directory's file system for a larger one: syncing files one by one costs one
 //!    journal commit and one disk flush each, even from several threads at once.
 //! 3. **Unlock** and report one result per item, in the order given.
 //!
-//! Every guarantee of a single record holds: history first (a crash before the info replace
-//! leaves the history with the deployment and the info whole), append-only, the history locked
-//! for the append, the info replaced atomically, nothing answered before its sync returned.
+//! The renames are not synced before the answer: the next batch's sync round (a `syncfs`
+//! covers every earlier rename) or the kernel's own writeback makes them durable. What a power
+//! loss in between can leave is a `deploy-info.yml` one replacement behind its history (or
+//! none, after a first deployment), whole either way, and [`Store::current`] then answers from
+//! the history's last entry. Waiting for a second sync round would double the latency of
+//! every batch to protect a file that the history can rebuild.
+//!
+//! Every other guarantee of a single record holds: history first, append-only, the history
+//! locked for the append, the info replaced atomically, nothing answered before the sync that
+//! makes its history entry durable returned.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock, mpsc};
 
 use super::{Deployment, HISTORY, INFO, Recorded, RecordsError, Store, history, io_err, yaml};
 
@@ -131,7 +139,9 @@ impl Store {
         env: &str,
     ) -> Result<BTreeMap<String, Option<Deployment>>, RecordsError> {
         let mut map = BTreeMap::new();
-        for app in self.apps(env)? {
+        // Every app directory, not `apps()`: that checks for record files, which `current`
+        // looks at anyway (an app without records has no current deployment).
+        for app in super::list_dirs(&self.env_dir(env)?)? {
             let current = self.current(env, &app)?;
             map.insert(app, current);
         }
@@ -147,7 +157,6 @@ impl Store {
         own: &mut HashMap<(String, String), Result<Option<Deployment>, RecordsError>>,
     ) -> Result<Option<Deployment>, RecordsError> {
         let env = d.deployment.workspace.as_str();
-        let app_dir = self.app_dir(env, &d.app)?;
         let needs_others = d.deployment.name.is_some() || checks.name_required_for_named_instances;
         if needs_others && eb.currents.is_none() {
             // Loaded late: the items accepted earlier in this batch are not on disk yet.
@@ -167,7 +176,7 @@ impl Store {
             .entry((env.to_string(), d.app.clone()))
             .or_insert_with(|| match &eb.currents {
                 Some(Ok(currents)) => Ok(currents.get(&d.app).cloned().flatten()),
-                _ => self.read_info(&app_dir.join(INFO)),
+                _ => self.current(env, &d.app),
             }) {
             Ok(c) => c.clone(),
             Err(e) => return Err(duplicate(e)),
@@ -218,11 +227,27 @@ impl Store {
     /// module documentation): one result per item, in order. An item refused (a name taken,
     /// also by an earlier item of the batch) or whose write failed gets its own error and does
     /// not fail the others, except that items of the same app share the fate of their one
-    /// history write.
+    /// history write. Returns once every `deploy-info.yml` is in place.
     pub fn record_checked_many(
         &self,
         items: &[(Deployment, Checks)],
     ) -> Vec<Result<Written, RecordsError>> {
+        let mut answered = Vec::new();
+        self.record_checked_many_then(items, |results| answered = results);
+        answered
+    }
+
+    /// [`Store::record_checked_many`], handing the results to `answer` as soon as every
+    /// accepted item's history entry is durable, before the new `deploy-info.yml` files are
+    /// renamed into place (the environments stay locked until they are). A server answers its
+    /// clients there: a reader in between already gets the new deployment from
+    /// [`Store::current`], which goes by the history when the info is behind it. A rename that
+    /// fails after the answer is logged; the deployment is recorded all the same.
+    pub fn record_checked_many_then(
+        &self,
+        items: &[(Deployment, Checks)],
+        answer: impl FnOnce(Vec<Result<Written, RecordsError>>),
+    ) {
         let mut results: Vec<Option<Result<Written, RecordsError>>> =
             items.iter().map(|_| None).collect();
 
@@ -297,12 +322,15 @@ impl Store {
             }
         }
 
-        // 2. Write every app's entries and new info, sync, rename, sync the directories.
+        // 2. Write every app's entries and new info, and sync them.
         let jobs: Vec<AppJob> = jobs.into_values().collect();
-        let outcomes = self.write_jobs(&jobs, items);
-        for (job, outcome) in jobs.iter().zip(outcomes) {
+        let staged = self.write_jobs(&jobs, items);
+        for (job, outcome) in jobs.iter().zip(&staged) {
             match outcome {
-                Ok(rec) => {
+                Ok(staged) => {
+                    let rec = Recorded {
+                        moved_torn_tail: staged.moved.clone(),
+                    };
                     for (k, &i) in job.items.iter().enumerate() {
                         // The torn tail moved aside belongs to the first entry appended.
                         let r = if k == 0 {
@@ -315,17 +343,20 @@ impl Store {
                 }
                 Err(e) => {
                     for &i in &job.items {
-                        results[i] = Some(Err(duplicate(&e)));
+                        results[i] = Some(Err(duplicate(e)));
                     }
                 }
             }
         }
-        // 3. The environment locks are released here, after every sync.
+        answer(
+            results
+                .into_iter()
+                .map(|r| r.expect("every item has a result"))
+                .collect(),
+        );
+        // 3. Put each new info in place; the environment locks are released after that.
+        self.put_in_place(staged, &jobs, items);
         drop(envs);
-        results
-            .into_iter()
-            .map(|r| r.expect("every item has a result"))
-            .collect()
     }
 
     /// Record every deployment of `ds` as one group commit, with the store's rules only: one
@@ -348,6 +379,9 @@ struct Staged {
     info: tempfile::NamedTempFile,
     info_path: PathBuf,
     moved: Option<super::TornTail>,
+    /// The app directory gained an entry that must survive a crash: a new history file, or a
+    /// `deploy-history.yml.torn` with a torn tail moved aside.
+    dir_changed: bool,
 }
 
 /// Above this many files to sync, one `syncfs` of the state directory's file system is cheaper
@@ -357,12 +391,13 @@ struct Staged {
 const SYNCFS_ABOVE: usize = 2;
 
 impl Store {
-    /// Write `jobs` with one sync round for the data and one for the directories.
+    /// Stage `jobs` (each history appended, each new info in a temp file) and make all of it
+    /// durable with one sync round.
     fn write_jobs(
         &self,
         jobs: &[AppJob],
         items: &[(Deployment, Checks)],
-    ) -> Vec<Result<Recorded, RecordsError>> {
+    ) -> Vec<Result<Staged, RecordsError>> {
         // Stage: append each history (one write) and write each new info to a temp file.
         let mut dirs: Vec<PathBuf> = Vec::new();
         let staged: Vec<Result<Staged, RecordsError>> = jobs
@@ -373,60 +408,70 @@ impl Store {
                     // A new app directory must itself survive a crash.
                     dirs.push(env_dir.to_path_buf());
                 }
-                dirs.push(job.dir.clone());
-                stage(job, &yaml::info(&items[job.last].0))
+                let s = stage(job, &yaml::info(&items[job.last].0))?;
+                if created || s.dir_changed {
+                    dirs.push(job.dir.clone());
+                }
+                Ok(s)
             })
             .collect();
         dirs.sort();
         dirs.dedup();
 
-        // Sync the data: histories first in effect, since nothing is renamed before this.
-        let files: Vec<(&File, &Path)> = staged
-            .iter()
-            .flatten()
-            .flat_map(|s| {
-                [
-                    (&s.history, s.history_path.as_path()),
-                    (s.info.as_file(), s.info_path.as_path()),
-                ]
-            })
-            .collect();
-        if let Err(e) = self.sync_all_of(&files) {
-            return jobs.iter().map(|_| Err(duplicate(&e))).collect();
-        }
-
-        // Rename each info over the old one, then make the renames (and new entries) durable.
-        let mut outcomes: Vec<Result<Recorded, RecordsError>> = staged
-            .into_iter()
-            .map(|s| {
-                let s = s?;
-                s.history.unlock().map_err(io_err(&s.history_path))?;
-                s.info
-                    .persist(&s.info_path)
-                    .map_err(|e| io_err(&s.info_path)(e.error))?;
-                Ok(Recorded {
-                    moved_torn_tail: s.moved,
-                })
-            })
-            .collect();
+        // The one sync round: histories, info temp files and changed directories.
         let dir_files: Result<Vec<File>, RecordsError> = dirs
             .iter()
             .map(|d| File::open(d).map_err(io_err(d)))
             .collect();
-        let synced = dir_files.and_then(|fs| {
-            let pairs: Vec<(&File, &Path)> = fs
+        let synced = dir_files.and_then(|dir_files| {
+            let files: Vec<(&File, &Path)> = staged
                 .iter()
-                .zip(&dirs)
-                .map(|(f, d)| (f, d.as_path()))
+                .flatten()
+                .flat_map(|s| {
+                    [
+                        (&s.history, s.history_path.as_path()),
+                        (s.info.as_file(), s.info_path.as_path()),
+                    ]
+                })
+                .chain(dir_files.iter().zip(dirs.iter().map(PathBuf::as_path)))
                 .collect();
-            self.sync_all_of(&pairs)
+            self.sync_all_of(&files)
         });
-        if let Err(e) = synced {
-            for o in outcomes.iter_mut().filter(|o| o.is_ok()) {
-                *o = Err(duplicate(&e));
+        match synced {
+            Ok(()) => staged,
+            Err(e) => jobs.iter().map(|_| Err(duplicate(&e))).collect(),
+        }
+    }
+
+    /// Rename each synced info over its `deploy-info.yml` (made durable by the next sync round,
+    /// see the module documentation) and unlock each history. Nothing here can undo a
+    /// recorded deployment, so a failure is logged, not returned.
+    fn put_in_place(
+        &self,
+        staged: Vec<Result<Staged, RecordsError>>,
+        jobs: &[AppJob],
+        items: &[(Deployment, Checks)],
+    ) {
+        let mut replaced = Vec::new();
+        for (s, job) in staged.into_iter().zip(jobs) {
+            let Ok(s) = s else { continue };
+            if let Err(e) = s.history.unlock() {
+                tracing::warn!("{}: cannot unlock: {e}", s.history_path.display());
+            }
+            if let Ok(old) = File::open(&s.info_path) {
+                replaced.push(old);
+            }
+            match s.info.persist(&s.info_path) {
+                Ok(_) => self.remember_written(&job.dir, &items[job.last].0),
+                Err(e) => tracing::error!(
+                    "{}: the deployment is in the history but this file could not be replaced \
+                     ({}); readers go by the history until the next deployment replaces it",
+                    s.info_path.display(),
+                    e.error
+                ),
             }
         }
-        outcomes
+        self.release.close_later(replaced);
     }
 
     /// `fsync` each of `files`, or one `syncfs` when there are many.
@@ -452,6 +497,8 @@ fn stage(job: &AppJob, info: &str) -> Result<Staged, RecordsError> {
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
     let history_path = job.dir.join(HISTORY);
+    // No race with another writer: the environment is locked.
+    let new_history = !history_path.exists();
     let history = open_locked(
         OpenOptions::new().create(true).append(true).read(true),
         &history_path,
@@ -468,6 +515,7 @@ fn stage(job: &AppJob, info: &str) -> Result<Staged, RecordsError> {
         history_path,
         info: tmp,
         info_path: job.dir.join(INFO),
+        dir_changed: new_history || moved.is_some(),
         moved,
     })
 }
@@ -492,4 +540,36 @@ fn sync_dir(dir: &Path) -> Result<(), RecordsError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err(dir))
+}
+
+/// Replaced `deploy-info.yml` files, closed on a thread of their own.
+///
+/// Why: the last close of a replaced file frees its inode and blocks, and on a file system
+/// mounted with `discard` that waits for the device to discard them. Done by the rename
+/// itself, that was the largest part of a batch's time (measured with `perf` under
+/// `bench/serve.sh`); holding the old file open until this thread closes it takes it off the
+/// path that answers requests. The thread starts on first use and is shared by the clones of
+/// a store.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Releaser(Arc<OnceLock<Option<mpsc::Sender<Vec<File>>>>>);
+
+impl Releaser {
+    /// Close `files` on the releaser thread (here, if it could not be started).
+    fn close_later(&self, files: Vec<File>) {
+        if files.is_empty() {
+            return;
+        }
+        let thread = self.0.get_or_init(|| {
+            let (tx, rx) = mpsc::channel::<Vec<File>>();
+            std::thread::Builder::new()
+                .name("records-release".into())
+                .spawn(move || rx.into_iter().for_each(drop))
+                .ok()
+                .map(|_| tx)
+        });
+        if let Some(tx) = thread {
+            // A send error hands the files back inside it: closed here.
+            let _ = tx.send(files);
+        }
+    }
 }

@@ -9,6 +9,7 @@
 //! or collide. The CLI (`imagetrail deploy`, the queries) and the server use this module alone.
 
 mod batch;
+mod current;
 mod history;
 mod names;
 pub mod query;
@@ -194,12 +195,21 @@ pub struct Deployment {
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// Current deployments already read, checked against the files before each use (see
+    /// [`Store::current`]); shared by the clones of one store.
+    currents: current::Cache,
+    /// Closes replaced `deploy-info.yml` files off the writer's path (see [`batch::Releaser`]).
+    release: batch::Releaser,
 }
 
 impl Store {
     /// Records under `root` (created on the first write).
     pub fn new(root: impl Into<PathBuf>) -> Store {
-        Store { root: root.into() }
+        Store {
+            root: root.into(),
+            currents: current::Cache::default(),
+            release: batch::Releaser::default(),
+        }
     }
 
     /// The state directory.
@@ -247,32 +257,6 @@ impl Store {
             Ok(Written::AlreadyCurrent(_)) => unreachable!("skip_if_current was not asked"),
             Err(e) => Err(e),
         }
-    }
-
-    fn read_info(&self, path: &Path) -> Result<Option<Deployment>, RecordsError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err(path)(e)),
-        };
-        yaml::parse::<yaml::InfoFile>(&text)
-            .map(|f| Some(f.into_deployment()))
-            .map_err(|(line, message)| RecordsError::Malformed {
-                path: path.to_path_buf(),
-                line,
-                message,
-            })
-    }
-
-    /// The current deployment of `app` in `env`, if any.
-    pub fn current(&self, env: &str, app: &str) -> Result<Option<Deployment>, RecordsError> {
-        let mut d = self.read_info(&self.info_path(env, app)?)?;
-        if let Some(d) = &mut d {
-            // The directory is authoritative: the file lives where it lives.
-            d.app = app.to_string();
-            d.deployment.workspace = env.to_string();
-        }
-        Ok(d)
     }
 
     /// Every environment that has records, decoded, sorted.

@@ -268,6 +268,83 @@ fn a_hand_broken_info_file_is_reported_with_its_line_and_never_overwritten() {
     assert_eq!(std::fs::read_to_string(&path).unwrap(), broken);
 }
 
+/// A power loss after the answer can lose the rename of `deploy-info.yml` (it is made durable
+/// by the next sync, not waited for): the info is then one replacement behind its history, or
+/// missing after a first deployment. Both are simulated by putting the files back the way such
+/// a crash leaves them.
+#[test]
+fn the_history_wins_over_an_info_file_a_crash_left_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    let info_path = dir.path().join("prod/hello/deploy-info.yml");
+    let a = dep("hello", "prod", "a", &digest(1), t(1, 0));
+    let b = dep("hello", "prod", "b", &digest(2), t(2, 0));
+    store.record(&a).unwrap();
+    let info_of_a = std::fs::read_to_string(&info_path).unwrap();
+    store.record(&b).unwrap();
+
+    // The rename of b's info lost: a's info, whole, beside a history that ends with b.
+    std::fs::write(&info_path, &info_of_a).unwrap();
+    assert_eq!(store.current("prod", "hello").unwrap(), Some(b.clone()));
+    // The next deployment is checked against b (the name rules, skip_if_current) and
+    // replaces the stale info.
+    let skipped = store.record_checked_many(&[(
+        b.clone(),
+        Checks {
+            skip_if_current: true,
+            ..Checks::default()
+        },
+    )]);
+    assert!(matches!(&skipped[0], Ok(Written::AlreadyCurrent(d)) if **d == b));
+    let c = dep("hello", "prod", "c", &digest(3), t(3, 0));
+    store.record(&c).unwrap();
+    assert!(
+        std::fs::read_to_string(&info_path)
+            .unwrap()
+            .contains("tag: \"c\"")
+    );
+
+    // A first deployment whose info rename was lost: the history alone says what runs.
+    let first = dep("web", "prod", "a", &digest(4), t(4, 0));
+    store.record(&first).unwrap();
+    std::fs::remove_file(dir.path().join("prod/web/deploy-info.yml")).unwrap();
+    assert_eq!(store.current("prod", "web").unwrap(), Some(first));
+    assert_eq!(store.apps("prod").unwrap(), vec!["hello", "web"]);
+}
+
+#[test]
+fn a_hand_written_info_newer_than_the_history_is_what_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    store
+        .record(&dep("hello", "prod", "a", &digest(1), t(1, 0)))
+        .unwrap();
+    // Seed-shaped, no event_id, written by a person after the last recorded deployment.
+    let info_path = dir.path().join("prod/hello/deploy-info.yml");
+    std::fs::write(
+        &info_path,
+        "app: hello\nworkspace: prod\nimage:\n  repo: 127.0.0.1:5000/team/hello\n  \
+         tag: hotfix\n  digest: sha256:0000000000000000000000000000000000000000000000000000000000000009\n\
+         deployment:\n  deployed_at: 2026-01-25T05:00:00Z\n  deployed_by: bob\n",
+    )
+    .unwrap();
+    let cur = store.current("prod", "hello").unwrap().unwrap();
+    assert_eq!(cur.image.tag.as_deref(), Some("hotfix"));
+    assert_eq!(cur.deployment.deployed_by, "bob");
+
+    // A history broken by hand at its end does not hide the info; without an info it is
+    // reported.
+    let history_path = dir.path().join("prod/hello/deploy-history.yml");
+    let text = std::fs::read_to_string(&history_path).unwrap();
+    std::fs::write(&history_path, text.replace("tag: \"a\"", "tag: [a")).unwrap();
+    let cur = store.current("prod", "hello").unwrap().unwrap();
+    assert_eq!(cur.image.tag.as_deref(), Some("hotfix"));
+    std::fs::remove_file(&info_path).unwrap();
+    let err = store.current("prod", "hello").unwrap_err();
+    assert!(matches!(err, RecordsError::Malformed { .. }), "{err}");
+    assert!(err.to_string().contains("deploy-history.yml:"), "{err}");
+}
+
 #[test]
 fn a_hand_broken_middle_entry_is_reported_with_its_line() {
     let dir = tempfile::tempdir().unwrap();

@@ -101,10 +101,11 @@ impl Idempotency {
 }
 
 /// The group-commit writer of deployments: one thread takes every deployment waiting and
-/// records them with [`Store::record_checked_many`] (one `fdatasync` per touched history, one
-/// replace per touched `deploy-info.yml`, one `fsync` per touched directory), then answers each
-/// request with its own result. A request is answered only after its batch is synced. Like the
-/// callback log's writer; one writer also serialises every environment's name checks.
+/// records them with [`Store::record_checked_many_then`] (one sync round for the batch's
+/// history appends and new `deploy-info.yml` files, then one rename per touched app), answering
+/// each request with its own result between the two. A request is answered only after its
+/// history entry is synced.
+/// Like the callback log's writer; one writer also serialises every environment's name checks.
 pub struct Writer {
     tx: mpsc::Sender<Job>,
 }
@@ -163,11 +164,14 @@ fn write_batches(store: &Store, rx: &mpsc::Receiver<Job>) {
             .iter()
             .map(|j| (j.deployment.clone(), j.checks))
             .collect();
-        let results = store.record_checked_many(&items);
-        for (job, result) in batch.into_iter().zip(results) {
-            // The client may have gone (timeout); the deployment is recorded all the same.
-            let _ = job.done.send(result);
-        }
+        // Answered once the history entries are durable, while the new deploy-info.yml files
+        // are still being put in place.
+        store.record_checked_many_then(&items, |results| {
+            for (job, result) in batch.into_iter().zip(results) {
+                // The client may have gone (timeout); the deployment is recorded all the same.
+                let _ = job.done.send(result);
+            }
+        });
     }
 }
 

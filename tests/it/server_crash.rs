@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::server::KEY;
-use crate::support::imagetrail;
+use crate::server::{KEY, TestServer, digest, get, post_deployment};
+use crate::support::{imagetrail, read, run, stderr};
 
 /// Start `imagetrail serve` on 127.0.0.1:0; (child, base URL read from its stdout).
 fn spawn_server(state: &std::path::Path, keys: &std::path::Path) -> (Child, String) {
@@ -211,6 +211,52 @@ async fn sigkill_during_a_stream_loses_no_answered_request() {
     sigterm(&child);
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+/// A power loss can lose the rename that put a deployment's `deploy-info.yml` in place: the
+/// server answers once the history entry and the new file are synced, and leaves the rename to
+/// the next sync. Simulated here by putting back the info file such a crash leaves: the CLI, the
+/// API and the next deployment all go by the history.
+#[tokio::test]
+async fn an_info_file_a_power_loss_left_behind_is_overruled_by_the_history() {
+    let server = TestServer::start(|_| {}).await;
+    let info = server.dir().join("prod/web/deploy-info.yml");
+    let deploy = |n: u32| {
+        json!({
+            "environment": {"name": "prod"},
+            "image": {"url": format!("registry.example.com/team/web@{}", digest(n)), "name": "web"},
+        })
+    };
+    assert_eq!(post_deployment(&server, deploy(1)).await.0, 201);
+    let stale = read(&info);
+    assert_eq!(post_deployment(&server, deploy(2)).await.0, 201);
+    std::fs::write(&info, &stale).unwrap();
+
+    let (status, env) = get(&server, "/api/v1/environments/prod").await;
+    assert_eq!(status, 200);
+    assert_eq!(env["deployments"][0]["image"]["digest"], digest(2), "{env}");
+    let status_of = |dir: &std::path::Path| {
+        let mut cmd = imagetrail();
+        cmd.args(["status", "--format", "json", "--state-dir"])
+            .arg(dir);
+        run(&mut cmd)
+    };
+    let out = status_of(server.dir());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed[0]["image"]["digest"], digest(2), "{listed}");
+
+    // The next deployment is checked against the history's deployment (the name "web" is the
+    // app's own, not taken) and replaces the stale file.
+    assert_eq!(post_deployment(&server, deploy(3)).await.0, 201);
+    assert!(read(&info).contains(&digest(3)));
+    assert!(!read(&info).contains(&digest(1)));
+
+    // A first deployment whose info never made it to disk: the history alone answers.
+    std::fs::remove_file(&info).unwrap();
+    let out = status_of(server.dir());
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed[0]["image"]["digest"], digest(3), "{listed}");
 }
 
 /// Send SIGTERM through the `kill` command (no libc dependency for one signal).
