@@ -23,17 +23,24 @@
 //! covers every earlier rename) or the kernel's own writeback makes them durable. What a power
 //! loss in between can leave is a `deploy-info.yml` one replacement behind its history (or
 //! none, after a first deployment), whole either way, and [`Store::current`] then answers from
-//! the history's last entry. Waiting for a second sync round would double the latency of
-//! every batch to protect a file that the history can rebuild.
+//! the history's last entry ([`Store::infos_behind`] finds such files and
+//! [`Store::replace_infos`] brings them up to date; the server does so when it starts).
+//! Waiting for a second sync round would double the latency of every batch to protect a file
+//! that the history can rebuild.
+//!
+//! A server under load can also pace the replaces ([`InfoFiles::AtMostEvery`]): creating,
+//! syncing and renaming a new `deploy-info.yml`, and freeing the old one, cost more than the
+//! history append, and an app deployed many times a second needs only its latest file.
 //!
 //! Every other guarantee of a single record holds: history first, append-only, the history
 //! locked for the append, the info replaced atomically, nothing answered before the sync that
 //! makes its history entry durable returned.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, mpsc};
+use std::time::{Duration, Instant};
 
 use super::{Deployment, HISTORY, INFO, Recorded, RecordsError, Store, history, io_err, yaml};
 
@@ -47,6 +54,19 @@ pub struct Checks {
     /// Write nothing when the app's current deployment already runs the same repository and
     /// digest (a Pod of a ReplicaSet admitted again).
     pub skip_if_current: bool,
+}
+
+/// When a batch replaces the `deploy-info.yml` of the apps it deploys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InfoFiles {
+    /// In the batch: written and synced with the history entries, then renamed.
+    Replace,
+    /// In the batch, unless this store replaced the app's info less than this long ago: then
+    /// later, by [`Store::replace_due_infos`], with whatever is current by then. A server
+    /// under load so coalesces an app's many deployments into one replace per interval (a
+    /// replace is a new file, a sync and a rename: most of a deployment's cost). Until then
+    /// [`Store::current`] answers from the history.
+    AtMostEvery(Duration),
 }
 
 /// What happened to one accepted item.
@@ -112,6 +132,8 @@ struct EnvBatch {
 
 /// The accepted entries of one app, and which items they came from.
 struct AppJob {
+    /// (environment, app).
+    key: (String, String),
     dir: PathBuf,
     items: Vec<usize>,
     entries: String,
@@ -232,22 +254,18 @@ impl Store {
         &self,
         items: &[(Deployment, Checks)],
     ) -> Vec<Result<Written, RecordsError>> {
-        let mut answered = Vec::new();
-        self.record_checked_many_then(items, |results| answered = results);
-        answered
+        self.record_checked_many_with(items, InfoFiles::Replace)
     }
 
-    /// [`Store::record_checked_many`], handing the results to `answer` as soon as every
-    /// accepted item's history entry is durable, before the new `deploy-info.yml` files are
-    /// renamed into place (the environments stay locked until they are). A server answers its
-    /// clients there: a reader in between already gets the new deployment from
-    /// [`Store::current`], which goes by the history when the info is behind it. A rename that
-    /// fails after the answer is logged; the deployment is recorded all the same.
-    pub fn record_checked_many_then(
+    /// [`Store::record_checked_many`], replacing each app's `deploy-info.yml` as `info` says.
+    /// A rename that fails once the history entries are durable is logged, not returned: the
+    /// deployment is recorded, and [`Store::current`] goes by the history while the info is
+    /// behind it.
+    pub fn record_checked_many_with(
         &self,
         items: &[(Deployment, Checks)],
-        answer: impl FnOnce(Vec<Result<Written, RecordsError>>),
-    ) {
+        info: InfoFiles,
+    ) -> Vec<Result<Written, RecordsError>> {
         let mut results: Vec<Option<Result<Written, RecordsError>>> =
             items.iter().map(|_| None).collect();
 
@@ -305,6 +323,7 @@ impl Store {
                     let job = jobs
                         .entry((env.to_string(), d.app.clone()))
                         .or_insert_with(|| AppJob {
+                            key: (env.to_string(), d.app.clone()),
                             dir,
                             items: Vec::new(),
                             entries: String::new(),
@@ -324,7 +343,7 @@ impl Store {
 
         // 2. Write every app's entries and new info, and sync them.
         let jobs: Vec<AppJob> = jobs.into_values().collect();
-        let staged = self.write_jobs(&jobs, items);
+        let staged = self.write_jobs(&jobs, items, info);
         for (job, outcome) in jobs.iter().zip(&staged) {
             match outcome {
                 Ok(staged) => {
@@ -348,15 +367,13 @@ impl Store {
                 }
             }
         }
-        answer(
-            results
-                .into_iter()
-                .map(|r| r.expect("every item has a result"))
-                .collect(),
-        );
-        // 3. Put each new info in place; the environment locks are released after that.
+        // 3. Put each new info in place, then release the environment locks.
         self.put_in_place(staged, &jobs, items);
         drop(envs);
+        results
+            .into_iter()
+            .map(|r| r.expect("every item has a result"))
+            .collect()
     }
 
     /// Record every deployment of `ds` as one group commit, with the store's rules only: one
@@ -376,7 +393,8 @@ impl Store {
 struct Staged {
     history: File,
     history_path: PathBuf,
-    info: tempfile::NamedTempFile,
+    /// The new info, unless it is left to [`Store::replace_infos`].
+    info: Option<tempfile::NamedTempFile>,
     info_path: PathBuf,
     moved: Option<super::TornTail>,
     /// The app directory gained an entry that must survive a crash: a new history file, or a
@@ -397,6 +415,7 @@ impl Store {
         &self,
         jobs: &[AppJob],
         items: &[(Deployment, Checks)],
+        info: InfoFiles,
     ) -> Vec<Result<Staged, RecordsError>> {
         // Stage: append each history (one write) and write each new info to a temp file.
         let mut dirs: Vec<PathBuf> = Vec::new();
@@ -408,7 +427,12 @@ impl Store {
                     // A new app directory must itself survive a crash.
                     dirs.push(env_dir.to_path_buf());
                 }
-                let s = stage(job, &yaml::info(&items[job.last].0))?;
+                let replace = match info {
+                    InfoFiles::Replace => true,
+                    InfoFiles::AtMostEvery(every) => self.pacer.replace_now(job, every),
+                };
+                let text = replace.then(|| yaml::info(&items[job.last].0));
+                let s = stage(job, text.as_deref())?;
                 if created || s.dir_changed {
                     dirs.push(job.dir.clone());
                 }
@@ -428,10 +452,11 @@ impl Store {
                 .iter()
                 .flatten()
                 .flat_map(|s| {
-                    [
-                        (&s.history, s.history_path.as_path()),
-                        (s.info.as_file(), s.info_path.as_path()),
-                    ]
+                    let info = s
+                        .info
+                        .as_ref()
+                        .map(|i| (i.as_file(), s.info_path.as_path()));
+                    std::iter::once((&s.history, s.history_path.as_path())).chain(info)
                 })
                 .chain(dir_files.iter().zip(dirs.iter().map(PathBuf::as_path)))
                 .collect();
@@ -458,20 +483,98 @@ impl Store {
             if let Err(e) = s.history.unlock() {
                 tracing::warn!("{}: cannot unlock: {e}", s.history_path.display());
             }
-            if let Ok(old) = File::open(&s.info_path) {
-                replaced.push(old);
-            }
-            match s.info.persist(&s.info_path) {
-                Ok(_) => self.remember_written(&job.dir, &items[job.last].0),
-                Err(e) => tracing::error!(
-                    "{}: the deployment is in the history but this file could not be replaced \
-                     ({}); readers go by the history until the next deployment replaces it",
-                    s.info_path.display(),
-                    e.error
-                ),
+            let in_place = match s.info {
+                Some(tmp) => {
+                    self.pacer.replaced(&job.dir);
+                    rename_over(tmp, &s.info_path, &mut replaced)
+                }
+                // Left to replace_due_infos: the history alone moved on.
+                None => true,
+            };
+            if in_place {
+                self.remember_written(&job.dir, &items[job.last].0);
             }
         }
         self.release.close_later(replaced);
+    }
+
+    /// Replace the `deploy-info.yml` of each of `apps` (environment, app) with its current
+    /// deployment as one group commit: the new files written, one sync round, the renames.
+    /// For what [`InfoFiles::AtMostEvery`] left behind, and for what a power loss left behind (see
+    /// [`Store::infos_behind`]). An app without a deployment, or whose records cannot be read
+    /// (they are reported wherever they are read), is skipped with a warning.
+    pub fn replace_infos(&self, apps: &BTreeSet<(String, String)>) -> Result<(), RecordsError> {
+        // Sorted by environment first: the locks are taken in the same order as a batch's.
+        let mut locks = BTreeMap::new();
+        for (env, _) in apps {
+            if !locks.contains_key(env) {
+                locks.insert(env, self.lock_env(env)?);
+            }
+        }
+        let mut staged = Vec::new();
+        for (env, app) in apps {
+            let current = self.current(env, app).and_then(|d| {
+                let dir = self.app_dir(env, app)?;
+                d.map(|d| Ok((info_temp(&dir, &yaml::info(&d))?, dir, d)))
+                    .transpose()
+            });
+            match current {
+                Ok(Some(new)) => staged.push(new),
+                Ok(None) => {}
+                Err(e) => tracing::warn!("{e}; deploy-info.yml not replaced"),
+            }
+        }
+        let files: Vec<(&File, &Path)> = staged
+            .iter()
+            .map(|(tmp, _, _)| (tmp.as_file(), tmp.path()))
+            .collect();
+        self.sync_all_of(&files)?;
+        let mut replaced = Vec::new();
+        for (tmp, dir, d) in staged {
+            self.pacer.replaced(&dir);
+            if rename_over(tmp, &dir.join(INFO), &mut replaced) {
+                self.remember_written(&dir, &d);
+            }
+        }
+        self.release.close_later(replaced);
+        Ok(())
+    }
+
+    /// When the first `deploy-info.yml` left behind by [`InfoFiles::AtMostEvery`] is due to
+    /// be replaced, if any is.
+    pub fn infos_due_at(&self) -> Option<Instant> {
+        self.pacer.lock().due.values().min().copied()
+    }
+
+    /// Replace every `deploy-info.yml` left behind by [`InfoFiles::AtMostEvery`] whose time has
+    /// come (see [`Store::replace_infos`]).
+    pub fn replace_due_infos(&self) -> Result<(), RecordsError> {
+        self.replace_left_behind(Some(Instant::now()))
+    }
+
+    /// Replace every `deploy-info.yml` left behind by [`InfoFiles::AtMostEvery`], due or not:
+    /// for a server shutting down.
+    pub fn replace_all_left_behind(&self) -> Result<(), RecordsError> {
+        self.replace_left_behind(None)
+    }
+
+    /// Replace the infos left behind that are due by `by` (all of them for `None`).
+    fn replace_left_behind(&self, by: Option<Instant>) -> Result<(), RecordsError> {
+        let apps: BTreeSet<(String, String)> = {
+            let mut pacer = self.pacer.lock();
+            let apps: BTreeSet<(String, String)> = pacer
+                .due
+                .iter()
+                .filter(|(_, at)| by.is_none_or(|by| **at <= by))
+                .map(|(app, _)| app.clone())
+                .collect();
+            pacer.due.retain(|app, _| !apps.contains(app));
+            apps
+        };
+        if apps.is_empty() {
+            return Ok(());
+        }
+        self.replace_infos(&apps)
     }
 
     /// `fsync` each of `files`, or one `syncfs` when there are many.
@@ -493,9 +596,7 @@ impl Store {
 /// Append one app's entries (one write, history locked) and write its new info to a temp file
 /// (mode 0644 like the history: tempfile's default 0600 would hide the record from other
 /// users), nothing synced yet.
-fn stage(job: &AppJob, info: &str) -> Result<Staged, RecordsError> {
-    use std::io::Write;
-    use std::os::unix::fs::PermissionsExt;
+fn stage(job: &AppJob, info: Option<&str>) -> Result<Staged, RecordsError> {
     let history_path = job.dir.join(HISTORY);
     // No race with another writer: the environment is locked.
     let new_history = !history_path.exists();
@@ -504,20 +605,50 @@ fn stage(job: &AppJob, info: &str) -> Result<Staged, RecordsError> {
         &history_path,
     )?;
     let moved = history::append_locked(&history, &history_path, &job.entries)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".deploy-info.")
-        .permissions(std::fs::Permissions::from_mode(0o644))
-        .tempfile_in(&job.dir)
-        .map_err(io_err(&job.dir))?;
-    tmp.write_all(info.as_bytes()).map_err(io_err(tmp.path()))?;
     Ok(Staged {
         history,
         history_path,
-        info: tmp,
+        info: info.map(|text| info_temp(&job.dir, text)).transpose()?,
         info_path: job.dir.join(INFO),
         dir_changed: new_history || moved.is_some(),
         moved,
     })
+}
+
+/// A new `deploy-info.yml` for the app directory `dir`, written to a temp file beside it (mode
+/// 0644 like the history: tempfile's default 0600 would hide the record from other users),
+/// not synced yet.
+fn info_temp(dir: &Path, text: &str) -> Result<tempfile::NamedTempFile, RecordsError> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".deploy-info.")
+        .permissions(std::fs::Permissions::from_mode(0o644))
+        .tempfile_in(dir)
+        .map_err(io_err(dir))?;
+    tmp.write_all(text.as_bytes()).map_err(io_err(tmp.path()))?;
+    Ok(tmp)
+}
+
+/// Rename the synced `tmp` over `info_path`, keeping the file it replaces open in `replaced`
+/// (see [`Releaser`]). A failure is logged: the history, synced before, already holds the
+/// deployment and readers go by it until the next replace.
+fn rename_over(tmp: tempfile::NamedTempFile, info_path: &Path, replaced: &mut Vec<File>) -> bool {
+    if let Ok(old) = File::open(info_path) {
+        replaced.push(old);
+    }
+    match tmp.persist(info_path) {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::error!(
+                "{}: cannot replace it ({}); the deployment is in the history, which readers go \
+                 by until the next deployment replaces this file",
+                info_path.display(),
+                e.error
+            );
+            false
+        }
+    }
 }
 
 /// Open `path` with `options` and take an exclusive lock on it (waits for other holders).
@@ -571,5 +702,44 @@ impl Releaser {
             // A send error hands the files back inside it: closed here.
             let _ = tx.send(files);
         }
+    }
+}
+
+/// When this store last replaced each app's `deploy-info.yml`, and which are left behind until
+/// when (see [`InfoFiles::AtMostEvery`]); shared by the clones of a store.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Pacer(Arc<Mutex<PacerState>>);
+
+#[derive(Debug, Default)]
+pub(super) struct PacerState {
+    /// Last replace, by app directory.
+    last: HashMap<PathBuf, Instant>,
+    /// Left behind: (environment, app) and when it is due.
+    due: BTreeMap<(String, String), Instant>,
+}
+
+impl Pacer {
+    fn lock(&self) -> MutexGuard<'_, PacerState> {
+        self.0.lock().expect("pacer lock")
+    }
+
+    /// Whether `job`'s app gets its info replaced in this batch; if not, it is noted as due
+    /// `every` after its last replace.
+    fn replace_now(&self, job: &AppJob, every: Duration) -> bool {
+        let mut state = self.lock();
+        match state.last.get(&job.dir).copied() {
+            Some(last) if last.elapsed() < every => {
+                state.due.entry(job.key.clone()).or_insert(last + every);
+                false
+            }
+            _ => {
+                state.due.remove(&job.key);
+                true
+            }
+        }
+    }
+
+    fn replaced(&self, dir: &Path) {
+        self.lock().last.insert(dir.to_path_buf(), Instant::now());
     }
 }

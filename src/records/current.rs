@@ -7,7 +7,7 @@
 //! size, modification and change times) they had when it was read, so a write by another
 //! process (the CLI, a person with an editor) is seen at the next lookup.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -103,6 +103,25 @@ impl Store {
             d.deployment.workspace = env.to_string();
         }
         Ok(d)
+    }
+
+    /// Every (environment, app) whose `deploy-info.yml` is missing or behind its history: what
+    /// a crash or power loss before a replace can leave (see [`Store::current`]), for
+    /// [`Store::replace_infos`]. Apps whose records cannot be read are left out: every reader
+    /// reports them.
+    pub fn infos_behind(&self) -> Result<BTreeSet<(String, String)>, RecordsError> {
+        let mut behind = BTreeSet::new();
+        for env in self.environments()? {
+            for app in self.apps(&env)? {
+                let info = read_info(&self.info_path(&env, &app)?);
+                if let (Ok(info), Ok(Some(current))) = (info, self.current(&env, &app))
+                    && info.is_none_or(|i| i.deployment.event_id != current.deployment.event_id)
+                {
+                    behind.insert((env.clone(), app));
+                }
+            }
+        }
+        Ok(behind)
     }
 
     /// Remember that `d` is what runs in the app directory `dir`, as its files are now: called

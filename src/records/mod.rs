@@ -90,7 +90,7 @@ pub enum RecordsError {
     },
 }
 
-pub use batch::{Checks, Written};
+pub use batch::{Checks, InfoFiles, Written};
 pub use history::TornTail;
 
 /// A history as read: the whole entries, and the torn last entry if an append was cut off.
@@ -200,6 +200,8 @@ pub struct Store {
     currents: current::Cache,
     /// Closes replaced `deploy-info.yml` files off the writer's path (see [`batch::Releaser`]).
     release: batch::Releaser,
+    /// Paces the replaces of `deploy-info.yml` under [`InfoFiles::AtMostEvery`].
+    pacer: batch::Pacer,
 }
 
 impl Store {
@@ -209,6 +211,7 @@ impl Store {
             root: root.into(),
             currents: current::Cache::default(),
             release: batch::Releaser::default(),
+            pacer: batch::Pacer::default(),
         }
     }
 

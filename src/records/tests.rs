@@ -2,6 +2,7 @@
 
 use super::*;
 use chrono::TimeZone;
+use std::collections::BTreeSet;
 
 fn dep(app: &str, env: &str, tag: &str, digest: &str, at: DateTime<Utc>) -> Deployment {
     Deployment {
@@ -310,6 +311,92 @@ fn the_history_wins_over_an_info_file_a_crash_left_behind() {
     std::fs::remove_file(dir.path().join("prod/web/deploy-info.yml")).unwrap();
     assert_eq!(store.current("prod", "web").unwrap(), Some(first));
     assert_eq!(store.apps("prod").unwrap(), vec!["hello", "web"]);
+}
+
+#[test]
+fn infos_behind_are_found_and_replaced_with_what_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    let info_path = |app: &str| dir.path().join(format!("prod/{app}/deploy-info.yml"));
+    let a = dep("hello", "prod", "a", &digest(1), t(1, 0));
+    let b = dep("hello", "prod", "b", &digest(2), t(2, 0));
+    let w = dep("web", "prod", "a", &digest(3), t(3, 0));
+    let up = dep("up", "prod", "a", &digest(4), t(4, 0));
+    store.record(&a).unwrap();
+    let info_of_a = std::fs::read_to_string(info_path("hello")).unwrap();
+    for d in [&b, &w, &up] {
+        store.record(d).unwrap();
+    }
+    let up_to_date = std::fs::read_to_string(info_path("up")).unwrap();
+    std::fs::write(info_path("hello"), &info_of_a).unwrap();
+    std::fs::remove_file(info_path("web")).unwrap();
+
+    let behind = store.infos_behind().unwrap();
+    let expected: BTreeSet<(String, String)> = [("prod", "hello"), ("prod", "web")]
+        .into_iter()
+        .map(|(e, a)| (e.to_string(), a.to_string()))
+        .collect();
+    assert_eq!(behind, expected);
+    store.replace_infos(&behind).unwrap();
+    assert!(store.infos_behind().unwrap().is_empty());
+    // A fresh store reads the files back (no cache): each says what its history says.
+    let fresh = Store::new(dir.path());
+    for d in [&b, &w] {
+        let info = std::fs::read_to_string(info_path(&d.app)).unwrap();
+        assert!(info.contains(&d.deployment.event_id.to_string()), "{info}");
+        assert_eq!(fresh.current("prod", &d.app).unwrap().as_ref(), Some(d));
+    }
+    assert_eq!(
+        std::fs::read_to_string(info_path("up")).unwrap(),
+        up_to_date
+    );
+}
+
+#[test]
+fn paced_info_replaces_coalesce_and_catch_up_when_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    let info_path = dir.path().join("prod/hello/deploy-info.yml");
+    let paced = |d: &Deployment| {
+        let every = InfoFiles::AtMostEvery(std::time::Duration::from_secs(2));
+        let mut r = store.record_checked_many_with(&[(d.clone(), Checks::default())], every);
+        r.pop().unwrap().unwrap();
+    };
+    let a = dep("hello", "prod", "a", &digest(1), t(1, 0));
+    let b = dep("hello", "prod", "b", &digest(2), t(2, 0));
+    let c = dep("hello", "prod", "c", &digest(3), t(3, 0));
+    // The first deployment of an app replaces its info at once.
+    paced(&a);
+    assert!(store.infos_due_at().is_none());
+    let info_of_a = std::fs::read_to_string(&info_path).unwrap();
+    assert!(info_of_a.contains(&a.deployment.event_id.to_string()));
+
+    // The next ones within the interval go to the history only; readers see the last.
+    paced(&b);
+    paced(&c);
+    assert_eq!(std::fs::read_to_string(&info_path).unwrap(), info_of_a);
+    assert_eq!(
+        store.history("prod", "hello").unwrap(),
+        vec![a, b, c.clone()]
+    );
+    assert_eq!(store.current("prod", "hello").unwrap().as_ref(), Some(&c));
+    assert_eq!(
+        Store::new(dir.path()).current("prod", "hello").unwrap(),
+        Some(c.clone())
+    );
+
+    // Nothing is replaced before it is due; once due, one replace with the latest.
+    let due = store.infos_due_at().expect("left behind");
+    store.replace_due_infos().unwrap();
+    if std::time::Instant::now() < due {
+        assert_eq!(std::fs::read_to_string(&info_path).unwrap(), info_of_a);
+        std::thread::sleep(due - std::time::Instant::now());
+    }
+    store.replace_due_infos().unwrap();
+    assert!(store.infos_due_at().is_none());
+    let info = std::fs::read_to_string(&info_path).unwrap();
+    assert!(info.contains(&c.deployment.event_id.to_string()), "{info}");
+    assert!(store.infos_behind().unwrap().is_empty());
 }
 
 #[test]

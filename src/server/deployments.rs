@@ -15,7 +15,9 @@
 //! the first answer and is not recorded twice).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::Bytes;
@@ -34,7 +36,7 @@ use super::reference::PinnedRef;
 use tokio::sync::oneshot;
 
 use crate::records::{
-    Checks, Deployment, DeploymentRecord, Platform, RecordsError, Store, Written,
+    Checks, Deployment, DeploymentRecord, InfoFiles, Platform, RecordsError, Store, Written,
 };
 
 /// The environment when the body names none (Atomist's default).
@@ -101,13 +103,21 @@ impl Idempotency {
 }
 
 /// The group-commit writer of deployments: one thread takes every deployment waiting and
-/// records them with [`Store::record_checked_many_then`] (one sync round for the batch's
-/// history appends and new `deploy-info.yml` files, then one rename per touched app), answering
-/// each request with its own result between the two. A request is answered only after its
-/// history entry is synced.
+/// records them with [`Store::record_checked_many_with`] (one sync round for the batch's
+/// history appends and new `deploy-info.yml` files, then one rename per touched app), then
+/// answers each request with its own result. A request is answered only after its history
+/// entry is synced.
 /// Like the callback log's writer; one writer also serialises every environment's name checks.
 pub struct Writer {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Message>,
+}
+
+/// What the writer thread is sent.
+enum Message {
+    /// A deployment to record (boxed, so a `Close` does not take the size of a job).
+    Job(Box<Job>),
+    /// Replace every `deploy-info.yml` left behind, then say so: the server is stopping.
+    Close(oneshot::Sender<()>),
 }
 
 struct Job {
@@ -140,23 +150,69 @@ impl Writer {
             )
         };
         self.tx
-            .send(Job {
+            .send(Message::Job(Box::new(Job {
                 deployment,
                 checks,
                 done,
-            })
+            })))
             .map_err(|_| stopped(()))?;
         Ok(wait.await.map_err(|_| stopped(()))??)
     }
+
+    /// Wait until every `deploy-info.yml` the writer left behind its history is replaced: the
+    /// last step of a graceful shutdown (a crash leaves them to the next start).
+    pub async fn close(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Message::Close(done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
 }
 
-/// The writer thread: group commit until every sender is gone.
-fn write_batches(store: &Store, rx: &mpsc::Receiver<Job>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+/// How long the server may leave an app's `deploy-info.yml` behind its history when the app is
+/// deployed again and again (see [`InfoFiles::AtMostEvery`]): at most one replace per app per
+/// interval, always with its latest deployment. An app deployed once in a while gets its file
+/// replaced with every deployment.
+const INFO_EVERY: Duration = Duration::from_millis(10);
+
+/// The writer thread: group commit until every sender is gone. First it replaces any
+/// `deploy-info.yml` a crash left behind its history.
+fn write_batches(store: &Store, rx: &mpsc::Receiver<Message>) {
+    match store.infos_behind() {
+        Ok(behind) if !behind.is_empty() => {
+            tracing::info!(
+                apps = behind.len(),
+                "replacing deploy-info.yml files left behind their history by a crash"
+            );
+            catch_up(store.replace_infos(&behind));
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("{e}; deploy-info.yml files not checked against the history"),
+    }
+    loop {
+        let first = match store.infos_due_at() {
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+        };
+        let first = match first {
+            Ok(Message::Job(job)) => job,
+            Ok(Message::Close(done)) => {
+                catch_up(store.replace_all_left_behind());
+                let _ = done.send(());
+                continue;
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                catch_up(store.replace_due_infos());
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let mut batch = vec![*first];
+        let mut close = None;
+        while batch.len() < MAX_BATCH && close.is_none() {
             match rx.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(Message::Job(job)) => batch.push(*job),
+                Ok(Message::Close(done)) => close = Some(done),
                 Err(_) => break,
             }
         }
@@ -164,14 +220,26 @@ fn write_batches(store: &Store, rx: &mpsc::Receiver<Job>) {
             .iter()
             .map(|j| (j.deployment.clone(), j.checks))
             .collect();
-        // Answered once the history entries are durable, while the new deploy-info.yml files
-        // are still being put in place.
-        store.record_checked_many_then(&items, |results| {
-            for (job, result) in batch.into_iter().zip(results) {
-                // The client may have gone (timeout); the deployment is recorded all the same.
-                let _ = job.done.send(result);
+        let results = store.record_checked_many_with(&items, InfoFiles::AtMostEvery(INFO_EVERY));
+        for (job, result) in batch.into_iter().zip(results) {
+            // The client may have gone (timeout); the deployment is recorded all the same.
+            let _ = job.done.send(result);
+        }
+        match close {
+            Some(done) => {
+                catch_up(store.replace_all_left_behind());
+                let _ = done.send(());
             }
-        });
+            None => catch_up(store.replace_due_infos()),
+        }
+    }
+}
+
+/// Log a failed catch-up of `deploy-info.yml` files: the history holds every deployment and
+/// readers go by it, so the server goes on.
+fn catch_up(result: Result<(), RecordsError>) {
+    if let Err(e) = result {
+        tracing::warn!("{e}; deploy-info.yml files stay behind their history until replaced");
     }
 }
 

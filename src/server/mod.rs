@@ -156,7 +156,8 @@ async fn shutdown_signal() {
 }
 
 /// Serve on `listener` until `shutdown` resolves, then stop accepting, let the requests in
-/// flight finish (up to the request timeout) and flush the analytics log.
+/// flight finish (up to the request timeout), bring every `deploy-info.yml` up to date and flush
+/// the analytics log.
 pub async fn run(
     listener: tokio::net::TcpListener,
     config: Config,
@@ -217,6 +218,7 @@ pub async fn run(
         }
     }
     .context("the HTTP server stopped")?;
+    state.deployments.close().await;
     state.analytics.close().await;
     tracing::info!("imagetrail serve stopped");
     Ok(())

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::server::{KEY, TestServer, digest, get, post_deployment};
+use crate::server::{KEY, digest};
 use crate::support::{imagetrail, read, run, stderr};
 
 /// Start `imagetrail serve` on 127.0.0.1:0; (child, base URL read from its stdout).
@@ -213,50 +213,107 @@ async fn sigkill_during_a_stream_loses_no_answered_request() {
     assert!(status.success(), "{status:?}");
 }
 
-/// A power loss can lose the rename that put a deployment's `deploy-info.yml` in place: the
-/// server answers once the history entry and the new file are synced, and leaves the rename to
-/// the next sync. Simulated here by putting back the info file such a crash leaves: the CLI, the
-/// API and the next deployment all go by the history.
-#[tokio::test]
-async fn an_info_file_a_power_loss_left_behind_is_overruled_by_the_history() {
-    let server = TestServer::start(|_| {}).await;
-    let info = server.dir().join("prod/web/deploy-info.yml");
-    let deploy = |n: u32| {
-        json!({
-            "environment": {"name": "prod"},
-            "image": {"url": format!("registry.example.com/team/web@{}", digest(n)), "name": "web"},
-        })
+/// A power loss can lose the rename that put a deployment's `deploy-info.yml` in place (the
+/// server answers once the history entry is synced and leaves the rename to the next sync), and
+/// a server under load replaces an app's info at most every few milliseconds. Simulated here by
+/// putting back the files such a crash leaves, with the real binary: the CLI and the API go by
+/// the history, and the server brings the files up to date when it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_files_a_crash_left_behind_are_overruled_and_replaced_at_start() {
+    let dir = tempfile::Builder::new()
+        .prefix("it-srv-info-")
+        .tempdir()
+        .unwrap();
+    let state = dir.path().join("state");
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, format!("ci {KEY}\n")).unwrap();
+    let web_info = state.join("prod/web/deploy-info.yml");
+    let api_info = state.join("prod/api/deploy-info.yml");
+    let client = reqwest::Client::new();
+    let deploy = |url: String, app: &'static str, n: u32| {
+        let client = client.clone();
+        async move {
+            let body = json!({
+                "environment": {"name": "prod"},
+                "image": {"url": format!("registry.example.com/team/{app}@{}", digest(n)), "name": app},
+            });
+            let r = client
+                .post(format!("{url}/api/v1/deployments"))
+                .bearer_auth(KEY)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+        }
     };
-    assert_eq!(post_deployment(&server, deploy(1)).await.0, 201);
-    let stale = read(&info);
-    assert_eq!(post_deployment(&server, deploy(2)).await.0, 201);
-    std::fs::write(&info, &stale).unwrap();
 
-    let (status, env) = get(&server, "/api/v1/environments/prod").await;
-    assert_eq!(status, 200);
-    assert_eq!(env["deployments"][0]["image"]["digest"], digest(2), "{env}");
-    let status_of = |dir: &std::path::Path| {
-        let mut cmd = imagetrail();
-        cmd.args(["status", "--format", "json", "--state-dir"])
-            .arg(dir);
-        run(&mut cmd)
-    };
-    let out = status_of(server.dir());
+    let (mut child, url) = spawn_server(&state, &keys);
+    deploy(url.clone(), "web", 1).await;
+    let stale = read(&web_info);
+    assert!(stale.contains(&digest(1)), "{stale}");
+    deploy(url.clone(), "web", 2).await;
+    deploy(url.clone(), "api", 3).await;
+    // A quick second deployment of web may be paced: its file catches up on its own.
+    eventually("web's deploy-info.yml names digest 2", || {
+        std::fs::read_to_string(&web_info).is_ok_and(|t| t.contains(&digest(2)))
+    })
+    .await;
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+
+    // The power loss: web's last rename lost, api's first one too.
+    std::fs::write(&web_info, &stale).unwrap();
+    std::fs::remove_file(&api_info).unwrap();
+    let mut cmd = imagetrail();
+    cmd.args(["status", "--format", "json", "--state-dir"])
+        .arg(&state);
+    let out = run(&mut cmd);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(listed[0]["image"]["digest"], digest(2), "{listed}");
+    let digest_of = |app: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["app"] == app)
+            .map(|d| d["image"]["digest"].clone())
+    };
+    assert_eq!(digest_of("web"), Some(json!(digest(2))), "{listed}");
+    assert_eq!(digest_of("api"), Some(json!(digest(3))), "{listed}");
 
-    // The next deployment is checked against the history's deployment (the name "web" is the
-    // app's own, not taken) and replaces the stale file.
-    assert_eq!(post_deployment(&server, deploy(3)).await.0, 201);
-    assert!(read(&info).contains(&digest(3)));
-    assert!(!read(&info).contains(&digest(1)));
+    // The restart replaces both files before it records anything new.
+    let (mut child, url) = spawn_server(&state, &keys);
+    let env: Value = client
+        .get(format!("{url}/api/v1/environments/prod"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(env["deployments"].as_array().unwrap().len(), 2, "{env}");
+    eventually("both deploy-info.yml files are replaced at start", || {
+        std::fs::read_to_string(&web_info).is_ok_and(|t| t.contains(&digest(2)))
+            && std::fs::read_to_string(&api_info).is_ok_and(|t| t.contains(&digest(3)))
+    })
+    .await;
+    // The name "web" is the app's own, not taken by a stale file.
+    deploy(url.clone(), "web", 4).await;
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+    assert!(read(&web_info).contains(&digest(4)));
+}
 
-    // A first deployment whose info never made it to disk: the history alone answers.
-    std::fs::remove_file(&info).unwrap();
-    let out = status_of(server.dir());
-    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(listed[0]["image"]["digest"], digest(3), "{listed}");
+/// Wait until `done` holds, checking every 20 ms; fail saying `what` after 10 s.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("never happened: {what}");
 }
 
 /// Send SIGTERM through the `kill` command (no libc dependency for one signal).
