@@ -5,17 +5,21 @@
 #
 #   bench/serve.sh              # 10 s per wrk run, a 60 s soak with RSS sampled every second
 #   DURATION=5 SOAK=20 bench/serve.sh
+#   BASELINE_BIN=/tmp/imagetrail-old bench/serve.sh   # also an earlier build, same run
 #
 # Needs: wrk (Debian), python3; Flask and gunicorn are installed into a venv under /tmp if missing
 # (PyPI). Durability: register callbacks are fdatasync'd per batch (group commit) before the
-# answer; deployments are group-committed through records::Store::record_checked_many (history
-# appends and deploy-info.yml temp files synced, renamed, then directories synced) before the answer.
+# answer; deployments are group-committed through records::Store::record_checked_many_with
+# (history appends, and the deploy-info.yml temp files due, synced in one round, then renamed)
+# before the answer. After the runs the script checks that every deploy-info.yml caught up with
+# its history.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10}
 SOAK=${SOAK:-60}
 BIN=${BIN:-target/release/imagetrail}
+BASELINE_BIN=${BASELINE_BIN:-}
 VENV=${VENV:-/tmp/it-srv-venv}
 WRK=(wrk -t2 -c16 --latency)
 
@@ -72,19 +76,41 @@ wait_port "$PORT"
 measure "Flask mock (gunicorn -w 2)" "http://127.0.0.1:$PORT" bench/wrk/register.lua "$DURATION"
 kill "${PIDS[-1]}"
 
-# --- imagetrail serve
+# --- imagetrail serve: start BINARY on a state dir of its own; sets SERVE (pid) and URL.
 export BENCH_KEY=bench-key-$RANDOM
 echo "bench $BENCH_KEY" > "$WORK/keys"
-"$BIN" serve --listen 127.0.0.1:0 --state-dir "$WORK/state" --api-keys-file "$WORK/keys" >"$WORK/serve.out" 2>"$WORK/serve.err" &
-SERVE=$!
-PIDS+=($SERVE)
-for _ in $(seq 1 100); do grep -q listening "$WORK/serve.out" 2>/dev/null && break; sleep 0.1; done
-URL=$(sed -n 's/^listening on //p' "$WORK/serve.out")
+start_serve() {
+  local bin=$1 name=$2
+  "$bin" serve --listen 127.0.0.1:0 --state-dir "$WORK/$name" --api-keys-file "$WORK/keys" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+  SERVE=$!
+  PIDS+=($SERVE)
+  for _ in $(seq 1 100); do grep -q listening "$WORK/$name.out" 2>/dev/null && break; sleep 0.1; done
+  URL=$(sed -n 's/^listening on //p' "$WORK/$name.out")
+}
+
+if [ -n "$BASELINE_BIN" ]; then
+  start_serve "$BASELINE_BIN" baseline
+  measure "baseline build: deployments, 1 env" "$URL" bench/wrk/deployments.lua "$DURATION"
+  BENCH_ENVS=8 measure "baseline build: deployments, 8 envs" "$URL" bench/wrk/deployments.lua "$DURATION"
+  kill "$SERVE"
+fi
+
+start_serve "$BIN" state
 measure "imagetrail serve: register" "$URL" bench/wrk/register.lua "$DURATION"
 measure "imagetrail serve: deployments, 1 env" "$URL" bench/wrk/deployments.lua "$DURATION"
 BENCH_ENVS=8 measure "imagetrail serve: deployments, 8 envs" "$URL" bench/wrk/deployments.lua "$DURATION"
 echo
 echo "callback log: $(wc -l <"$WORK/state/.analytics/callbacks.jsonl") lines; deployments recorded: $(cat "$WORK"/state/bench*/*/deploy-history.yml | grep -c '^- ')"
+# Every deploy-info.yml names its history's last entry once the paced replaces caught up (10 ms).
+sleep 1
+behind=0 apps=0
+for d in "$WORK"/state/bench*/*/; do
+  apps=$((apps + 1))
+  last=$(grep 'event_id:' "$d/deploy-history.yml" | tail -1 | tr -d ' ')
+  info=$(grep 'event_id:' "$d/deploy-info.yml" | tr -d ' ')
+  [ "$last" = "$info" ] || behind=$((behind + 1))
+done
+echo "deploy-info.yml behind its history after 1 s: $behind of $apps apps"
 
 # --- soak: register for $SOAK s, RSS sampled every second
 echo
