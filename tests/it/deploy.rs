@@ -204,23 +204,19 @@ fn deploy_from_a_two_platform_index_records_both_digests() {
 fn a_moving_tag_is_recorded_by_digest_and_queries_answer_from_history() {
     let reg = shared();
     let repo = unique_repo("moving");
-    let v1 = reg.push_image(
+    let v1 = reg.push_ci_image(
         &repo,
-        Some("9c8e712"),
-        "amd64",
+        "9c8e712",
         "2026-01-20T18:12:55Z",
-        &oci_labels("2026-01-20T18:12:55Z", "9c8e712", "initial release"),
+        "9c8e712",
+        "initial release",
     );
-    let v2 = reg.push_image(
+    let v2 = reg.push_ci_image(
         &repo,
-        Some("1f3a9c2"),
-        "amd64",
+        "1f3a9c2",
         "2026-01-24T22:41:03Z",
-        &oci_labels(
-            "2026-01-24T22:41:03Z",
-            "1f3a9c2",
-            "add healthcheck + fix nginx proxy header",
-        ),
+        "1f3a9c2",
+        "add healthcheck + fix nginx proxy header",
     );
     reg.tag(&repo, "stable", &v1);
     let st = state();
@@ -357,13 +353,7 @@ fn a_moving_tag_is_recorded_by_digest_and_queries_answer_from_history() {
     assert_eq!(v["candidate"]["digest"], v1.as_str());
     assert_eq!(v["same"], false);
     // compare a fresh build: not a rollback.
-    reg.push_image(
-        &repo,
-        Some("77aa001"),
-        "amd64",
-        "2026-01-26T10:00:00Z",
-        &oci_labels("2026-01-26T10:00:00Z", "77aa001", "next"),
-    );
+    reg.push_ci_image(&repo, "77aa001", "2026-01-26T10:00:00Z", "77aa001", "next");
     let out = it(
         st.path(),
         &[
@@ -404,13 +394,7 @@ fn a_moving_tag_is_recorded_by_digest_and_queries_answer_from_history() {
 fn deploy_posts_the_atomist_body_with_a_bearer_key() {
     let reg = shared();
     let repo = unique_repo("notify");
-    let digest = reg.push_image(
-        &repo,
-        Some("v1"),
-        "amd64",
-        "2026-01-24T22:41:03Z",
-        &oci_labels("2026-01-24T22:41:03Z", "46e443d", "x"),
-    );
+    let digest = reg.push_ci_image(&repo, "v1", "2026-01-24T22:41:03Z", "46e443d", "x");
     let server = RecordingServer::start(Reply::json(201, serde_json::json!({"ok": true})));
     let st = state();
     let key = st.path().join("key");
@@ -717,20 +701,8 @@ fn slash_names_are_stored_safely_and_listed_back_exactly() {
 fn racing_deploys_from_separate_processes_both_land_whole() {
     let reg = shared();
     let repo = unique_repo("race");
-    reg.push_image(
-        &repo,
-        Some("a"),
-        "amd64",
-        "2026-01-24T22:41:03Z",
-        &oci_labels("2026-01-24T22:41:03Z", "aaaaaaa", "a"),
-    );
-    reg.push_image(
-        &repo,
-        Some("b"),
-        "amd64",
-        "2026-01-24T22:41:04Z",
-        &oci_labels("2026-01-24T22:41:04Z", "bbbbbbb", "b"),
-    );
+    reg.push_ci_image(&repo, "a", "2026-01-24T22:41:03Z", "aaaaaaa", "a");
+    reg.push_ci_image(&repo, "b", "2026-01-24T22:41:04Z", "bbbbbbb", "b");
     let st = state();
     let rounds = 8;
     for _ in 0..rounds {
@@ -788,20 +760,8 @@ fn racing_deploys_from_separate_processes_both_land_whole() {
 fn a_torn_history_is_reported_by_every_reader_and_the_next_deploy_is_clean() {
     let reg = shared();
     let repo = unique_repo("torn");
-    reg.push_image(
-        &repo,
-        Some("v1"),
-        "amd64",
-        "2026-01-20T00:00:00Z",
-        &oci_labels("2026-01-20T00:00:00Z", "1111111", "one"),
-    );
-    reg.push_image(
-        &repo,
-        Some("v2"),
-        "amd64",
-        "2026-01-21T00:00:00Z",
-        &oci_labels("2026-01-21T00:00:00Z", "2222222", "two"),
-    );
+    reg.push_ci_image(&repo, "v1", "2026-01-20T00:00:00Z", "1111111", "one");
+    reg.push_ci_image(&repo, "v2", "2026-01-21T00:00:00Z", "2222222", "two");
     let st = state();
     let img = |t: &str| format!("{}/{repo}:{t}", reg.addr);
     it(

@@ -323,12 +323,12 @@ fn images_overview_marks_deployed_digests_per_environment_newest_first() {
 fn registry_overview_lists_repositories_tags_created_and_description() {
     let reg = shared();
     let repo = unique_repo("overview");
-    reg.push_image(
+    reg.push_ci_image(
         &repo,
-        Some("1f3a9c2"),
-        "amd64",
+        "1f3a9c2",
         "2026-01-24T22:41:03Z",
-        &oci_labels("2026-01-24T22:41:03Z", "1f3a9c2", "add healthcheck"),
+        "1f3a9c2",
+        "add healthcheck",
     );
     let st = tempfile::Builder::new().prefix("it-dep").tempdir().unwrap();
     let mut cmd = crate::support::imagetrail();

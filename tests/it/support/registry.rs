@@ -272,6 +272,25 @@ kill "$r" 2>/dev/null; wait "$r" 2>/dev/null; rm -rf "$4""#;
         )
     }
 
+    /// Push an amd64 image tagged `tag`, created at `created`, with the labels a CI build sets
+    /// ([`oci_labels`] with the same `created`). Returns the manifest digest.
+    pub fn push_ci_image(
+        &self,
+        repo: &str,
+        tag: &str,
+        created: &str,
+        revision: &str,
+        description: &str,
+    ) -> String {
+        self.push_image(
+            repo,
+            Some(tag),
+            "amd64",
+            created,
+            &oci_labels(created, revision, description),
+        )
+    }
+
     /// Push an OCI index of `children` (digest, arch), tagged `tag`. Returns its digest.
     pub fn push_index(&self, repo: &str, tag: &str, children: &[(&str, &str)]) -> String {
         let manifests: Vec<serde_json::Value> = children
