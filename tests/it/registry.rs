@@ -1,6 +1,6 @@
 //! `registry overview`, `images overview` and `registry prune` against the real docker-registry.
 
-use crate::deploy::it;
+use crate::deploy::{deploy, deploy_to, it};
 use crate::support::registry::{Registry, oci_labels, shared, unique_repo};
 use crate::support::{stderr, stdout};
 
@@ -47,44 +47,31 @@ fn fixture(reg: &Registry) -> Fixture {
     let state = tempfile::Builder::new().prefix("it-dep").tempdir().unwrap();
     let img = |t: &str| format!("{}/{repo}:{t}", reg.addr);
     reg.tag(&repo, "stable", &v2);
-    let ok = |args: &[&str]| {
-        let out = it(state.path(), args);
+    let ok = |out: std::process::Output| {
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     };
-    ok(&[
-        "deploy",
-        "--app",
+    let st = state.path();
+    ok(deploy(
+        st,
         "hello",
-        "--env",
         "prod",
-        "--image",
         &img("stable"),
-        "--deployed-at",
         "2026-01-02T13:00:00Z",
-    ]);
+    ));
     reg.tag(&repo, "stable", &v5);
-    ok(&[
-        "deploy",
-        "--app",
+    ok(deploy(
+        st,
         "hello",
-        "--env",
         "prod",
-        "--image",
         &img("stable"),
-        "--deployed-at",
         "2026-01-05T13:00:00Z",
-    ]);
-    ok(&[
-        "deploy",
-        "--app",
-        "hello",
-        "--env",
+    ));
+    ok(deploy_to(
+        st,
         "staging",
-        "--image",
         &img("multi"),
-        "--platform",
-        "linux/arm64",
-    ]);
+        &["--app", "hello", "--platform", "linux/arm64"],
+    ));
     Fixture {
         repo,
         v1,
