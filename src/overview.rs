@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::exit::ExitCode;
 use crate::records::{Deployment, ImageRecord, Platform, Store};
 use crate::registry::{Client, Reference, RegistryError};
-use crate::terminal::sanitize;
+use crate::terminal::{sanitize, sanitize_or_dash};
 
 /// One tag as the overviews show it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -147,10 +147,7 @@ pub async fn registry(args: RegistryOverviewArgs) -> anyhow::Result<ExitCode> {
             println!(
                 "  {:<20} {:<25} {:<20} {}",
                 sanitize(&t.tag),
-                t.created
-                    .as_deref()
-                    .map(sanitize)
-                    .unwrap_or_else(|| "-".into()),
+                sanitize_or_dash(t.created.as_deref()),
                 short(&t.digest),
                 t.description.as_deref().map(sanitize).unwrap_or_default()
             );
@@ -259,10 +256,7 @@ pub async fn images(args: ImagesOverviewArgs) -> anyhow::Result<ExitCode> {
             "{}  {:<20} {:<25} {:<20} {:<12} {}",
             if m.is_empty() { " " } else { "→" },
             sanitize(&t.tag),
-            t.created
-                .as_deref()
-                .map(sanitize)
-                .unwrap_or_else(|| "-".into()),
+            sanitize_or_dash(t.created.as_deref()),
             short(&t.digest),
             if m.is_empty() {
                 "-".to_string()
@@ -276,11 +270,7 @@ pub async fn images(args: ImagesOverviewArgs) -> anyhow::Result<ExitCode> {
         println!(
             "→  {:<20} {:<25} {:<20} {:<12} no tag points at it now (deployed as {})",
             "(untagged)",
-            d.image
-                .built_at
-                .as_deref()
-                .map(sanitize)
-                .unwrap_or_else(|| "-".into()),
+            sanitize_or_dash(d.image.built_at.as_deref()),
             short(&d.image.digest),
             format!(
                 "{} ({})",
