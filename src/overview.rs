@@ -13,9 +13,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use crate::cli::{Format, ImagesOverviewArgs, PruneArgs, RegistryOverviewArgs};
 use crate::error::Error;
 use crate::exit::ExitCode;
-use crate::records::{Deployment, Platform, Store};
+use crate::records::{Deployment, ImageRecord, Platform, Store};
 use crate::registry::{Client, Reference, RegistryError};
-use crate::terminal::sanitize;
+use crate::terminal::{sanitize, sanitize_or_dash};
 
 /// One tag as the overviews show it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -147,10 +147,7 @@ pub async fn registry(args: RegistryOverviewArgs) -> anyhow::Result<ExitCode> {
             println!(
                 "  {:<20} {:<25} {:<20} {}",
                 sanitize(&t.tag),
-                t.created
-                    .as_deref()
-                    .map(sanitize)
-                    .unwrap_or_else(|| "-".into()),
+                sanitize_or_dash(t.created.as_deref()),
                 short(&t.digest),
                 t.description.as_deref().map(sanitize).unwrap_or_default()
             );
@@ -259,10 +256,7 @@ pub async fn images(args: ImagesOverviewArgs) -> anyhow::Result<ExitCode> {
             "{}  {:<20} {:<25} {:<20} {:<12} {}",
             if m.is_empty() { " " } else { "→" },
             sanitize(&t.tag),
-            t.created
-                .as_deref()
-                .map(sanitize)
-                .unwrap_or_else(|| "-".into()),
+            sanitize_or_dash(t.created.as_deref()),
             short(&t.digest),
             if m.is_empty() {
                 "-".to_string()
@@ -276,11 +270,7 @@ pub async fn images(args: ImagesOverviewArgs) -> anyhow::Result<ExitCode> {
         println!(
             "→  {:<20} {:<25} {:<20} {:<12} no tag points at it now (deployed as {})",
             "(untagged)",
-            d.image
-                .built_at
-                .as_deref()
-                .map(sanitize)
-                .unwrap_or_else(|| "-".into()),
+            sanitize_or_dash(d.image.built_at.as_deref()),
             short(&d.image.digest),
             format!(
                 "{} ({})",
@@ -302,6 +292,23 @@ fn protect(map: &mut BTreeMap<String, BTreeSet<String>>, digest: &str, why: Stri
     map.entry(digest.to_string()).or_default().insert(why);
 }
 
+/// Protect a recorded image: its digest for `why` and, when it was deployed from an index,
+/// the index for `index_why`; the index also goes into `indexes`, whose children are protected
+/// next.
+fn protect_recorded(
+    map: &mut BTreeMap<String, BTreeSet<String>>,
+    indexes: &mut BTreeSet<String>,
+    image: &ImageRecord,
+    why: String,
+    index_why: String,
+) {
+    protect(map, &image.digest, why);
+    if let Some(i) = &image.index_digest {
+        protect(map, i, index_why);
+        indexes.insert(i.clone());
+    }
+}
+
 /// `imagetrail registry prune`.
 pub async fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
     let r = repo_ref(&args.repository)?;
@@ -319,38 +326,26 @@ pub async fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
             if let Some(d) = store.current(&env, &app)?
                 && d.image.repo == repo
             {
-                protect(
+                protect_recorded(
                     &mut protected,
-                    &d.image.digest,
+                    &mut recorded_indexes,
+                    &d.image,
                     format!("deployed now ({place}, deploy-info.yml)"),
+                    format!("index of what is deployed now ({place})"),
                 );
-                if let Some(i) = &d.image.index_digest {
-                    protect(
-                        &mut protected,
-                        i,
-                        format!("index of what is deployed now ({place})"),
-                    );
-                    recorded_indexes.insert(i.clone());
-                }
             }
             let read = store.read_history(&env, &app)?;
             if let Some(t) = &read.torn {
                 eprintln!("imagetrail: warning: {t}");
             }
             for d in read.entries.iter().filter(|d| d.image.repo == repo) {
-                protect(
+                protect_recorded(
                     &mut protected,
-                    &d.image.digest,
+                    &mut recorded_indexes,
+                    &d.image,
                     format!("in the history of {place} (deploy-history.yml)"),
+                    format!("index recorded in the history of {place}"),
                 );
-                if let Some(i) = &d.image.index_digest {
-                    protect(
-                        &mut protected,
-                        i,
-                        format!("index recorded in the history of {place}"),
-                    );
-                    recorded_indexes.insert(i.clone());
-                }
             }
         }
     }

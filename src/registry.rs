@@ -119,6 +119,12 @@ pub struct Reference {
 }
 
 impl Reference {
+    /// The token scope asking for `action` (`pull`, `delete`) on this repository:
+    /// `repository:PATH:ACTION`.
+    fn scope(&self, action: &str) -> String {
+        format!("repository:{}:{action}", self.path)
+    }
+
     /// Parse a reference. A first component with a `.` or `:` or `localhost` is the registry;
     /// otherwise it is Docker Hub (`docker.io`, `library/` for single names).
     pub fn parse(s: &str) -> Result<Reference, RegistryError> {
@@ -711,8 +717,8 @@ impl Client {
         } else {
             (Some(MANIFEST_ACCEPT), "pull")
         };
-        let scope = format!("repository:{}:{action}", r.path);
-        self.send(&r.registry, method, &url, accept, &scope).await
+        self.send(&r.registry, method, &url, accept, &r.scope(action))
+            .await
     }
 
     /// The digest a tag or digest points at, by HEAD with the full Accept list; falls back to
@@ -799,13 +805,7 @@ impl Client {
         let url = format!("{}/v2/{}/blobs/{digest}", self.base(&r.registry), r.path);
         let what = format!("GET blob {}@{digest}", r.repo());
         let resp = self
-            .send(
-                &r.registry,
-                Method::GET,
-                &url,
-                None,
-                &format!("repository:{}:pull", r.path),
-            )
+            .send(&r.registry, Method::GET, &url, None, &r.scope("pull"))
             .await?;
         if !resp.status().is_success() {
             return Err(Self::fail(&r.registry, &what, resp).await);
@@ -952,13 +952,7 @@ impl Client {
         let what = format!("GET tags of {}", r.repo());
         for _ in 0..10_000 {
             let resp = self
-                .send(
-                    &r.registry,
-                    Method::GET,
-                    &url,
-                    None,
-                    &format!("repository:{}:pull", r.path),
-                )
+                .send(&r.registry, Method::GET, &url, None, &r.scope("pull"))
                 .await?;
             if resp.status() == StatusCode::NOT_FOUND {
                 return Err(RegistryError::ManifestUnknown {

@@ -17,6 +17,11 @@ pub fn sanitize(text: &str) -> String {
     out
 }
 
+/// A table cell for an optional untrusted value: sanitised, or `-` when absent.
+pub fn sanitize_or_dash(value: Option<&str>) -> String {
+    value.map(sanitize).unwrap_or_else(|| "-".into())
+}
+
 /// Cut a value to at most `max` bytes on a character boundary; says whether it was cut.
 pub fn cap(text: &str, max: usize) -> (&str, bool) {
     if text.len() <= max {

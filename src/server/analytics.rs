@@ -349,11 +349,17 @@ fn required<'a>(body: &'a Map<String, Value>, key: &str) -> Result<&'a str, ApiE
     }
 }
 
-fn check_callback_auth(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// What every callback does first: check the key when callbacks require one, then read the
+/// body as a JSON object sent as exactly `application/json`.
+fn callback_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Map<String, Value>, ApiError> {
     if state.config.callbacks_require_key {
         super::auth::require(state.config.api_keys.as_ref(), headers)?;
     }
-    Ok(())
+    object(json_body(headers, body, ContentType::Exact)?)
 }
 
 /// `POST /api/v1/register`.
@@ -362,8 +368,7 @@ pub async fn register(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    check_callback_auth(&state, &headers)?;
-    let body = object(json_body(&headers, body, ContentType::Exact)?)?;
+    let body = callback_body(&state, &headers, body)?;
     let url = required(&body, "git-url")?.to_string();
     let sha = required(&body, "git-sha")?.to_string();
     let key = idempotency_key(&headers)?;
@@ -395,8 +400,7 @@ pub async fn scanner_error(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    check_callback_auth(&state, &headers)?;
-    let body = object(json_body(&headers, body, ContentType::Exact)?)?;
+    let body = callback_body(&state, &headers, body)?;
     let errors = match body.get("error") {
         Some(Value::String(s)) if !s.trim().is_empty() => 1,
         Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_string) => a.len(),

@@ -191,31 +191,25 @@ pub async fn run(
     });
 
     let make_service = app.into_make_service();
+    // The same timeouts with or without TLS: setting the acceptor keeps them.
+    let mut server = axum_server::Server::from_listener(listener)
+        .handle(handle)
+        .first_request_timeout(request_timeout);
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(request_timeout);
     match tls {
         Some(tls) => {
-            let mut server = axum_server::Server::from_listener(listener)
+            server
                 .acceptor(
                     axum_server::tls_rustls::RustlsAcceptor::new(tls)
                         .handshake_timeout(request_timeout),
                 )
-                .handle(handle)
-                .first_request_timeout(request_timeout);
-            server
-                .http_builder()
-                .http1()
-                .header_read_timeout(request_timeout);
-            server.serve(make_service).await
+                .serve(make_service)
+                .await
         }
-        None => {
-            let mut server = axum_server::Server::from_listener(listener)
-                .handle(handle)
-                .first_request_timeout(request_timeout);
-            server
-                .http_builder()
-                .http1()
-                .header_read_timeout(request_timeout);
-            server.serve(make_service).await
-        }
+        None => server.serve(make_service).await,
     }
     .context("the HTTP server stopped")?;
     state.deployments.close().await;

@@ -19,6 +19,18 @@ pub fn it(state: &Path, args: &[&str]) -> Output {
     run(&mut cmd)
 }
 
+/// `imagetrail deploy --env ENV --image IMAGE EXTRA...` through [`it`].
+pub fn deploy_to(state: &Path, env: &str, image: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["deploy", "--env", env, "--image", image];
+    args.extend_from_slice(extra);
+    it(state, &args)
+}
+
+/// `imagetrail deploy --env ENV --image IMAGE --app APP --deployed-at AT` through [`it`].
+pub fn deploy(state: &Path, app: &str, env: &str, image: &str, at: &str) -> Output {
+    deploy_to(state, env, image, &["--app", app, "--deployed-at", at])
+}
+
 fn state() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("it-dep").tempdir().unwrap()
 }
@@ -45,11 +57,11 @@ fn deploy_single_platform_image_pushed_by_docker() {
     crate::support::docker::docker(&["rmi", &image]);
 
     let st = state();
-    let out = it(
+    let out = deploy_to(
         st.path(),
-        &[
-            "deploy", "--app", "hello", "--env", "prod", "--image", &image, "--by", "alice",
-        ],
+        "prod",
+        &image,
+        &["--app", "hello", "--by", "alice"],
     );
     assert_eq!(out.status.code(), Some(0));
     let so = stdout(&out);
@@ -105,18 +117,7 @@ fn deploy_from_a_two_platform_index_records_both_digests() {
     let st = state();
     let image = format!("{}/{repo}:46e443d", reg.addr);
 
-    let out = it(
-        st.path(),
-        &[
-            "deploy",
-            "--env",
-            "prod",
-            "--image",
-            &image,
-            "--platform",
-            "linux/arm64",
-        ],
-    );
+    let out = deploy_to(st.path(), "prod", &image, &["--platform", "linux/arm64"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let app_dir = st.path().join("prod").join(&repo);
     let info = read(&app_dir.join("deploy-info.yml"));
@@ -127,10 +128,7 @@ fn deploy_from_a_two_platform_index_records_both_digests() {
     );
 
     // Default platform linux/amd64 picks the other child.
-    let out = it(
-        st.path(),
-        &["deploy", "--env", "staging", "--image", &image],
-    );
+    let out = deploy_to(st.path(), "staging", &image, &[]);
     assert_eq!(out.status.code(), Some(0));
     let info = read(
         &st.path()
@@ -146,18 +144,7 @@ fn deploy_from_a_two_platform_index_records_both_digests() {
     );
 
     // A platform the index lacks: a clear error, nothing written.
-    let out = it(
-        st.path(),
-        &[
-            "deploy",
-            "--env",
-            "qa",
-            "--image",
-            &image,
-            "--platform",
-            "linux/s390x",
-        ],
-    );
+    let out = deploy_to(st.path(), "qa", &image, &["--platform", "linux/s390x"]);
     assert_eq!(out.status.code(), Some(1));
     let se = stderr(&out);
     assert!(se.contains("is a multi-platform index without linux/s390x; it has: linux/amd64, linux/arm64; choose one with --platform"), "{se}");
@@ -165,18 +152,7 @@ fn deploy_from_a_two_platform_index_records_both_digests() {
 
     // Deploying by the index digest gives the same record.
     let by_digest = format!("{}/{repo}@{index}", reg.addr);
-    let out = it(
-        st.path(),
-        &[
-            "deploy",
-            "--env",
-            "dev",
-            "--image",
-            &by_digest,
-            "--platform",
-            "linux/arm64",
-        ],
-    );
+    let out = deploy_to(st.path(), "dev", &by_digest, &["--platform", "linux/arm64"]);
     assert_eq!(out.status.code(), Some(0));
     let info = read(&st.path().join("dev").join(&repo).join("deploy-info.yml"));
     assert!(
@@ -204,37 +180,30 @@ fn deploy_from_a_two_platform_index_records_both_digests() {
 fn a_moving_tag_is_recorded_by_digest_and_queries_answer_from_history() {
     let reg = shared();
     let repo = unique_repo("moving");
-    let v1 = reg.push_image(
+    let v1 = reg.push_ci_image(
         &repo,
-        Some("9c8e712"),
-        "amd64",
+        "9c8e712",
         "2026-01-20T18:12:55Z",
-        &oci_labels("2026-01-20T18:12:55Z", "9c8e712", "initial release"),
+        "9c8e712",
+        "initial release",
     );
-    let v2 = reg.push_image(
+    let v2 = reg.push_ci_image(
         &repo,
-        Some("1f3a9c2"),
-        "amd64",
+        "1f3a9c2",
         "2026-01-24T22:41:03Z",
-        &oci_labels(
-            "2026-01-24T22:41:03Z",
-            "1f3a9c2",
-            "add healthcheck + fix nginx proxy header",
-        ),
+        "1f3a9c2",
+        "add healthcheck + fix nginx proxy header",
     );
     reg.tag(&repo, "stable", &v1);
     let st = state();
     let stable = format!("{}/{repo}:stable", reg.addr);
-    let out = it(
+    let out = deploy_to(
         st.path(),
+        "prod",
+        &stable,
         &[
-            "deploy",
             "--app",
             "hello",
-            "--env",
-            "prod",
-            "--image",
-            &stable,
             "--by",
             "bob",
             "--deployed-at",
@@ -243,16 +212,13 @@ fn a_moving_tag_is_recorded_by_digest_and_queries_answer_from_history() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     reg.tag(&repo, "stable", &v2);
-    let out = it(
+    let out = deploy_to(
         st.path(),
+        "prod",
+        &stable,
         &[
-            "deploy",
             "--app",
             "hello",
-            "--env",
-            "prod",
-            "--image",
-            &stable,
             "--by",
             "alice",
             "--deployed-at",
@@ -357,13 +323,7 @@ fn a_moving_tag_is_recorded_by_digest_and_queries_answer_from_history() {
     assert_eq!(v["candidate"]["digest"], v1.as_str());
     assert_eq!(v["same"], false);
     // compare a fresh build: not a rollback.
-    reg.push_image(
-        &repo,
-        Some("77aa001"),
-        "amd64",
-        "2026-01-26T10:00:00Z",
-        &oci_labels("2026-01-26T10:00:00Z", "77aa001", "next"),
-    );
+    reg.push_ci_image(&repo, "77aa001", "2026-01-26T10:00:00Z", "77aa001", "next");
     let out = it(
         st.path(),
         &[
@@ -404,26 +364,17 @@ fn a_moving_tag_is_recorded_by_digest_and_queries_answer_from_history() {
 fn deploy_posts_the_atomist_body_with_a_bearer_key() {
     let reg = shared();
     let repo = unique_repo("notify");
-    let digest = reg.push_image(
-        &repo,
-        Some("v1"),
-        "amd64",
-        "2026-01-24T22:41:03Z",
-        &oci_labels("2026-01-24T22:41:03Z", "46e443d", "x"),
-    );
+    let digest = reg.push_ci_image(&repo, "v1", "2026-01-24T22:41:03Z", "46e443d", "x");
     let server = RecordingServer::start(Reply::json(201, serde_json::json!({"ok": true})));
     let st = state();
     let key = st.path().join("key");
     std::fs::write(&key, "s3cret-key\n").unwrap();
     let endpoint = format!("{}/atomist/resource/39b472d9", server.url());
-    let out = it(
+    let out = deploy_to(
         st.path(),
+        "production",
+        &format!("{}/{repo}:v1", reg.addr),
         &[
-            "deploy",
-            "--env",
-            "production",
-            "--image",
-            &format!("{}/{repo}:v1", reg.addr),
             "--name",
             "web",
             "--endpoint",
@@ -457,19 +408,11 @@ fn deploy_posts_the_atomist_body_with_a_bearer_key() {
     // --name is also the default app.
     assert!(st.path().join("production/web/deploy-info.yml").is_file());
     // The same name for the same repository under another app: refused, exit 2.
-    let out = it(
+    let out = deploy_to(
         st.path(),
-        &[
-            "deploy",
-            "--env",
-            "production",
-            "--app",
-            "web2",
-            "--image",
-            &format!("{}/{repo}:v1", reg.addr),
-            "--name",
-            "web",
-        ],
+        "production",
+        &format!("{}/{repo}:v1", reg.addr),
+        &["--app", "web2", "--name", "web"],
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(
@@ -490,19 +433,11 @@ fn deploy_posts_the_atomist_body_with_a_bearer_key() {
         401,
         serde_json::json!({"error": "invalid api key"}),
     ));
-    let out = it(
+    let out = deploy_to(
         st.path(),
-        &[
-            "deploy",
-            "--env",
-            "production",
-            "--image",
-            &format!("{}/{repo}:v1", reg.addr),
-            "--name",
-            "web",
-            "--endpoint",
-            &bad.url(),
-        ],
+        "production",
+        &format!("{}/{repo}:v1", reg.addr),
+        &["--name", "web", "--endpoint", &bad.url()],
     );
     assert_eq!(out.status.code(), Some(1));
     let se = stderr(&out);
@@ -582,17 +517,8 @@ fn bad_references_and_registries_are_refused_before_anything_is_written() {
         &format!("registry {host} answered 401"),
     );
     assert!(
-        stderr(&it(
-            st.path(),
-            &[
-                "deploy",
-                "--env",
-                "prod",
-                "--image",
-                &format!("{host}/x:v1")
-            ]
-        ))
-        .contains(&format!("log in with `docker login {host}`"))
+        stderr(&deploy_to(st.path(), "prod", &format!("{host}/x:v1"), &[]))
+            .contains(&format!("log in with `docker login {host}`"))
     );
     // Names that could escape the state directory.
     for (flag, value) in [
@@ -632,19 +558,11 @@ fn basic_credentials_come_from_the_docker_config() {
         format!("{{\"auths\": {{\"{host}\": {{\"auth\": \"dXNlcjpwYXNz\"}}}}}}"),
     )
     .unwrap();
-    let out = it(
+    let out = deploy_to(
         st.path(),
-        &[
-            "deploy",
-            "--env",
-            "prod",
-            "--app",
-            "x",
-            "--image",
-            &format!("{host}/x:v1"),
-            "--docker-config",
-            cfg.to_str().unwrap(),
-        ],
+        "prod",
+        &format!("{host}/x:v1"),
+        &["--app", "x", "--docker-config", cfg.to_str().unwrap()],
     );
     assert_eq!(out.status.code(), Some(1));
     let reqs = reg_server.requests();
@@ -667,15 +585,11 @@ fn slash_names_are_stored_safely_and_listed_back_exactly() {
     let repo = format!("team/{}", unique_repo("slash"));
     reg.push_image(&repo, Some("v1"), "amd64", "2026-01-24T22:41:03Z", &[]);
     let st = state();
-    let out = it(
+    let out = deploy_to(
         st.path(),
-        &[
-            "deploy",
-            "--env",
-            "cluster-a/payments",
-            "--image",
-            &format!("{}/{repo}:v1", reg.addr),
-        ],
+        "cluster-a/payments",
+        &format!("{}/{repo}:v1", reg.addr),
+        &[],
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let enc_app = repo.replace('/', "%2F");
@@ -717,20 +631,8 @@ fn slash_names_are_stored_safely_and_listed_back_exactly() {
 fn racing_deploys_from_separate_processes_both_land_whole() {
     let reg = shared();
     let repo = unique_repo("race");
-    reg.push_image(
-        &repo,
-        Some("a"),
-        "amd64",
-        "2026-01-24T22:41:03Z",
-        &oci_labels("2026-01-24T22:41:03Z", "aaaaaaa", "a"),
-    );
-    reg.push_image(
-        &repo,
-        Some("b"),
-        "amd64",
-        "2026-01-24T22:41:04Z",
-        &oci_labels("2026-01-24T22:41:04Z", "bbbbbbb", "b"),
-    );
+    reg.push_ci_image(&repo, "a", "2026-01-24T22:41:03Z", "aaaaaaa", "a");
+    reg.push_ci_image(&repo, "b", "2026-01-24T22:41:04Z", "bbbbbbb", "b");
     let st = state();
     let rounds = 8;
     for _ in 0..rounds {
@@ -788,49 +690,23 @@ fn racing_deploys_from_separate_processes_both_land_whole() {
 fn a_torn_history_is_reported_by_every_reader_and_the_next_deploy_is_clean() {
     let reg = shared();
     let repo = unique_repo("torn");
-    reg.push_image(
-        &repo,
-        Some("v1"),
-        "amd64",
-        "2026-01-20T00:00:00Z",
-        &oci_labels("2026-01-20T00:00:00Z", "1111111", "one"),
-    );
-    reg.push_image(
-        &repo,
-        Some("v2"),
-        "amd64",
-        "2026-01-21T00:00:00Z",
-        &oci_labels("2026-01-21T00:00:00Z", "2222222", "two"),
-    );
+    reg.push_ci_image(&repo, "v1", "2026-01-20T00:00:00Z", "1111111", "one");
+    reg.push_ci_image(&repo, "v2", "2026-01-21T00:00:00Z", "2222222", "two");
     let st = state();
     let img = |t: &str| format!("{}/{repo}:{t}", reg.addr);
-    it(
+    deploy(
         st.path(),
-        &[
-            "deploy",
-            "--app",
-            "hello",
-            "--env",
-            "prod",
-            "--image",
-            &img("v1"),
-            "--deployed-at",
-            "2026-01-22T00:00:00Z",
-        ],
+        "hello",
+        "prod",
+        &img("v1"),
+        "2026-01-22T00:00:00Z",
     );
-    it(
+    deploy(
         st.path(),
-        &[
-            "deploy",
-            "--app",
-            "hello",
-            "--env",
-            "prod",
-            "--image",
-            &img("v2"),
-            "--deployed-at",
-            "2026-01-23T00:00:00Z",
-        ],
+        "hello",
+        "prod",
+        &img("v2"),
+        "2026-01-23T00:00:00Z",
     );
     let path = st.path().join("prod/hello/deploy-history.yml");
     let whole = read(&path);
@@ -863,19 +739,12 @@ fn a_torn_history_is_reported_by_every_reader_and_the_next_deploy_is_clean() {
         stderr(&out)
     );
 
-    let out = it(
+    let out = deploy(
         st.path(),
-        &[
-            "deploy",
-            "--app",
-            "hello",
-            "--env",
-            "prod",
-            "--image",
-            &img("v2"),
-            "--deployed-at",
-            "2026-01-24T00:00:00Z",
-        ],
+        "hello",
+        "prod",
+        &img("v2"),
+        "2026-01-24T00:00:00Z",
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stderr(&out).contains(&format!("deploy-history.yml:{line}: an incomplete entry (an earlier append was cut off) was moved to")), "{}", stderr(&out));
@@ -900,10 +769,7 @@ fn a_hand_edited_yaml_with_a_syntax_error_is_reported_with_its_line_and_kept() {
     reg.push_image(&repo, Some("v1"), "amd64", "2026-01-20T00:00:00Z", &[]);
     let st = state();
     let img = format!("{}/{repo}:v1", reg.addr);
-    it(
-        st.path(),
-        &["deploy", "--app", "hello", "--env", "prod", "--image", &img],
-    );
+    deploy_to(st.path(), "prod", &img, &["--app", "hello"]);
     let path = st.path().join("prod/hello/deploy-info.yml");
     let text = read(&path);
     let broken = text.replace("  deployed_by: \"ci-runner\"", "  deployed_by: \"ci-runner");
@@ -928,10 +794,7 @@ fn a_hand_edited_yaml_with_a_syntax_error_is_reported_with_its_line_and_kept() {
         .unwrap();
     assert!((line..=line + 3).contains(&reported), "line {line}: {se}");
     assert!(se.contains("nothing was overwritten"), "{se}");
-    let out = it(
-        st.path(),
-        &["deploy", "--app", "hello", "--env", "prod", "--image", &img],
-    );
+    let out = deploy_to(st.path(), "prod", &img, &["--app", "hello"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("deploy-info.yml:"),
@@ -958,17 +821,11 @@ fn hostile_labels_cannot_change_the_terminal_or_the_yaml() {
         &[("org.opencontainers.image.description", desc)],
     );
     let st = state();
-    let out = it(
+    let out = deploy_to(
         st.path(),
-        &[
-            "deploy",
-            "--app",
-            "hello",
-            "--env",
-            "prod",
-            "--image",
-            &format!("{}/{repo}:v1", reg.addr),
-        ],
+        "prod",
+        &format!("{}/{repo}:v1", reg.addr),
+        &["--app", "hello"],
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let so = stdout(&out);

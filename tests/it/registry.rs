@@ -1,6 +1,6 @@
 //! `registry overview`, `images overview` and `registry prune` against the real docker-registry.
 
-use crate::deploy::it;
+use crate::deploy::{deploy, deploy_to, it};
 use crate::support::registry::{Registry, oci_labels, shared, unique_repo};
 use crate::support::{stderr, stdout};
 
@@ -47,44 +47,31 @@ fn fixture(reg: &Registry) -> Fixture {
     let state = tempfile::Builder::new().prefix("it-dep").tempdir().unwrap();
     let img = |t: &str| format!("{}/{repo}:{t}", reg.addr);
     reg.tag(&repo, "stable", &v2);
-    let ok = |args: &[&str]| {
-        let out = it(state.path(), args);
+    let ok = |out: std::process::Output| {
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     };
-    ok(&[
-        "deploy",
-        "--app",
+    let st = state.path();
+    ok(deploy(
+        st,
         "hello",
-        "--env",
         "prod",
-        "--image",
         &img("stable"),
-        "--deployed-at",
         "2026-01-02T13:00:00Z",
-    ]);
+    ));
     reg.tag(&repo, "stable", &v5);
-    ok(&[
-        "deploy",
-        "--app",
+    ok(deploy(
+        st,
         "hello",
-        "--env",
         "prod",
-        "--image",
         &img("stable"),
-        "--deployed-at",
         "2026-01-05T13:00:00Z",
-    ]);
-    ok(&[
-        "deploy",
-        "--app",
-        "hello",
-        "--env",
+    ));
+    ok(deploy_to(
+        st,
         "staging",
-        "--image",
         &img("multi"),
-        "--platform",
-        "linux/arm64",
-    ]);
+        &["--app", "hello", "--platform", "linux/arm64"],
+    ));
     Fixture {
         repo,
         v1,
@@ -117,46 +104,39 @@ fn prune_deletes_only_unprotected_digests_and_says_why_each_survivor_stays() {
             .unwrap_or_else(|| panic!("no line for {tag}: {so}"))
             .to_string()
     };
+    // The line of `tag` starts with `verb` ("keep" or "delete") and gives `why`.
+    let says = |tag: &str, verb: &str, why: &str| {
+        let l = line(tag);
+        assert!(l.starts_with(verb) && l.contains(why), "{so}");
+    };
     assert!(
         so.contains("(dry run: nothing is deleted without --yes)"),
         "{so}"
     );
-    assert!(
-        line("v6").starts_with("keep") && line("v6").contains("one of the 1 newest tags"),
-        "{so}"
+    says("v6", "keep", "one of the 1 newest tags");
+    says("latest", "keep", "shares its digest with the kept tag v6");
+    says(
+        "v5",
+        "keep",
+        "deployed now (hello in prod, deploy-info.yml)",
     );
-    assert!(
-        line("latest").starts_with("keep")
-            && line("latest").contains("shares its digest with the kept tag v6"),
-        "{so}"
+    says(
+        "stable",
+        "keep",
+        "deployed now (hello in prod, deploy-info.yml)",
     );
-    assert!(
-        line("v5").contains("deployed now (hello in prod, deploy-info.yml)"),
-        "{so}"
+    says(
+        "multi",
+        "keep",
+        "index of what is deployed now (hello in staging)",
     );
-    assert!(
-        line("stable").contains("deployed now (hello in prod, deploy-info.yml)"),
-        "{so}"
+    says(
+        "v2",
+        "keep",
+        "in the history of hello in prod (deploy-history.yml)",
     );
-    assert!(
-        line("multi").starts_with("keep")
-            && line("multi").contains("index of what is deployed now (hello in staging)"),
-        "{so}"
-    );
-    assert!(
-        line("v2").starts_with("keep")
-            && line("v2").contains("in the history of hello in prod (deploy-history.yml)"),
-        "{so}"
-    );
-    assert!(
-        line("v4").starts_with("delete") && line("v4").contains(&f.v4),
-        "{so}"
-    );
-    assert!(
-        line("v1").starts_with("delete")
-            && line("v1").contains("older than the 1 newest tags, in no record"),
-        "{so}"
-    );
+    says("v4", "delete", &f.v4);
+    says("v1", "delete", "older than the 1 newest tags, in no record");
     assert!(
         so.contains("2 manifest(s) would be deleted; run again with --yes"),
         "{so}"
@@ -259,16 +239,14 @@ fn prune_refuses_to_guess_when_a_record_is_unreadable() {
 fn images_overview_marks_deployed_digests_per_environment_newest_first() {
     let reg = shared();
     let f = fixture(reg);
-    let out = it(
-        f.state.path(),
-        &[
-            "images",
-            "overview",
-            &format!("{}/{}", reg.addr, f.repo),
-            "--env",
-            "prod,staging",
-        ],
-    );
+    let repo_ref = format!("{}/{}", reg.addr, f.repo);
+    let overview = |envs: &str| {
+        it(
+            f.state.path(),
+            &["images", "overview", &repo_ref, "--env", envs],
+        )
+    };
+    let out = overview("prod,staging");
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let so = stdout(&out);
     let tags: Vec<&str> = so
@@ -305,16 +283,7 @@ fn images_overview_marks_deployed_digests_per_environment_newest_first() {
     );
 
     // Only prod: the index is not marked.
-    let out = it(
-        f.state.path(),
-        &[
-            "images",
-            "overview",
-            &format!("{}/{}", reg.addr, f.repo),
-            "--env",
-            "prod",
-        ],
-    );
+    let out = overview("prod");
     let so = stdout(&out);
     assert!(so.lines().any(|l| l.starts_with("   multi")), "{so}");
 }
@@ -323,12 +292,12 @@ fn images_overview_marks_deployed_digests_per_environment_newest_first() {
 fn registry_overview_lists_repositories_tags_created_and_description() {
     let reg = shared();
     let repo = unique_repo("overview");
-    reg.push_image(
+    reg.push_ci_image(
         &repo,
-        Some("1f3a9c2"),
-        "amd64",
+        "1f3a9c2",
         "2026-01-24T22:41:03Z",
-        &oci_labels("2026-01-24T22:41:03Z", "1f3a9c2", "add healthcheck"),
+        "1f3a9c2",
+        "add healthcheck",
     );
     let st = tempfile::Builder::new().prefix("it-dep").tempdir().unwrap();
     let mut cmd = crate::support::imagetrail();

@@ -1,7 +1,7 @@
 //! How imagetrail talks to a registry: token auth, credential helpers, `Link` pagination and
 //! client-side sorting, checked on the requests a real HTTP server on 127.0.0.1 receives.
 
-use crate::deploy::it;
+use crate::deploy::{deploy_to, it};
 use crate::support::http::{RecordingServer, Reply};
 use crate::support::{imagetrail, run, stderr};
 
@@ -29,17 +29,11 @@ fn token_auth_follows_the_bearer_challenge_with_basic_credentials() {
         format!("{{\"auths\":{{\"{host}\":{{\"username\":\"ci\",\"password\":\"pw\"}}}}}}"),
     )
     .unwrap();
-    let out = it(
+    let out = deploy_to(
         st.path(),
-        &[
-            "deploy",
-            "--env",
-            "prod",
-            "--image",
-            &format!("{host}/team/app:v1"),
-            "--docker-config",
-            cfg.to_str().unwrap(),
-        ],
+        "prod",
+        &format!("{host}/team/app:v1"),
+        &["--docker-config", cfg.to_str().unwrap()],
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(

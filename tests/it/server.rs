@@ -151,6 +151,17 @@ async fn post_raw(
     (status, r.json().await.unwrap())
 }
 
+/// POST `body` as `application/json` to `path`, without a key; (status, body).
+async fn post_json(server: &TestServer, path: &str, body: &Value) -> (u16, Value) {
+    post_raw(
+        server,
+        path,
+        "application/json",
+        body.to_string().as_bytes(),
+    )
+    .await
+}
+
 /// The environment directories under the state directory (what a write would have created).
 fn env_dirs(dir: &Path) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -180,13 +191,7 @@ async fn register_is_stored_and_a_repeat_says_when_it_was_last_scanned() {
     assert_eq!(health.status(), 200);
 
     let body = register_body("46e443d");
-    let (status, first) = post_raw(
-        &server,
-        "/api/v1/register",
-        "application/json",
-        body.to_string().as_bytes(),
-    )
-    .await;
+    let (status, first) = post_json(&server, "/api/v1/register", &body).await;
     assert_eq!(status, 200, "{first}");
     assert_eq!(first["success"], true);
     assert_eq!(
@@ -195,13 +200,7 @@ async fn register_is_stored_and_a_repeat_says_when_it_was_last_scanned() {
     );
     assert!(first.get("last_scanned_at").is_none(), "{first}");
 
-    let (status, again) = post_raw(
-        &server,
-        "/api/v1/register",
-        "application/json",
-        body.to_string().as_bytes(),
-    )
-    .await;
+    let (status, again) = post_json(&server, "/api/v1/register", &body).await;
     assert_eq!(status, 200, "{again}");
     let stamp = again["last_scanned_at"].as_str().expect("last_scanned_at");
     assert!(
@@ -211,13 +210,7 @@ async fn register_is_stored_and_a_repeat_says_when_it_was_last_scanned() {
     assert_eq!(again["last_scan_report"], Value::Null);
 
     // Another commit of the same repository is a first registration again.
-    let (_, other) = post_raw(
-        &server,
-        "/api/v1/register",
-        "application/json",
-        register_body("aaaaaaa").to_string().as_bytes(),
-    )
-    .await;
+    let (_, other) = post_json(&server, "/api/v1/register", &register_body("aaaaaaa")).await;
     assert!(other.get("last_scanned_at").is_none(), "{other}");
 
     let lines = server.callbacks();
@@ -233,14 +226,8 @@ async fn register_is_stored_and_a_repeat_says_when_it_was_last_scanned() {
 #[tokio::test]
 async fn register_history_survives_a_restart() {
     let server = TestServer::start(|_| {}).await;
-    let body = register_body("1234567").to_string();
-    let (status, _) = post_raw(
-        &server,
-        "/api/v1/register",
-        "application/json",
-        body.as_bytes(),
-    )
-    .await;
+    let body = register_body("1234567");
+    let (status, _) = post_json(&server, "/api/v1/register", &body).await;
     assert_eq!(status, 200);
     let keep = tempfile::Builder::new()
         .prefix("it-srv-")
@@ -250,13 +237,7 @@ async fn register_history_survives_a_restart() {
     server.stop_and_move(&moved).await;
 
     let again = TestServer::start(|c| c.state_dir = moved.clone()).await;
-    let (status, answer) = post_raw(
-        &again,
-        "/api/v1/register",
-        "application/json",
-        body.as_bytes(),
-    )
-    .await;
+    let (status, answer) = post_json(&again, "/api/v1/register", &body).await;
     assert_eq!(status, 200);
     assert!(answer["last_scanned_at"].is_string(), "{answer}");
 }
@@ -307,13 +288,7 @@ async fn register_requires_git_url_and_git_sha() {
             json!({"git-url": "https://github.com/example/app", "git-sha": "  "}),
         ),
     ] {
-        let (status, answer) = post_raw(
-            &server,
-            "/api/v1/register",
-            "application/json",
-            body.to_string().as_bytes(),
-        )
-        .await;
+        let (status, answer) = post_json(&server, "/api/v1/register", &body).await;
         assert_eq!(status, 400);
         assert_eq!(answer["summary"], format!("{missing} cannot be empty"));
     }
@@ -356,13 +331,7 @@ async fn a_body_over_the_limit_is_refused_with_413() {
     let server = TestServer::start(|c| c.max_body_bytes = 4096).await;
     let mut body = register_body("46e443d");
     body["labels"]["padding"] = json!("x".repeat(8192));
-    let (status, answer) = post_raw(
-        &server,
-        "/api/v1/register",
-        "application/json",
-        body.to_string().as_bytes(),
-    )
-    .await;
+    let (status, answer) = post_json(&server, "/api/v1/register", &body).await;
     assert_eq!(status, 413);
     assert_eq!(answer["error"], "body-too-large");
     let big =
@@ -377,13 +346,7 @@ async fn a_body_over_the_limit_is_refused_with_413() {
 async fn scanner_error_is_stored() {
     let server = TestServer::start(|_| {}).await;
     let body = json!({"email-ids": "dev@example.com", "image-name": "it-srv/app:1", "error": ["git-sha label is missing"]});
-    let (status, answer) = post_raw(
-        &server,
-        "/api/v1/scanner-error",
-        "application/json",
-        body.to_string().as_bytes(),
-    )
-    .await;
+    let (status, answer) = post_json(&server, "/api/v1/scanner-error", &body).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["success"], true);
     let lines = server.callbacks();
@@ -391,11 +354,10 @@ async fn scanner_error_is_stored() {
     assert_eq!(lines[0]["kind"], "scanner-error");
     assert_eq!(lines[0]["request"], body);
 
-    let (status, answer) = post_raw(
+    let (status, answer) = post_json(
         &server,
         "/api/v1/scanner-error",
-        "application/json",
-        json!({"image-name": "x"}).to_string().as_bytes(),
+        &json!({"image-name": "x"}),
     )
     .await;
     assert_eq!(status, 400);
@@ -766,13 +728,7 @@ async fn a_client_that_never_finishes_is_cut_off_and_does_not_hold_the_server() 
     .unwrap();
 
     // Meanwhile the server answers others.
-    let (status, _) = post_raw(
-        &server,
-        "/api/v1/register",
-        "application/json",
-        register_body("46e443d").to_string().as_bytes(),
-    )
-    .await;
+    let (status, _) = post_json(&server, "/api/v1/register", &register_body("46e443d")).await;
     assert_eq!(status, 200);
 
     let (mut body_stall, mut header_stall, mut silent) = stalled;
@@ -841,14 +797,8 @@ async fn a_retried_deployment_with_the_same_idempotency_key_is_recorded_once() {
 #[tokio::test]
 async fn callbacks_can_require_an_api_key() {
     let server = TestServer::start(|c| c.callbacks_require_key = true).await;
-    let body = register_body("46e443d").to_string();
-    let (status, answer) = post_raw(
-        &server,
-        "/api/v1/register",
-        "application/json",
-        body.as_bytes(),
-    )
-    .await;
+    let body = register_body("46e443d");
+    let (status, answer) = post_json(&server, "/api/v1/register", &body).await;
     assert_eq!(status, 401);
     assert_eq!(answer["error"], "unauthorized");
     assert!(server.callbacks().is_empty());
@@ -856,7 +806,7 @@ async fn callbacks_can_require_an_api_key() {
         .post(server.at("/api/v1/register"))
         .bearer_auth(KEY)
         .header("content-type", "application/json")
-        .body(body)
+        .body(body.to_string())
         .send()
         .await
         .unwrap();
@@ -882,13 +832,7 @@ async fn a_torn_callback_line_is_kept_and_new_lines_start_fresh() {
 
     let dir = state.path().to_path_buf();
     let server = TestServer::start(|c| c.state_dir = dir).await;
-    let (status, answer) = post_raw(
-        &server,
-        "/api/v1/register",
-        "application/json",
-        register_body("46e443d").to_string().as_bytes(),
-    )
-    .await;
+    let (status, answer) = post_json(&server, "/api/v1/register", &register_body("46e443d")).await;
     assert_eq!(status, 200);
     assert_eq!(
         answer["last_scanned_at"], "Sun, 22 Nov 2026 05:00:00 GMT",

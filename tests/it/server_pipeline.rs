@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use crate::server::{KEY, TestServer};
 use crate::support::docker::{build_image, docker};
-use crate::support::registry::{oci_labels, shared, unique_repo};
+use crate::support::registry::{shared, unique_repo};
 use crate::support::scan::ScanDirs;
 use crate::support::{imagetrail, run, stderr, stdout};
 
@@ -17,13 +17,7 @@ async fn imagetrail_deploy_endpoint_records_on_the_server_and_the_cli_reads_it_b
     let out = tokio::task::spawn_blocking(move || {
         let reg = shared();
         let repo = unique_repo("srv");
-        let digest = reg.push_image(
-            &repo,
-            Some("v1"),
-            "amd64",
-            "2026-01-24T22:41:03Z",
-            &oci_labels("2026-01-24T22:41:03Z", "46e443d", "x"),
-        );
+        let digest = reg.push_ci_image(&repo, "v1", "2026-01-24T22:41:03Z", "46e443d", "x");
         let local = tempfile::Builder::new()
             .prefix("it-srv-")
             .tempdir()

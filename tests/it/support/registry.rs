@@ -167,20 +167,13 @@ kill "$r" 2>/dev/null; wait "$r" 2>/dev/null; rm -rf "$4""#;
                 self.url(&loc)
             };
             let sep = if loc.contains('?') { '&' } else { '?' };
-            let r = self
-                .http
-                .put(format!("{loc}{sep}digest={digest}"))
-                .header("content-type", "application/octet-stream")
-                .body(bytes.to_vec())
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(
-                r.status().as_u16(),
-                201,
-                "finish upload: {:?}",
-                r.text().await
-            );
+            self.put_created(
+                format!("{loc}{sep}digest={digest}"),
+                "application/octet-stream",
+                bytes,
+                "finish upload",
+            )
+            .await;
         });
         digest
     }
@@ -194,23 +187,27 @@ kill "$r" 2>/dev/null; wait "$r" 2>/dev/null; rm -rf "$4""#;
         bytes: &[u8],
     ) -> String {
         let digest = format!("sha256:{:x}", Sha256::digest(bytes));
-        self.rt.block_on(async {
-            let r = self
-                .http
-                .put(self.url(&format!("/v2/{repo}/manifests/{reference}")))
-                .header("content-type", media_type)
-                .body(bytes.to_vec())
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(
-                r.status().as_u16(),
-                201,
-                "put manifest: {:?}",
-                r.text().await
-            );
-        });
+        self.rt.block_on(self.put_created(
+            self.url(&format!("/v2/{repo}/manifests/{reference}")),
+            media_type,
+            bytes,
+            "put manifest",
+        ));
         digest
+    }
+
+    /// PUT `bytes` as `content_type` to `url` and assert the registry answers 201 Created;
+    /// `what` and the answer's body name the failure.
+    async fn put_created(&self, url: String, content_type: &str, bytes: &[u8], what: &str) {
+        let r = self
+            .http
+            .put(url)
+            .header("content-type", content_type)
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201, "{what}: {:?}", r.text().await);
     }
 
     /// GET a manifest's bytes and media type.
@@ -272,6 +269,25 @@ kill "$r" 2>/dev/null; wait "$r" 2>/dev/null; rm -rf "$4""#;
             tag.unwrap_or(&digest),
             "application/vnd.oci.image.manifest.v1+json",
             &manifest,
+        )
+    }
+
+    /// Push an amd64 image tagged `tag`, created at `created`, with the labels a CI build sets
+    /// ([`oci_labels`] with the same `created`). Returns the manifest digest.
+    pub fn push_ci_image(
+        &self,
+        repo: &str,
+        tag: &str,
+        created: &str,
+        revision: &str,
+        description: &str,
+    ) -> String {
+        self.push_image(
+            repo,
+            Some(tag),
+            "amd64",
+            created,
+            &oci_labels(created, revision, description),
         )
     }
 
