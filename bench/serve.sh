@@ -45,6 +45,9 @@ wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev
 measure() {
   local name=$1 url=$2 script=$3 duration=$4
   local out
+  # Start each run on a settled disk: the run before may have left writeback behind.
+  sync
+  sleep 2
   out=$("${WRK[@]}" -d"${duration}s" -s "$script" "$url")
   echo "$out" > "$WORK/wrk-$name.txt"
   local rps p50 p99 non2xx
@@ -101,7 +104,7 @@ measure "imagetrail serve: deployments, 1 env" "$URL" bench/wrk/deployments.lua 
 BENCH_ENVS=8 measure "imagetrail serve: deployments, 8 envs" "$URL" bench/wrk/deployments.lua "$DURATION"
 echo
 echo "callback log: $(wc -l <"$WORK/state/.analytics/callbacks.jsonl") lines; deployments recorded: $(cat "$WORK"/state/bench*/*/deploy-history.yml | grep -c '^- ')"
-# Every deploy-info.yml names its history's last entry once the paced replaces caught up (10 ms).
+# Every deploy-info.yml names its history's last entry once the paced replaces caught up (50 ms).
 sleep 1
 behind=0 apps=0
 for d in "$WORK"/state/bench*/*/; do

@@ -173,7 +173,7 @@ impl Writer {
 /// deployed again and again (see [`InfoFiles::AtMostEvery`]): at most one replace per app per
 /// interval, always with its latest deployment. An app deployed once in a while gets its file
 /// replaced with every deployment.
-const INFO_EVERY: Duration = Duration::from_millis(10);
+const INFO_EVERY: Duration = Duration::from_millis(50);
 
 /// The writer thread: group commit until every sender is gone. First it replaces any
 /// `deploy-info.yml` a crash left behind its history.
