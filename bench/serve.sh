@@ -3,7 +3,8 @@
 # mock of the analytics server (Flask's threaded server) and the same app under gunicorn with 2
 # workers, measured in the same run.
 #
-#   bench/serve.sh              # 10 s per wrk run, a 60 s soak with RSS sampled every second
+#   bench/serve.sh              # 10 s per wrk run, then a 60 s soak each of register and
+#                               # deployments with RSS sampled every second
 #   DURATION=5 SOAK=20 bench/serve.sh
 #   BASELINE_BIN=/tmp/imagetrail-old bench/serve.sh   # also an earlier build, same run
 #
@@ -115,19 +116,25 @@ for d in "$WORK"/state/bench*/*/; do
 done
 echo "deploy-info.yml behind its history after 1 s: $behind of $apps apps"
 
-# --- soak: register for $SOAK s, RSS sampled every second
-echo
-echo "soak: register for ${SOAK}s, RSS (KiB) of imagetrail serve every second"
-"${WRK[@]}" -d"${SOAK}s" -s bench/wrk/register.lua "$URL" >"$WORK/wrk-soak.txt" &
-WRKPID=$!
-: >"$WORK/rss.txt"
-while kill -0 "$WRKPID" 2>/dev/null; do
-  ps -o rss= -p "$SERVE" >>"$WORK/rss.txt"
-  sleep 1
-done
-wait "$WRKPID"
-awk 'NR==1{first=$1} {if(min==""||$1<min)min=$1; if($1>max)max=$1; last=$1; n++}
-     END{printf "samples %d, first %d, min %d, max %d, last %d KiB\n", n, first, min, max, last}' "$WORK/rss.txt"
-awk 'NR>5 && NR<=10 {s+=$1; c++} END{if(c) printf "mean of samples 6-10: %d KiB; ", s/c}' "$WORK/rss.txt"
-tail -5 "$WORK/rss.txt" | awk '{s+=$1; c++} END{printf "mean of the last 5: %d KiB\n", s/c}'
-awk '/Requests\/sec/ {print "soak throughput: " $2 " req/s"} $1=="99%" {print "soak p99: " $2}' "$WORK/wrk-soak.txt"
+# --- soaks: register, then deployments (a new digest every request, 16 apps in 8 environments),
+# $SOAK s each, RSS sampled every second
+soak() {
+  local name=$1 script=$2
+  echo
+  echo "soak: $name for ${SOAK}s, RSS (KiB) of imagetrail serve every second"
+  "${WRK[@]}" -d"${SOAK}s" -s "$script" "$URL" >"$WORK/wrk-soak-$name.txt" &
+  local wrkpid=$!
+  : >"$WORK/rss-$name.txt"
+  while kill -0 "$wrkpid" 2>/dev/null; do
+    ps -o rss= -p "$SERVE" >>"$WORK/rss-$name.txt"
+    sleep 1
+  done
+  wait "$wrkpid"
+  awk 'NR==1{first=$1} {if(min==""||$1<min)min=$1; if($1>max)max=$1; last=$1; n++}
+       END{printf "samples %d, first %d, min %d, max %d, last %d KiB\n", n, first, min, max, last}' "$WORK/rss-$name.txt"
+  awk 'NR>5 && NR<=10 {s+=$1; c++} END{if(c) printf "mean of samples 6-10: %d KiB; ", s/c}' "$WORK/rss-$name.txt"
+  tail -5 "$WORK/rss-$name.txt" | awk '{s+=$1; c++} END{printf "mean of the last 5: %d KiB\n", s/c}'
+  awk '/Requests\/sec/ {print "soak throughput: " $2 " req/s"} $1=="99%" {print "soak p99: " $2}' "$WORK/wrk-soak-$name.txt"
+}
+soak register bench/wrk/register.lua
+BENCH_ENVS=8 soak deployments bench/wrk/deployments.lua
