@@ -106,8 +106,8 @@ impl Idempotency {
 /// records them with [`Store::record_checked_many_with`] (one sync round for the batch's
 /// history appends and new `deploy-info.yml` files, then one rename per touched app), then
 /// answers each request with its own result. A request is answered only after its history
-/// entry is synced.
-/// Like the callback log's writer; one writer also serialises every environment's name checks.
+/// entry is synced. Like the callback log's writer; one writer also serialises every
+/// environment's name checks.
 pub struct Writer {
     tx: mpsc::Sender<Message>,
 }
@@ -197,8 +197,7 @@ fn write_batches(store: &Store, rx: &mpsc::Receiver<Message>) {
         let first = match first {
             Ok(Message::Job(job)) => job,
             Ok(Message::Close(done)) => {
-                catch_up(store.replace_all_left_behind());
-                let _ = done.send(());
+                close(store, done);
                 continue;
             }
             Err(RecvTimeoutError::Timeout) => {
@@ -208,11 +207,11 @@ fn write_batches(store: &Store, rx: &mpsc::Receiver<Message>) {
             Err(RecvTimeoutError::Disconnected) => break,
         };
         let mut batch = vec![*first];
-        let mut close = None;
-        while batch.len() < MAX_BATCH && close.is_none() {
+        let mut closing = None;
+        while batch.len() < MAX_BATCH && closing.is_none() {
             match rx.try_recv() {
                 Ok(Message::Job(job)) => batch.push(*job),
-                Ok(Message::Close(done)) => close = Some(done),
+                Ok(Message::Close(done)) => closing = Some(done),
                 Err(_) => break,
             }
         }
@@ -225,14 +224,17 @@ fn write_batches(store: &Store, rx: &mpsc::Receiver<Message>) {
             // The client may have gone (timeout); the deployment is recorded all the same.
             let _ = job.done.send(result);
         }
-        match close {
-            Some(done) => {
-                catch_up(store.replace_all_left_behind());
-                let _ = done.send(());
-            }
+        match closing {
+            Some(done) => close(store, done),
             None => catch_up(store.replace_due_infos()),
         }
     }
+}
+
+/// The server is stopping: leave no `deploy-info.yml` behind, then say so.
+fn close(store: &Store, done: oneshot::Sender<()>) {
+    catch_up(store.replace_all_left_behind());
+    let _ = done.send(());
 }
 
 /// Log a failed catch-up of `deploy-info.yml` files: the history holds every deployment and
