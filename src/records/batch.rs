@@ -36,12 +36,11 @@
 //! locked for the append, the info replaced atomically, nothing answered before the sync that
 //! makes its history entry durable returned.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, mpsc};
-use std::time::{Duration, Instant};
 
+use super::info::{InfoFiles, info_temp, rename_over};
 use super::{Deployment, HISTORY, INFO, Recorded, RecordsError, Store, history, io_err, yaml};
 
 /// Extra rules for one item of a batch, beyond the store's own (valid names, `name` unique per
@@ -54,19 +53,6 @@ pub struct Checks {
     /// Write nothing when the app's current deployment already runs the same repository and
     /// digest (a Pod of a ReplicaSet admitted again).
     pub skip_if_current: bool,
-}
-
-/// When a batch replaces the `deploy-info.yml` of the apps it deploys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InfoFiles {
-    /// In the batch: written and synced with the history entries, then renamed.
-    Replace,
-    /// In the batch, unless this store replaced the app's info less than this long ago: then
-    /// later, by [`Store::replace_due_infos`], with whatever is current by then. A server
-    /// under load so coalesces an app's many deployments into one replace per interval (a
-    /// replace is a new file, a sync and a rename: most of a deployment's cost). Until then
-    /// [`Store::current`] answers from the history.
-    AtMostEvery(Duration),
 }
 
 /// What happened to one accepted item.
@@ -131,10 +117,10 @@ struct EnvBatch {
 }
 
 /// The accepted entries of one app, and which items they came from.
-struct AppJob {
+pub(super) struct AppJob {
     /// (environment, app).
-    key: (String, String),
-    dir: PathBuf,
+    pub(super) key: (String, String),
+    pub(super) dir: PathBuf,
     items: Vec<usize>,
     entries: String,
     /// Index of the item whose state becomes `deploy-info.yml`.
@@ -142,7 +128,7 @@ struct AppJob {
 }
 
 impl Store {
-    fn lock_env(&self, env: &str) -> Result<(PathBuf, File), RecordsError> {
+    pub(super) fn lock_env(&self, env: &str) -> Result<(PathBuf, File), RecordsError> {
         let dir = self.env_dir(env)?;
         let created = create_dir(&dir)?;
         let lock_path = dir.join(".lock");
@@ -498,87 +484,8 @@ impl Store {
         self.release.close_later(replaced);
     }
 
-    /// Replace the `deploy-info.yml` of each of `apps` (environment, app) with its current
-    /// deployment as one group commit: the new files written, one sync round, the renames.
-    /// For what [`InfoFiles::AtMostEvery`] left behind, and for what a power loss left behind (see
-    /// [`Store::infos_behind`]). An app without a deployment, or whose records cannot be read
-    /// (they are reported wherever they are read), is skipped with a warning.
-    pub fn replace_infos(&self, apps: &BTreeSet<(String, String)>) -> Result<(), RecordsError> {
-        // Sorted by environment first: the locks are taken in the same order as a batch's.
-        let mut locks = BTreeMap::new();
-        for (env, _) in apps {
-            if !locks.contains_key(env) {
-                locks.insert(env, self.lock_env(env)?);
-            }
-        }
-        let mut staged = Vec::new();
-        for (env, app) in apps {
-            let current = self.current(env, app).and_then(|d| {
-                let dir = self.app_dir(env, app)?;
-                d.map(|d| Ok((info_temp(&dir, &yaml::info(&d))?, dir, d)))
-                    .transpose()
-            });
-            match current {
-                Ok(Some(new)) => staged.push(new),
-                Ok(None) => {}
-                Err(e) => tracing::warn!("{e}; deploy-info.yml not replaced"),
-            }
-        }
-        let files: Vec<(&File, &Path)> = staged
-            .iter()
-            .map(|(tmp, _, _)| (tmp.as_file(), tmp.path()))
-            .collect();
-        self.sync_all_of(&files)?;
-        let mut replaced = Vec::new();
-        for (tmp, dir, d) in staged {
-            self.pacer.replaced(&dir);
-            if rename_over(tmp, &dir.join(INFO), &mut replaced) {
-                self.remember_written(&dir, &d);
-            }
-        }
-        self.release.close_later(replaced);
-        Ok(())
-    }
-
-    /// When the first `deploy-info.yml` left behind by [`InfoFiles::AtMostEvery`] is due to
-    /// be replaced, if any is.
-    pub fn infos_due_at(&self) -> Option<Instant> {
-        self.pacer.lock().due.values().min().copied()
-    }
-
-    /// Replace every `deploy-info.yml` left behind by [`InfoFiles::AtMostEvery`] whose time has
-    /// come (see [`Store::replace_infos`]).
-    pub fn replace_due_infos(&self) -> Result<(), RecordsError> {
-        self.replace_left_behind(Some(Instant::now()))
-    }
-
-    /// Replace every `deploy-info.yml` left behind by [`InfoFiles::AtMostEvery`], due or not:
-    /// for a server shutting down.
-    pub fn replace_all_left_behind(&self) -> Result<(), RecordsError> {
-        self.replace_left_behind(None)
-    }
-
-    /// Replace the infos left behind that are due by `by` (all of them for `None`).
-    fn replace_left_behind(&self, by: Option<Instant>) -> Result<(), RecordsError> {
-        let apps: BTreeSet<(String, String)> = {
-            let mut pacer = self.pacer.lock();
-            let apps: BTreeSet<(String, String)> = pacer
-                .due
-                .iter()
-                .filter(|(_, at)| by.is_none_or(|by| **at <= by))
-                .map(|(app, _)| app.clone())
-                .collect();
-            pacer.due.retain(|app, _| !apps.contains(app));
-            apps
-        };
-        if apps.is_empty() {
-            return Ok(());
-        }
-        self.replace_infos(&apps)
-    }
-
     /// `fsync` each of `files`, or one `syncfs` when there are many.
-    fn sync_all_of(&self, files: &[(&File, &Path)]) -> Result<(), RecordsError> {
+    pub(super) fn sync_all_of(&self, files: &[(&File, &Path)]) -> Result<(), RecordsError> {
         if files.len() > SYNCFS_ABOVE {
             let (root, _) = files[0];
             return rustix::fs::syncfs(root).map_err(|e| RecordsError::Io {
@@ -615,42 +522,6 @@ fn stage(job: &AppJob, info: Option<&str>) -> Result<Staged, RecordsError> {
     })
 }
 
-/// A new `deploy-info.yml` for the app directory `dir`, written to a temp file beside it (mode
-/// 0644 like the history: tempfile's default 0600 would hide the record from other users),
-/// not synced yet.
-fn info_temp(dir: &Path, text: &str) -> Result<tempfile::NamedTempFile, RecordsError> {
-    use std::io::Write;
-    use std::os::unix::fs::PermissionsExt;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".deploy-info.")
-        .permissions(std::fs::Permissions::from_mode(0o644))
-        .tempfile_in(dir)
-        .map_err(io_err(dir))?;
-    tmp.write_all(text.as_bytes()).map_err(io_err(tmp.path()))?;
-    Ok(tmp)
-}
-
-/// Rename the synced `tmp` over `info_path`, keeping the file it replaces open in `replaced`
-/// (see [`Releaser`]). A failure is logged: the history, synced before, already holds the
-/// deployment and readers go by it until the next replace.
-fn rename_over(tmp: tempfile::NamedTempFile, info_path: &Path, replaced: &mut Vec<File>) -> bool {
-    if let Ok(old) = File::open(info_path) {
-        replaced.push(old);
-    }
-    match tmp.persist(info_path) {
-        Ok(_) => true,
-        Err(e) => {
-            tracing::error!(
-                "{}: cannot replace it ({}); the deployment is in the history, which readers go \
-                 by until the next deployment replaces this file",
-                info_path.display(),
-                e.error
-            );
-            false
-        }
-    }
-}
-
 /// Open `path` with `options` and take an exclusive lock on it (waits for other holders).
 fn open_locked(options: &OpenOptions, path: &Path) -> Result<File, RecordsError> {
     let file = options.open(path).map_err(io_err(path))?;
@@ -671,75 +542,4 @@ fn sync_dir(dir: &Path) -> Result<(), RecordsError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err(dir))
-}
-
-/// Replaced `deploy-info.yml` files, closed on a thread of their own.
-///
-/// Why: the last close of a replaced file frees its inode and blocks, and on a file system
-/// mounted with `discard` that waits for the device to discard them. Done by the rename
-/// itself, that was the largest part of a batch's time (measured with `perf` under
-/// `bench/serve.sh`); holding the old file open until this thread closes it takes it off the
-/// path that answers requests. The thread starts on first use and is shared by the clones of
-/// a store.
-#[derive(Debug, Clone, Default)]
-pub(super) struct Releaser(Arc<OnceLock<Option<mpsc::Sender<Vec<File>>>>>);
-
-impl Releaser {
-    /// Close `files` on the releaser thread (here, if it could not be started).
-    fn close_later(&self, files: Vec<File>) {
-        if files.is_empty() {
-            return;
-        }
-        let thread = self.0.get_or_init(|| {
-            let (tx, rx) = mpsc::channel::<Vec<File>>();
-            std::thread::Builder::new()
-                .name("records-release".into())
-                .spawn(move || rx.into_iter().for_each(drop))
-                .ok()
-                .map(|_| tx)
-        });
-        if let Some(tx) = thread {
-            // A send error hands the files back inside it: closed here.
-            let _ = tx.send(files);
-        }
-    }
-}
-
-/// When this store last replaced each app's `deploy-info.yml`, and which are left behind until
-/// when (see [`InfoFiles::AtMostEvery`]); shared by the clones of a store.
-#[derive(Debug, Clone, Default)]
-pub(super) struct Pacer(Arc<Mutex<PacerState>>);
-
-#[derive(Debug, Default)]
-pub(super) struct PacerState {
-    /// Last replace, by app directory.
-    last: HashMap<PathBuf, Instant>,
-    /// Left behind: (environment, app) and when it is due.
-    due: BTreeMap<(String, String), Instant>,
-}
-
-impl Pacer {
-    fn lock(&self) -> MutexGuard<'_, PacerState> {
-        self.0.lock().expect("pacer lock")
-    }
-
-    /// Whether `job`'s app gets its info replaced in this batch; if not, it is noted as due
-    /// `every` after its last replace.
-    fn replace_now(&self, job: &AppJob, every: Duration) -> bool {
-        let mut state = self.lock();
-        match state.last.get(&job.dir).copied() {
-            Some(last) if last.elapsed() < every => {
-                state.due.entry(job.key.clone()).or_insert(last + every);
-                false
-            }
-            _ => {
-                state.due.remove(&job.key);
-                true
-            }
-        }
-    }
-
-    fn replaced(&self, dir: &Path) {
-        self.lock().last.insert(dir.to_path_buf(), Instant::now());
-    }
 }

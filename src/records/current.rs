@@ -7,7 +7,7 @@
 //! size, modification and change times) they had when it was read, so a write by another
 //! process (the CLI, a person with an editor) is seen at the next lookup.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -105,25 +105,6 @@ impl Store {
         Ok(d)
     }
 
-    /// Every (environment, app) whose `deploy-info.yml` is missing or behind its history: what
-    /// a crash or power loss before a replace can leave (see [`Store::current`]), for
-    /// [`Store::replace_infos`]. Apps whose records cannot be read are left out: every reader
-    /// reports them.
-    pub fn infos_behind(&self) -> Result<BTreeSet<(String, String)>, RecordsError> {
-        let mut behind = BTreeSet::new();
-        for env in self.environments()? {
-            for app in self.apps(&env)? {
-                let info = read_info(&self.info_path(&env, &app)?);
-                if let (Ok(info), Ok(Some(current))) = (info, self.current(&env, &app))
-                    && info.is_none_or(|i| i.deployment.event_id != current.deployment.event_id)
-                {
-                    behind.insert((env.clone(), app));
-                }
-            }
-        }
-        Ok(behind)
-    }
-
     /// Remember that `d` is what runs in the app directory `dir`, as its files are now: called
     /// by the writer after its rename, while it holds the environment's lock, so the next
     /// lookup needs no read.
@@ -176,7 +157,7 @@ impl Store {
 }
 
 /// `deploy-info.yml` at `path`, parsed; `None` when there is none.
-fn read_info(path: &Path) -> Result<Option<Deployment>, RecordsError> {
+pub(super) fn read_info(path: &Path) -> Result<Option<Deployment>, RecordsError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

@@ -11,6 +11,7 @@
 mod batch;
 mod current;
 mod history;
+mod info;
 mod names;
 pub mod query;
 mod yaml;
@@ -90,8 +91,9 @@ pub enum RecordsError {
     },
 }
 
-pub use batch::{Checks, InfoFiles, Written};
+pub use batch::{Checks, Written};
 pub use history::TornTail;
+pub use info::InfoFiles;
 
 /// A history as read: the whole entries, and the torn last entry if an append was cut off.
 #[derive(Debug, Clone)]
@@ -198,10 +200,10 @@ pub struct Store {
     /// Current deployments already read, checked against the files before each use (see
     /// [`Store::current`]); shared by the clones of one store.
     currents: current::Cache,
-    /// Closes replaced `deploy-info.yml` files off the writer's path (see [`batch::Releaser`]).
-    release: batch::Releaser,
+    /// Closes replaced `deploy-info.yml` files off the writer's path (see [`info::Releaser`]).
+    release: info::Releaser,
     /// Paces the replaces of `deploy-info.yml` under [`InfoFiles::AtMostEvery`].
-    pacer: batch::Pacer,
+    pacer: info::Pacer,
 }
 
 impl Store {
@@ -210,8 +212,8 @@ impl Store {
         Store {
             root: root.into(),
             currents: current::Cache::default(),
-            release: batch::Releaser::default(),
-            pacer: batch::Pacer::default(),
+            release: info::Releaser::default(),
+            pacer: info::Pacer::default(),
         }
     }
 
