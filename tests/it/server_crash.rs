@@ -126,14 +126,11 @@ async fn sigkill_during_a_stream_loses_no_answered_request() {
         registered.len()
     );
     let (mut child, url) = spawn_server(&state, &keys);
-    let history: Value = client
-        .get(format!("{url}/api/v1/deployments?environment=prod"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let history: Value = get_json(
+        &client,
+        format!("{url}/api/v1/deployments?environment=prod"),
+    )
+    .await;
     let stored: Vec<(String, String)> = history["deployments"]
         .as_array()
         .unwrap()
@@ -167,14 +164,11 @@ async fn sigkill_during_a_stream_loses_no_answered_request() {
             .unwrap();
         assert_eq!(r.status(), 201);
     }
-    let history: Value = client
-        .get(format!("{url}/api/v1/deployments?environment=prod"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let history: Value = get_json(
+        &client,
+        format!("{url}/api/v1/deployments?environment=prod"),
+    )
+    .await;
     assert!(history.get("warnings").is_none(), "{history}");
     assert_eq!(
         history["deployments"].as_array().unwrap().len(),
@@ -284,14 +278,7 @@ async fn info_files_a_crash_left_behind_are_overruled_and_replaced_at_start() {
 
     // The restart replaces both files before it records anything new.
     let (mut child, url) = spawn_server(&state, &keys);
-    let env: Value = client
-        .get(format!("{url}/api/v1/environments/prod"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let env: Value = get_json(&client, format!("{url}/api/v1/environments/prod")).await;
     assert_eq!(env["deployments"].as_array().unwrap().len(), 2, "{env}");
     eventually("both deploy-info.yml files are replaced at start", || {
         std::fs::read_to_string(&web_info).is_ok_and(|t| t.contains(&digest(2)))
@@ -303,6 +290,11 @@ async fn info_files_a_crash_left_behind_are_overruled_and_replaced_at_start() {
     sigterm(&child);
     assert!(child.wait().unwrap().success());
     assert!(read(&web_info).contains(&digest(4)));
+}
+
+/// GET `url` and parse the JSON answer.
+async fn get_json(client: &reqwest::Client, url: String) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
 }
 
 /// Wait until `done` holds, checking every 20 ms; fail saying `what` after 10 s.
