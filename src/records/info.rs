@@ -174,7 +174,10 @@ pub(super) fn rename_over(
 /// path that answers requests. The thread starts on first use and is shared by the clones of
 /// a store.
 #[derive(Debug, Clone, Default)]
-pub(super) struct Releaser(Arc<OnceLock<Option<mpsc::Sender<Vec<File>>>>>);
+pub(super) struct Releaser(Arc<OnceLock<Option<mpsc::SyncSender<Vec<File>>>>>);
+
+/// How many batches of replaced files may wait for the releaser thread.
+const RELEASE_QUEUE: usize = 64;
 
 impl Releaser {
     /// Close `files` on the releaser thread (here, if it could not be started).
@@ -183,7 +186,9 @@ impl Releaser {
             return;
         }
         let thread = self.0.get_or_init(|| {
-            let (tx, rx) = mpsc::channel::<Vec<File>>();
+            // Bounded: if closing ever falls behind, the writer waits instead of piling up
+            // open files until it runs out of descriptors.
+            let (tx, rx) = mpsc::sync_channel::<Vec<File>>(RELEASE_QUEUE);
             std::thread::Builder::new()
                 .name("records-release".into())
                 .spawn(move || rx.into_iter().for_each(drop))
