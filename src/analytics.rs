@@ -238,6 +238,20 @@ impl Client {
             }
             tracing::debug!(url = %shown, attempt, "POST");
             let (retry, wait_hint, err) = match req.send().await {
+                Err(e) if let Some(problem) = untrusted_certificate(&e) => (
+                    // Asking again cannot change the certificate.
+                    false,
+                    None,
+                    AnalyticsError::Unreachable {
+                        url: shown.clone(),
+                        attempts: attempt,
+                        reason: format!(
+                            "the server's TLS certificate is not trusted ({problem}); if an \
+                             internal CA signed it, set SSL_CERT_FILE to that CA's certificate \
+                             (PEM)"
+                        ),
+                    },
+                ),
                 Err(e) => {
                     let reason = if e.is_timeout() {
                         format!(
@@ -391,6 +405,25 @@ fn root_cause(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     last
+}
+
+/// Why the server's certificate was refused, when that is what failed: found in the cause
+/// chain, where the TLS error sits inside nested `io::Error`s (whose `source` skips the error
+/// they wrap, so they are opened with `get_ref`).
+fn untrusted_certificate(e: &reqwest::Error) -> Option<String> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(rustls::Error::InvalidCertificate(why)) = err.downcast_ref() {
+            return Some(format!("{why:?}"));
+        }
+        next = match err.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|i| i as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    None
 }
 
 /// An error and its causes on one line (reqwest hides the useful part in the source chain).

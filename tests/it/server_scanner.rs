@@ -84,3 +84,71 @@ async fn the_scanners_register_and_scanner_error_calls_are_stored() {
     );
     assert_eq!(server.callbacks().len(), 3);
 }
+
+/// The scanner over HTTPS to a server whose certificate no public CA signed, as with an
+/// internal CA: trusted through `SSL_CERT_FILE`, the register call is stored; without it, the
+/// target fails with the TLS error and nothing is stored.
+#[tokio::test]
+async fn the_scanner_registers_over_https_trusting_the_ca_in_ssl_cert_file() {
+    let certs = tempfile::Builder::new()
+        .prefix("it-srv-ca-")
+        .tempdir()
+        .unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (certs.path().join("ca.crt"), certs.path().join("tls.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let tls = (cert.clone(), key);
+    let server = TestServer::start(|c| c.tls = Some(tls)).await;
+    let url = server.url.replace("127.0.0.1", "localhost");
+    assert!(url.starts_with("https://localhost:"), "{url}");
+    let good = build_image("it-srv-scan-good:1", GOOD);
+    let scan = |ca: Option<&std::path::Path>| {
+        let dirs = ScanDirs::new();
+        dirs.target(&good);
+        let mut cmd = dirs.command("register");
+        cmd.env("SERVER", &url)
+            .env("SERVER_TOKEN", "")
+            .env("IMAGE_NAME", "");
+        if let Some(ca) = ca {
+            cmd.env("SSL_CERT_FILE", ca);
+        }
+        (dirs, cmd)
+    };
+
+    let (untrusted, mut cmd) = scan(None);
+    let out = tokio::task::spawn_blocking(move || run(&mut cmd))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a failed target is in the results"
+    );
+    let results = read(&untrusted.result(&good, "analytics_scanner_results.json"));
+    let legacy: Value = serde_json::from_str(&results).unwrap();
+    assert_eq!(legacy["Successful"], false, "{results}");
+    assert!(
+        results.contains("TLS certificate is not trusted (UnknownIssuer)")
+            && results.contains("set SSL_CERT_FILE"),
+        "{results}"
+    );
+    assert!(
+        results.contains("after 1 attempt(s)"),
+        "not retried: {results}"
+    );
+    assert!(server.callbacks().is_empty());
+
+    let (trusted, mut cmd) = scan(Some(&cert));
+    let out = tokio::task::spawn_blocking(move || run(&mut cmd))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let results = read(&trusted.result(&good, "analytics_scanner_results.json"));
+    let legacy: Value = serde_json::from_str(&results).unwrap();
+    assert_eq!(legacy["Successful"], true, "{results}");
+    let lines = server.callbacks();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["kind"], "register");
+    assert_eq!(lines[0]["request"]["git-sha"], "46e443d");
+}
