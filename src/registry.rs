@@ -913,31 +913,17 @@ impl Client {
             #[serde(default)]
             repositories: Vec<String>,
         }
-        let base = self.base(registry);
-        let mut url = format!("{base}/v2/_catalog?n=100");
-        let mut out = Vec::new();
-        for _ in 0..10_000 {
-            let resp = self
-                .send(registry, Method::GET, &url, None, "registry:catalog:*")
-                .await?;
-            if !resp.status().is_success() {
-                return Err(Self::fail(registry, "GET /v2/_catalog", resp).await);
-            }
-            let next = next_link(resp.headers(), &base);
-            let page: Catalog = resp.json().await.map_err(|e| RegistryError::Failed {
-                registry: registry.into(),
-                what: "GET /v2/_catalog".into(),
-                detail: e.to_string(),
-            })?;
-            out.extend(page.repositories);
-            match next {
-                Some(n) => url = n,
-                None => break,
-            }
-        }
-        out.sort();
-        out.dedup();
-        Ok(out)
+        let first = format!("{}/v2/_catalog?n=100", self.base(registry));
+        let page = |c: Catalog| c.repositories;
+        self.list_pages(
+            registry,
+            first,
+            "registry:catalog:*",
+            "GET /v2/_catalog",
+            page,
+            || None,
+        )
+        .await
     }
 
     /// Every tag of a repository, following `Link` pages, sorted (the registry does not sort).
@@ -946,30 +932,50 @@ impl Client {
         struct Tags {
             tags: Option<Vec<String>>,
         }
-        let base = self.base(&r.registry);
-        let mut url = format!("{base}/v2/{}/tags/list?n=1000", r.path);
-        let mut out = Vec::new();
+        let first = format!("{}/v2/{}/tags/list?n=1000", self.base(&r.registry), r.path);
         let what = format!("GET tags of {}", r.repo());
+        let page = |t: Tags| t.tags.unwrap_or_default();
+        let no_repo = || {
+            Some(RegistryError::ManifestUnknown {
+                reference: r.repo(),
+                detail: "no such repository".into(),
+            })
+        };
+        self.list_pages(&r.registry, first, &r.scope("pull"), &what, page, no_repo)
+            .await
+    }
+
+    /// GET `url` and every `Link` page after it with `scope`; the names `page` takes out of
+    /// each, sorted and without repeats. A 404 is `not_found()` when that gives an error, else
+    /// a failure like any other status.
+    async fn list_pages<P: serde::de::DeserializeOwned>(
+        &self,
+        registry: &str,
+        mut url: String,
+        scope: &str,
+        what: &str,
+        page: impl Fn(P) -> Vec<String>,
+        not_found: impl Fn() -> Option<RegistryError>,
+    ) -> Result<Vec<String>, RegistryError> {
+        let base = self.base(registry);
+        let mut out = Vec::new();
         for _ in 0..10_000 {
-            let resp = self
-                .send(&r.registry, Method::GET, &url, None, &r.scope("pull"))
-                .await?;
-            if resp.status() == StatusCode::NOT_FOUND {
-                return Err(RegistryError::ManifestUnknown {
-                    reference: r.repo(),
-                    detail: "no such repository".into(),
-                });
+            let resp = self.send(registry, Method::GET, &url, None, scope).await?;
+            if resp.status() == StatusCode::NOT_FOUND
+                && let Some(e) = not_found()
+            {
+                return Err(e);
             }
             if !resp.status().is_success() {
-                return Err(Self::fail(&r.registry, &what, resp).await);
+                return Err(Self::fail(registry, what, resp).await);
             }
             let next = next_link(resp.headers(), &base);
-            let page: Tags = resp.json().await.map_err(|e| RegistryError::Failed {
-                registry: r.registry.clone(),
-                what: what.clone(),
+            let body: P = resp.json().await.map_err(|e| RegistryError::Failed {
+                registry: registry.into(),
+                what: what.into(),
                 detail: e.to_string(),
             })?;
-            out.extend(page.tags.unwrap_or_default());
+            out.extend(page(body));
             match next {
                 Some(n) => url = n,
                 None => break,
