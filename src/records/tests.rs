@@ -39,6 +39,24 @@ fn digest(n: u32) -> String {
     format!("sha256:{n:064x}")
 }
 
+/// `msg` names `file:LINE:` with LINE at the broken `line` or up to two lines after it (the
+/// parser may notice a little later).
+fn assert_reports_line(msg: &str, file: &str, line: usize) {
+    let reported: usize = msg
+        .split(&format!("{file}:"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {file}: in {msg}"))
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        reported >= line && reported <= line + 2,
+        "line {reported} vs {line}: {msg}"
+    );
+}
+
 #[test]
 fn records_round_trip_in_the_seed_shape() {
     let dir = tempfile::tempdir().unwrap();
@@ -247,20 +265,7 @@ fn a_hand_broken_info_file_is_reported_with_its_line_and_never_overwritten() {
     let err = store.current("prod", "hello").unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, RecordsError::Malformed { .. }), "{msg}");
-    assert!(msg.contains("deploy-info.yml:"), "{msg}");
-    let reported: usize = msg
-        .split("deploy-info.yml:")
-        .nth(1)
-        .unwrap()
-        .split(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(
-        reported >= line && reported <= line + 2,
-        "line {reported} vs {line}: {msg}"
-    );
+    assert_reports_line(&msg, "deploy-info.yml", line);
     assert!(
         store
             .record(&dep("hello", "prod", "b", &digest(2), t(2, 0)))
@@ -450,20 +455,7 @@ fn a_hand_broken_middle_entry_is_reported_with_its_line() {
     std::fs::write(&path, &broken).unwrap();
     let line = broken[..tag_at].matches('\n').count() + 1;
     let err = store.history("prod", "hello").unwrap_err().to_string();
-    assert!(err.contains("deploy-history.yml:"), "{err}");
-    let reported: usize = err
-        .split("deploy-history.yml:")
-        .nth(1)
-        .unwrap()
-        .split(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(
-        reported >= line && reported <= line + 2,
-        "line {reported} vs {line}: {err}"
-    );
+    assert_reports_line(&err, "deploy-history.yml", line);
 }
 
 #[test]
