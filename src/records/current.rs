@@ -92,7 +92,7 @@ impl Store {
         let mut d = match cached {
             Some(d) => d,
             None => {
-                let d = self.read_current(&dir, env, app)?;
+                let (d, _) = self.read_current(&dir, env, app)?;
                 self.remember(dir, stamp, d.clone());
                 d
             }
@@ -122,13 +122,14 @@ impl Store {
             .insert(dir, Cached { stamp, current });
     }
 
-    /// [`Store::current`] from the files.
-    fn read_current(
+    /// [`Store::current`] from the files, and whether `deploy-info.yml` is behind it (missing,
+    /// or older than the history's last entry).
+    pub(super) fn read_current(
         &self,
         dir: &Path,
         env: &str,
         app: &str,
-    ) -> Result<Option<Deployment>, RecordsError> {
+    ) -> Result<(Option<Deployment>, bool), RecordsError> {
         let info = read_info(&dir.join(INFO))?;
         let last = match last_entry(&dir.join(HISTORY), app) {
             Ok(last) => last,
@@ -148,16 +149,19 @@ impl Store {
                     app,
                     "deploy-info.yml is behind the history (a lost rename); using the history"
                 );
-                Some(last)
+                (Some(last), true)
             }
-            (Some(info), _) => Some(info),
-            (None, last) => last,
+            (Some(info), _) => (Some(info), false),
+            (None, last) => {
+                let behind = last.is_some();
+                (last, behind)
+            }
         })
     }
 }
 
 /// `deploy-info.yml` at `path`, parsed; `None` when there is none.
-pub(super) fn read_info(path: &Path) -> Result<Option<Deployment>, RecordsError> {
+fn read_info(path: &Path) -> Result<Option<Deployment>, RecordsError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use super::batch::AppJob;
-use super::current::read_info;
 use super::{INFO, RecordsError, Store, io_err, yaml};
 
 /// When a batch replaces the `deploy-info.yml` of the apps it deploys.
@@ -34,10 +33,8 @@ impl Store {
         let mut behind = BTreeSet::new();
         for env in self.environments()? {
             for app in self.apps(&env)? {
-                let info = read_info(&self.info_path(&env, &app)?);
-                if let (Ok(info), Ok(Some(current))) = (info, self.current(&env, &app))
-                    && info.is_none_or(|i| i.deployment.event_id != current.deployment.event_id)
-                {
+                let dir = self.app_dir(&env, &app)?;
+                if let Ok((Some(_), true)) = self.read_current(&dir, &env, &app) {
                     behind.insert((env.clone(), app));
                 }
             }
