@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 use crate::support::atomic::{self, ScannerConfig};
 use crate::support::docker;
 use crate::support::http::RecordingServer;
+use crate::support::scan::image_ids;
 use crate::support::scanner_image::{self, CREATED, GIT_SHA, TAG};
 use crate::support::{read, run};
 
@@ -500,12 +501,7 @@ fn check_target_files(scan: &Scan, id: &str, successful: bool) {
 fn check_environment(scan: &Scan, targets: &Targets, server: Option<&str>) {
     let env = scan.json("environment.json");
     assert!(env["info"].is_object());
-    let image_ids: Vec<&str> = env["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["Id"].as_str().unwrap())
-        .collect();
+    let image_ids = image_ids(&env);
     assert!(image_ids.contains(&targets.image.as_str()), "{image_ids:?}");
     assert!(
         image_ids.contains(&targets.scanner.as_str()),

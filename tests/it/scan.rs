@@ -4,7 +4,9 @@
 use crate::support::docker::{build_image, create_container, docker};
 use crate::support::http::RecordingServer;
 use crate::support::proxy::{RecordingProxy, engine_socket};
-use crate::support::scan::{GOOD, ScanDirs, atomic_time, legacy_time, redact_times, tree};
+use crate::support::scan::{
+    GOOD, ScanDirs, atomic_time, image_ids, legacy_time, redact_times, tree,
+};
 use crate::support::{imagetrail, read, run, stderr, stdout};
 
 const UA: &str = concat!("imagetrail/", env!("CARGO_PKG_VERSION"));
@@ -165,12 +167,7 @@ fn register_all_mixes_images_and_containers() {
     // environment.json: only the targets, sha256: stripped, plus the scanner block.
     let env: serde_json::Value =
         serde_json::from_str(&read(&dirs.scanout.join("environment.json"))).unwrap();
-    let image_ids: Vec<&str> = env["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["Id"].as_str().unwrap())
-        .collect();
+    let image_ids = image_ids(&env);
     assert_eq!(image_ids.len(), 2);
     assert!(image_ids.contains(&image.as_str()) && image_ids.contains(&base.as_str()));
     assert_eq!(env["containers"][0]["Id"], container.as_str());

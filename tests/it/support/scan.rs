@@ -199,3 +199,13 @@ impl Drop for LoopbackRegistry {
         let _ = self.child.wait();
     }
 }
+
+/// The image ids an `environment.json` lists under `images`.
+pub fn image_ids(env: &serde_json::Value) -> Vec<&str> {
+    env["images"]
+        .as_array()
+        .expect("environment.json has an images list")
+        .iter()
+        .map(|i| i["Id"].as_str().expect("every image has an Id"))
+        .collect()
+}
