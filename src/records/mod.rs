@@ -13,8 +13,7 @@ mod current;
 mod history;
 mod info;
 mod names;
-pub mod query;
-mod yaml;
+pub(crate) mod yaml;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -99,7 +99,7 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
     // Check the names before any network call, so a bad --env fails fast and writes nothing.
     store.info_path(&args.env, &app).map_err(usage_if_name)?;
     let deployed_at = match &args.deployed_at {
-        Some(t) => crate::records::query::parse_time(t).map_err(Error::Usage)?,
+        Some(t) => crate::track::query::parse_time(t).map_err(Error::Usage)?,
         None => now_secs(),
     };
     let by = args
@@ -142,9 +142,9 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         return Err(Error::Usage(format!(
             "--deployed-at {} is before the last recorded deployment of {app} in {} ({}); \
              the history is kept in time order, so only later deployments can be added",
-            crate::records::query::show_time(&deployed_at),
+            crate::track::query::show_time(&deployed_at),
             args.env,
-            crate::records::query::show_time(&cur.deployment.deployed_at)
+            crate::track::query::show_time(&cur.deployment.deployed_at)
         ))
         .into());
     }
@@ -198,7 +198,7 @@ fn print_deployed(d: &Deployment) {
             .as_deref()
             .map(|t| format!(":{}", sanitize(t)))
             .unwrap_or_default(),
-        crate::records::query::where_label(&d.deployment.workspace, &d.app),
+        crate::track::query::where_label(&d.deployment.workspace, &d.app),
         i.digest,
         registry::platform_string(&i.platform),
     );
@@ -217,7 +217,7 @@ fn print_deployed(d: &Deployment) {
     println!(
         "  by        {} at {}",
         sanitize(&d.deployment.deployed_by),
-        crate::records::query::show_time(&d.deployment.deployed_at)
+        crate::track::query::show_time(&d.deployment.deployed_at)
     );
 }
 

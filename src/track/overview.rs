@@ -79,10 +79,10 @@ pub async fn describe(client: &Client, r: &Reference, tag: &str) -> Result<TagIn
             let mut labels = m.annotations();
             labels.extend(cfg.labels());
             info.created = labels
-                .get(crate::deploy::CREATED)
+                .get(crate::track::deploy::CREATED)
                 .cloned()
                 .or(cfg.created.clone());
-            info.description = labels.get(crate::deploy::DESCRIPTION).cloned();
+            info.description = labels.get(crate::track::deploy::DESCRIPTION).cloned();
         }
     }
     Ok(info)
@@ -115,7 +115,7 @@ async fn tag_infos(client: &Client, r: &Reference) -> Result<Vec<TagInfo>, Regis
 
 /// `imagetrail registry overview`.
 pub async fn registry(args: RegistryOverviewArgs) -> anyhow::Result<ExitCode> {
-    let client = crate::deploy::client(&args.access)?;
+    let client = crate::track::deploy::client(&args.access)?;
     let registry = args.registry.trim_end_matches('/').to_string();
     let mut all = Vec::new();
     for repo in client.catalog(&registry).await? {
@@ -174,7 +174,7 @@ fn deployed(store: &Store, repo: &str, envs: &[String]) -> anyhow::Result<Vec<De
     for env in envs {
         store
             .info_path(&env, "x")
-            .map_err(crate::deploy::usage_if_name)?;
+            .map_err(crate::track::deploy::usage_if_name)?;
         for app in store.apps(&env)? {
             if let Some(mut d) = store.current(&env, &app)?
                 && d.image.repo == repo
@@ -190,7 +190,7 @@ fn deployed(store: &Store, repo: &str, envs: &[String]) -> anyhow::Result<Vec<De
 /// `imagetrail images overview`.
 pub async fn images(args: ImagesOverviewArgs) -> anyhow::Result<ExitCode> {
     let r = repo_ref(&args.repository)?;
-    let client = crate::deploy::client(&args.access)?;
+    let client = crate::track::deploy::client(&args.access)?;
     let store = Store::new(&args.state.state_dir);
     let envs: Vec<String> = args
         .envs
@@ -313,7 +313,7 @@ fn protect_recorded(
 pub async fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
     let r = repo_ref(&args.repository)?;
     let repo = r.repo();
-    let client = crate::deploy::client(&args.access)?;
+    let client = crate::track::deploy::client(&args.access)?;
     let store = Store::new(&args.state.state_dir);
 
     // 1. Every digest any record names. A record that cannot be read stops the prune: we

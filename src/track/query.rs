@@ -9,13 +9,13 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Local, NaiveDate, NaiveDateTime, TimeZone, Utc};
 
-use super::{Deployment, Store, TornTail};
 use crate::cli::{AtArgs, CompareArgs, Format, HistoryArgs, QueryArgs, WhereArgs};
-use crate::deploy::usage_if_name;
 use crate::error::Error;
 use crate::exit::ExitCode;
+use crate::records::{Deployment, Store, TornTail};
 use crate::registry::{self, Reference};
 use crate::terminal::sanitize;
+use crate::track::deploy::usage_if_name;
 
 /// Parse a point in time: RFC 3339 (`2026-01-25T05:00:00Z`, any offset), or a local time
 /// `YYYY-MM-DD HH:MM[:SS]` (also with `T`), a date `YYYY-MM-DD` (local midnight), or
@@ -79,7 +79,7 @@ pub fn parse_time_from(s: &str, today: NaiveDate) -> Result<DateTime<Utc>, Strin
 
 /// A time as people read it in the output: RFC 3339 UTC.
 pub fn show_time(t: &DateTime<Utc>) -> String {
-    super::yaml::time(t)
+    crate::records::yaml::time(t)
 }
 
 /// `app in env`, sanitised.
@@ -373,14 +373,14 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
     let app = args.app.clone().unwrap_or_else(|| reference.path.clone());
     let store = Store::new(&args.state.state_dir);
     store.info_path(&args.env, &app).map_err(usage_if_name)?;
-    let client = crate::deploy::client(&args.registry)?;
+    let client = crate::track::deploy::client(&args.registry)?;
     let current = store.current(&args.env, &app)?;
     let platform = current
         .as_ref()
         .map(|c| c.image.platform.clone())
         .unwrap_or_default();
     let resolved = client.resolve(&reference, &platform).await?;
-    let candidate = crate::deploy::image_record(&resolved);
+    let candidate = crate::track::deploy::image_record(&resolved);
     if let Some(t) = store.torn_tail(&args.env, &app)? {
         warn_torn(&t);
     }
