@@ -26,6 +26,7 @@ pub mod exit;
 pub mod labels;
 pub mod logging;
 pub mod records;
+pub mod reference;
 pub mod registry;
 pub mod scan;
 pub mod server;

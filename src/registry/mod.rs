@@ -20,7 +20,7 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use thiserror::Error;
 
-use crate::records::Platform;
+pub use crate::reference::{ImageRef as Reference, Platform};
 
 /// Every manifest type understood; sent on every manifest request (a narrower list makes
 /// distribution answer 404 for OCI manifests and indexes).
@@ -105,153 +105,18 @@ pub enum RegistryError {
     },
 }
 
-/// A parsed image reference: `host[:port]/path[:tag][@sha256:...]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reference {
-    /// Registry host and port, e.g. `127.0.0.1:5000` or `docker.io`.
-    pub registry: String,
-    /// Repository path, e.g. `team/hello`.
-    pub path: String,
-    /// The tag, when given.
-    pub tag: Option<String>,
-    /// The digest, when given.
-    pub digest: Option<String>,
+/// Parse an image reference ([`crate::reference::ImageRef::parse`]) into this module's error.
+pub fn parse_reference(s: &str) -> Result<Reference, RegistryError> {
+    Reference::parse(s).map_err(|e| RegistryError::InvalidReference {
+        reference: s.to_string(),
+        reason: e.to_string(),
+    })
 }
 
-impl Reference {
-    /// The token scope asking for `action` (`pull`, `delete`) on this repository:
-    /// `repository:PATH:ACTION`.
-    fn scope(&self, action: &str) -> String {
-        format!("repository:{}:{action}", self.path)
-    }
-
-    /// Parse a reference. A first component with a `.` or `:` or `localhost` is the registry;
-    /// otherwise it is Docker Hub (`docker.io`, `library/` for single names).
-    pub fn parse(s: &str) -> Result<Reference, RegistryError> {
-        let bad = |reason: &str| RegistryError::InvalidReference {
-            reference: s.to_string(),
-            reason: reason.to_string(),
-        };
-        let s = s.trim();
-        if s.is_empty() {
-            return Err(bad("it is empty"));
-        }
-        let (rest, digest) = match s.split_once('@') {
-            Some((r, d)) => {
-                let hex = d
-                    .strip_prefix("sha256:")
-                    .ok_or_else(|| bad("the digest must be sha256:<64 hex>"))?;
-                if hex.len() != 64
-                    || !hex
-                        .bytes()
-                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-                {
-                    return Err(bad("the digest must be sha256:<64 lower-case hex>"));
-                }
-                (r, Some(d.to_string()))
-            }
-            None => (s, None),
-        };
-        let (name, tag) = match rest.rfind(':') {
-            Some(i) if !rest[i + 1..].contains('/') => {
-                (&rest[..i], Some(rest[i + 1..].to_string()))
-            }
-            _ => (rest, None),
-        };
-        if let Some(t) = &tag {
-            let ok = !t.is_empty()
-                && t.len() <= 128
-                && t.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-                && !t.starts_with(['.', '-']);
-            if !ok {
-                return Err(bad(
-                    "the tag must be 1-128 of [A-Za-z0-9_.-], not starting with . or -",
-                ));
-            }
-        }
-        let (registry, path) = match name.split_once('/') {
-            Some((first, rest))
-                if first.contains('.') || first.contains(':') || first == "localhost" =>
-            {
-                (first.to_string(), rest.to_string())
-            }
-            _ if name.contains('/') => ("docker.io".to_string(), name.to_string()),
-            _ => ("docker.io".to_string(), format!("library/{name}")),
-        };
-        let path_ok = !path.is_empty()
-            && path.split('/').all(|c| {
-                !c.is_empty()
-                    && c.bytes().all(|b| {
-                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)
-                    })
-            });
-        if !path_ok {
-            return Err(bad(
-                "the repository path must be lower-case components of [a-z0-9._-] separated by /",
-            ));
-        }
-        Ok(Reference {
-            registry,
-            path,
-            tag,
-            digest,
-        })
-    }
-
-    /// `registry/path`, the repository as records store it.
-    pub fn repo(&self) -> String {
-        format!("{}/{}", self.registry, self.path)
-    }
-
-    /// The tag or digest the registry is asked for (digest wins; default tag `latest`).
-    pub fn manifest_ref(&self) -> String {
-        self.digest
-            .clone()
-            .or_else(|| self.tag.clone())
-            .unwrap_or_else(|| "latest".into())
-    }
-}
-
-impl std::fmt::Display for Reference {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.repo())?;
-        if let Some(t) = &self.tag {
-            write!(f, ":{t}")?;
-        }
-        if let Some(d) = &self.digest {
-            write!(f, "@{d}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Parse `os/arch[/variant]`.
-pub fn parse_platform(s: &str) -> Result<Platform, String> {
-    let parts: Vec<&str> = s.split('/').collect();
-    match parts.as_slice() {
-        [os, arch] if !os.is_empty() && !arch.is_empty() => Ok(Platform {
-            os: os.to_string(),
-            architecture: arch.to_string(),
-            variant: None,
-        }),
-        [os, arch, v] if !os.is_empty() && !arch.is_empty() && !v.is_empty() => Ok(Platform {
-            os: os.to_string(),
-            architecture: arch.to_string(),
-            variant: Some(v.to_string()),
-        }),
-        _ => Err(format!(
-            "invalid platform {s:?}: use os/arch or os/arch/variant, e.g. linux/amd64 or linux/arm64/v8"
-        )),
-    }
-}
-
-/// `os/arch[/variant]`.
-pub fn platform_string(p: &Platform) -> String {
-    match &p.variant {
-        Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
-        None => format!("{}/{}", p.os, p.architecture),
-    }
+/// The token scope asking for `action` (`pull`, `delete`) on `r`'s repository:
+/// `repository:PATH:ACTION`.
+fn scope(r: &Reference, action: &str) -> String {
+    format!("repository:{}:{action}", r.path)
 }
 
 /// A manifest as fetched.
@@ -717,7 +582,7 @@ impl Client {
         } else {
             (Some(MANIFEST_ACCEPT), "pull")
         };
-        self.send(&r.registry, method, &url, accept, &r.scope(action))
+        self.send(&r.registry, method, &url, accept, &scope(r, action))
             .await
     }
 
@@ -805,7 +670,7 @@ impl Client {
         let url = format!("{}/v2/{}/blobs/{digest}", self.base(&r.registry), r.path);
         let what = format!("GET blob {}@{digest}", r.repo());
         let resp = self
-            .send(&r.registry, Method::GET, &url, None, &r.scope("pull"))
+            .send(&r.registry, Method::GET, &url, None, &scope(r, "pull"))
             .await?;
         if !resp.status().is_success() {
             return Err(Self::fail(&r.registry, &what, resp).await);
@@ -862,12 +727,12 @@ impl Client {
             let Some((digest, p)) = pick else {
                 let available = children
                     .iter()
-                    .filter_map(|(_, p)| p.as_ref().map(platform_string))
+                    .filter_map(|(_, p)| p.as_ref().map(Platform::to_string))
                     .collect::<Vec<_>>()
                     .join(", ");
                 return Err(RegistryError::NoPlatform {
                     reference: r.to_string(),
-                    platform: platform_string(platform),
+                    platform: platform.to_string(),
                     available,
                 });
             };
@@ -941,7 +806,7 @@ impl Client {
                 detail: "no such repository".into(),
             })
         };
-        self.list_pages(&r.registry, first, &r.scope("pull"), &what, page, no_repo)
+        self.list_pages(&r.registry, first, &scope(r, "pull"), &what, page, no_repo)
             .await
     }
 

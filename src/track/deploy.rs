@@ -16,7 +16,7 @@ use crate::cli::DeployArgs;
 use crate::error::Error;
 use crate::exit::ExitCode;
 use crate::records::{Deployment, DeploymentRecord, ImageRecord, RecordsError, Store};
-use crate::registry::{self, Client, ClientOptions, Reference, Resolved};
+use crate::registry::{Client, ClientOptions, Resolved};
 use crate::terminal::sanitize;
 
 /// The OCI label keys the record keeps.
@@ -78,7 +78,8 @@ pub fn image_record(resolved: &Resolved) -> ImageRecord {
 
 /// `imagetrail deploy`.
 pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
-    let reference = Reference::parse(&args.image).map_err(|e| Error::Usage(e.to_string()))?;
+    let reference =
+        crate::registry::parse_reference(&args.image).map_err(|e| Error::Usage(e.to_string()))?;
     if args.require_digest && reference.digest.is_none() {
         return Err(Error::Usage(format!(
             "{} names a tag, but --require-digest asks for a digest (tags move): \
@@ -88,13 +89,16 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         ))
         .into());
     }
-    let platform = registry::parse_platform(&args.platform).map_err(Error::Usage)?;
+    let platform = args
+        .platform
+        .parse::<crate::reference::Platform>()
+        .map_err(|e| Error::Usage(e.to_string()))?;
     let app = args
         .app
         .clone()
         .filter(|a| !a.is_empty())
         .or_else(|| args.name.clone().filter(|n| !n.is_empty()))
-        .unwrap_or_else(|| reference.path.clone());
+        .unwrap_or_else(|| reference.familiar_path().to_string());
     let store = Store::new(&args.state.state_dir);
     // Check the names before any network call, so a bad --env fails fast and writes nothing.
     store.info_path(&args.env, &app).map_err(usage_if_name)?;
@@ -200,7 +204,7 @@ fn print_deployed(d: &Deployment) {
             .unwrap_or_default(),
         crate::track::query::where_label(&d.deployment.workspace, &d.app),
         i.digest,
-        registry::platform_string(&i.platform),
+        i.platform,
     );
     if let Some(idx) = &i.index_digest {
         println!("  index     {idx}");

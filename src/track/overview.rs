@@ -35,7 +35,8 @@ pub struct TagInfo {
 }
 
 fn repo_ref(repository: &str) -> Result<Reference, Error> {
-    let r = Reference::parse(repository).map_err(|e| Error::Usage(e.to_string()))?;
+    let r =
+        crate::registry::parse_reference(repository).map_err(|e| Error::Usage(e.to_string()))?;
     if r.tag.is_some() || r.digest.is_some() {
         return Err(Error::Usage(format!(
             "{repository} names an image; give the repository alone, e.g. {}",
@@ -119,7 +120,7 @@ pub async fn registry(args: RegistryOverviewArgs) -> anyhow::Result<ExitCode> {
     let registry = args.registry.trim_end_matches('/').to_string();
     let mut all = Vec::new();
     for repo in client.catalog(&registry).await? {
-        let r = Reference::parse(&format!("{registry}/{repo}"))?;
+        let r = crate::registry::parse_reference(&format!("{registry}/{repo}"))?;
         let tags = match tag_infos(&client, &r).await {
             Ok(t) => t,
             Err(RegistryError::ManifestUnknown { .. }) => vec![],

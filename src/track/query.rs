@@ -13,7 +13,7 @@ use crate::cli::{AtArgs, CompareArgs, Format, HistoryArgs, QueryArgs, WhereArgs}
 use crate::error::Error;
 use crate::exit::ExitCode;
 use crate::records::{Deployment, Store, TornTail};
-use crate::registry::{self, Reference};
+use crate::registry::Reference;
 use crate::terminal::sanitize;
 use crate::track::deploy::usage_if_name;
 
@@ -153,10 +153,7 @@ fn block(d: &Deployment) {
     let i = &d.image;
     println!("  image     {}", image_text(d));
     if let Some(idx) = &i.index_digest {
-        println!(
-            "  index     {idx} ({})",
-            registry::platform_string(&i.platform)
-        );
+        println!("  index     {idx} ({})", i.platform);
     }
     println!(
         "  built     {}",
@@ -369,8 +366,12 @@ pub fn at(args: AtArgs) -> anyhow::Result<ExitCode> {
 
 /// `imagetrail compare REF`.
 pub async fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
-    let reference = Reference::parse(&args.reference).map_err(|e| Error::Usage(e.to_string()))?;
-    let app = args.app.clone().unwrap_or_else(|| reference.path.clone());
+    let reference = crate::registry::parse_reference(&args.reference)
+        .map_err(|e| Error::Usage(e.to_string()))?;
+    let app = args
+        .app
+        .clone()
+        .unwrap_or_else(|| reference.familiar_path().to_string());
     let store = Store::new(&args.state.state_dir);
     store.info_path(&args.env, &app).map_err(usage_if_name)?;
     let client = crate::track::deploy::client(&args.registry)?;
@@ -400,7 +401,7 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
     let current_ref = Reference {
         digest: Some(current.image.digest.clone()),
         tag: None,
-        ..Reference::parse(&current.image.repo).unwrap_or(reference.clone())
+        ..crate::registry::parse_reference(&current.image.repo).unwrap_or(reference.clone())
     };
     let current_labels = match client.resolve(&current_ref, &platform).await {
         Ok(r) => Some(r.labels),
@@ -514,11 +515,12 @@ enum Wanted {
 impl Wanted {
     fn parse(s: &str) -> Result<Wanted, String> {
         let s = s.trim();
-        if s.starts_with("sha256:") {
+        if s.starts_with("sha256:") || s.starts_with("sha512:") {
             return Ok(Wanted::Digest(s.to_string()));
         }
-        if s.contains('/') || s.contains('@') {
-            let r = Reference::parse(s).map_err(|e| e.to_string())?;
+        // A tag has no `/`, `@` or `:`, so any of them makes a reference (`nginx:1.27`).
+        if s.contains(['/', '@', ':']) {
+            let r = crate::registry::parse_reference(s).map_err(|e| e.to_string())?;
             if let Some(d) = r.digest {
                 return Ok(Wanted::Digest(d));
             }
@@ -544,7 +546,10 @@ impl Wanted {
         match self {
             Wanted::Digest(x) => &i.digest == x || i.index_digest.as_ref() == Some(x),
             Wanted::Tag { repo, tag } => {
-                i.tag.as_ref() == Some(tag) && repo.as_ref().is_none_or(|r| r == &i.repo)
+                i.tag.as_ref() == Some(tag)
+                    && repo
+                        .as_ref()
+                        .is_none_or(|r| crate::reference::same_repository(r, &i.repo))
             }
             Wanted::Revision(r) => {
                 i.revision.as_ref().is_some_and(|rev| {
