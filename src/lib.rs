@@ -25,6 +25,7 @@ pub mod error;
 pub mod exit;
 pub mod labels;
 pub mod logging;
+pub mod output;
 pub mod records;
 pub mod reference;
 pub mod registry;

@@ -13,7 +13,7 @@ mod current;
 mod history;
 mod info;
 mod names;
-pub(crate) mod yaml;
+mod yaml;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -17,7 +17,8 @@ use crate::error::Error;
 use crate::exit::ExitCode;
 use crate::records::{Deployment, DeploymentRecord, ImageRecord, RecordsError, Store};
 use crate::registry::{Client, ClientOptions, Resolved};
-use crate::terminal::sanitize;
+// Values printed on their own lines: escaped and cut (see `crate::output`).
+use crate::output::value as sanitize;
 
 /// The OCI label keys the record keeps.
 pub const DESCRIPTION: &str = "org.opencontainers.image.description";
@@ -146,9 +147,9 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         return Err(Error::Usage(format!(
             "--deployed-at {} is before the last recorded deployment of {app} in {} ({}); \
              the history is kept in time order, so only later deployments can be added",
-            crate::track::query::show_time(&deployed_at),
+            crate::output::time(&deployed_at),
             args.env,
-            crate::track::query::show_time(&cur.deployment.deployed_at)
+            crate::output::time(&cur.deployment.deployed_at)
         ))
         .into());
     }
@@ -207,7 +208,7 @@ fn print_deployed(d: &Deployment) {
         i.platform,
     );
     if let Some(idx) = &i.index_digest {
-        println!("  index     {idx}");
+        println!("  index     {}", sanitize(idx));
     }
     if let Some(b) = &i.built_at {
         println!("  built     {}", sanitize(b));
@@ -221,7 +222,7 @@ fn print_deployed(d: &Deployment) {
     println!(
         "  by        {} at {}",
         sanitize(&d.deployment.deployed_by),
-        crate::track::query::show_time(&d.deployment.deployed_at)
+        crate::output::time(&d.deployment.deployed_at)
     );
 }
 

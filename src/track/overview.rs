@@ -15,7 +15,8 @@ use crate::error::Error;
 use crate::exit::ExitCode;
 use crate::records::{Deployment, ImageRecord, Platform, Store};
 use crate::registry::{Client, Reference, RegistryError};
-use crate::terminal::{sanitize, sanitize_or_dash};
+// Every value printed here is a table cell: escaped and cut (see `crate::output`).
+use crate::output::{cell as sanitize, cell_or_dash as sanitize_or_dash};
 
 /// One tag as the overviews show it.
 #[derive(Debug, Clone, serde::Serialize)]

@@ -12,9 +12,9 @@ use chrono::{DateTime, Local, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use crate::cli::{AtArgs, CompareArgs, Format, HistoryArgs, QueryArgs, WhereArgs};
 use crate::error::Error;
 use crate::exit::ExitCode;
+use crate::output::{cell, cell_or_dash, print_json, print_table, time, value};
 use crate::records::{Deployment, Store, TornTail};
 use crate::registry::Reference;
-use crate::terminal::sanitize;
 use crate::track::deploy::usage_if_name;
 
 /// Parse a point in time: RFC 3339 (`2026-01-25T05:00:00Z`, any offset), or a local time
@@ -77,21 +77,9 @@ pub fn parse_time_from(s: &str, today: NaiveDate) -> Result<DateTime<Utc>, Strin
     ))
 }
 
-/// A time as people read it in the output: RFC 3339 UTC.
-pub fn show_time(t: &DateTime<Utc>) -> String {
-    crate::records::yaml::time(t)
-}
-
 /// `app in env`, sanitised.
 pub fn where_label(env: &str, app: &str) -> String {
-    format!("{} in {}", sanitize(app), sanitize(env))
-}
-
-fn short(digest: &str) -> String {
-    match digest.strip_prefix("sha256:") {
-        Some(h) if h.len() > 12 => format!("sha256:{}", &h[..12]),
-        _ => digest.to_string(),
-    }
+    format!("{} in {}", value(app), value(env))
 }
 
 fn warn_torn(t: &TornTail) {
@@ -126,26 +114,16 @@ fn selected(
     Ok(out)
 }
 
-fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let text = serde_json::to_string_pretty(v)?;
-    // A closed pipe (`| head`) is the reader's choice, not an error worth a panic.
-    match writeln!(std::io::stdout().lock(), "{text}") {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
-        _ => Ok(()),
-    }
-}
-
 fn image_text(d: &Deployment) -> String {
     let i = &d.image;
     format!(
         "{}{}@{}",
-        sanitize(&i.repo),
+        cell(&i.repo),
         i.tag
             .as_deref()
-            .map(|t| format!(":{}", sanitize(t)))
+            .map(|t| format!(":{}", cell(t)))
             .unwrap_or_default(),
-        i.digest
+        cell(&i.digest)
     )
 }
 
@@ -153,25 +131,29 @@ fn block(d: &Deployment) {
     let i = &d.image;
     println!("  image     {}", image_text(d));
     if let Some(idx) = &i.index_digest {
-        println!("  index     {idx} ({})", i.platform);
+        println!(
+            "  index     {} ({})",
+            value(idx),
+            value(&i.platform.to_string())
+        );
     }
     println!(
         "  built     {}",
         i.built_at
             .as_deref()
-            .map(sanitize)
+            .map(value)
             .unwrap_or_else(|| "unknown".into())
     );
     if let Some(r) = &i.revision {
-        println!("  revision  {}", sanitize(r));
+        println!("  revision  {}", value(r));
     }
     if let Some(desc) = &i.description {
-        println!("  about     {}", sanitize(desc));
+        println!("  about     {}", value(desc));
     }
     println!(
         "  deployed  {} by {}",
-        show_time(&d.deployment.deployed_at),
-        sanitize(&d.deployment.deployed_by)
+        time(&d.deployment.deployed_at),
+        value(&d.deployment.deployed_by)
     );
 }
 
@@ -199,13 +181,13 @@ pub fn status(args: QueryArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|d| {
             [
-                sanitize(&d.deployment.workspace),
-                sanitize(&d.app),
-                dash(d.image.tag.as_deref()),
-                short(&d.image.digest),
-                dash(d.image.built_at.as_deref()),
-                show_time(&d.deployment.deployed_at),
-                sanitize(&d.deployment.deployed_by),
+                cell(&d.deployment.workspace),
+                cell(&d.app),
+                cell_or_dash(d.image.tag.as_deref()),
+                crate::output::short_digest(&d.image.digest),
+                cell_or_dash(d.image.built_at.as_deref()),
+                time(&d.deployment.deployed_at),
+                cell(&d.deployment.deployed_by),
             ]
         })
         .collect();
@@ -214,38 +196,6 @@ pub fn status(args: QueryArgs) -> anyhow::Result<ExitCode> {
         &table,
     );
     Ok(ExitCode::Success)
-}
-
-/// A table cell for an optional untrusted value: sanitised, or `-` when absent.
-fn dash(value: Option<&str>) -> String {
-    value.map(sanitize).unwrap_or_else(|| "-".into())
-}
-
-fn print_table<const N: usize>(head: [&str; N], rows: &[[String; N]]) {
-    let mut w = [0usize; N];
-    for (i, h) in head.iter().enumerate() {
-        w[i] = h.chars().count();
-    }
-    for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            w[i] = w[i].max(c.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let mut s = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            if i + 1 == N {
-                s.push_str(c);
-            } else {
-                s.push_str(&format!("{c:<width$}  ", width = w[i]));
-            }
-        }
-        println!("{}", s.trim_end());
-    };
-    line(head.to_vec());
-    for r in rows {
-        line(r.iter().map(String::as_str).collect());
-    }
 }
 
 /// `imagetrail history`.
@@ -287,17 +237,13 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|d| {
             [
-                show_time(&d.deployment.deployed_at),
-                sanitize(&d.deployment.workspace),
-                sanitize(&d.app),
-                dash(d.image.tag.as_deref()),
-                short(&d.image.digest),
-                sanitize(&d.deployment.deployed_by),
-                d.image
-                    .description
-                    .as_deref()
-                    .map(sanitize)
-                    .unwrap_or_default(),
+                time(&d.deployment.deployed_at),
+                cell(&d.deployment.workspace),
+                cell(&d.app),
+                cell_or_dash(d.image.tag.as_deref()),
+                crate::output::short_digest(&d.image.digest),
+                cell(&d.deployment.deployed_by),
+                d.image.description.as_deref().map(cell).unwrap_or_default(),
             ]
         })
         .collect();
@@ -338,7 +284,7 @@ pub fn at(args: AtArgs) -> anyhow::Result<ExitCode> {
     } else if found.is_empty() {
         println!(
             "nothing was running at {} ({} local){}",
-            show_time(&t),
+            time(&t),
             t.with_timezone(&Local).format("%Y-%m-%d %H:%M"),
             if pairs == 0 {
                 ": no deployments recorded"
@@ -349,7 +295,7 @@ pub fn at(args: AtArgs) -> anyhow::Result<ExitCode> {
     } else {
         println!(
             "at {} ({} local):",
-            show_time(&t),
+            time(&t),
             t.with_timezone(&Local).format("%Y-%m-%d %H:%M")
         );
         for d in &found {
@@ -436,7 +382,7 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
             "candidate": candidate,
             "same": same,
             "rollback": earlier.as_ref().map(|d| serde_json::json!({
-                "deployed_at": show_time(&d.deployment.deployed_at),
+                "deployed_at": time(&d.deployment.deployed_at),
                 "deployed_by": d.deployment.deployed_by,
             })),
             "label_changes": label_changes.iter().map(|(k, (a, b))| serde_json::json!({"label": k, "current": a, "candidate": b})).collect::<Vec<_>>(),
@@ -462,7 +408,7 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
         ("source", c.source.clone(), candidate.source.clone()),
         ("title", c.title.clone(), candidate.title.clone()),
     ];
-    let show = |v: &Option<String>| v.as_deref().map(sanitize).unwrap_or_else(|| "-".into());
+    let show = |v: &Option<String>| v.as_deref().map(value).unwrap_or_else(|| "-".into());
     for (field, a, b) in &rows {
         if a == b {
             println!("  {field:<9} {} (unchanged)", show(a));
@@ -473,20 +419,20 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
     if !label_changes.is_empty() {
         println!("  labels changed:");
         for (k, (a, b)) in &label_changes {
-            println!("    {}: {} -> {}", sanitize(k), show(a), show(b));
+            println!("    {}: {} -> {}", value(k), show(a), show(b));
         }
     }
     if same {
         println!(
             "the candidate is what runs now (deployed {} by {})",
-            show_time(&current.deployment.deployed_at),
-            sanitize(&current.deployment.deployed_by)
+            time(&current.deployment.deployed_at),
+            value(&current.deployment.deployed_by)
         );
     } else if let Some(e) = &earlier {
         println!(
             "ROLLBACK: the candidate was deployed here before, on {} by {}",
-            show_time(&e.deployment.deployed_at),
-            sanitize(&e.deployment.deployed_by)
+            time(&e.deployment.deployed_at),
+            value(&e.deployment.deployed_by)
         );
     } else {
         let newer = match (&c.built_at, &candidate.built_at) {
@@ -585,22 +531,22 @@ pub fn where_(args: WhereArgs) -> anyhow::Result<ExitCode> {
     if args.format == Format::Json {
         let v: Vec<_> = hits
             .iter()
-            .map(|(d, since)| serde_json::json!({"env": d.deployment.workspace, "app": d.app, "since": show_time(since), "deployment": d}))
+            .map(|(d, since)| serde_json::json!({"env": d.deployment.workspace, "app": d.app, "since": time(since), "deployment": d}))
             .collect();
         print_json(&v)?;
     } else if hits.is_empty() {
-        println!("{} runs nowhere now", sanitize(&args.reference));
+        println!("{} runs nowhere now", value(&args.reference));
     } else {
         let table: Vec<[String; 6]> = hits
             .iter()
             .map(|(d, since)| {
                 [
-                    sanitize(&d.deployment.workspace),
-                    sanitize(&d.app),
+                    cell(&d.deployment.workspace),
+                    cell(&d.app),
                     image_text(d),
-                    show_time(since),
-                    sanitize(&d.deployment.deployed_by),
-                    dash(d.image.revision.as_deref()),
+                    time(since),
+                    cell(&d.deployment.deployed_by),
+                    cell_or_dash(d.image.revision.as_deref()),
                 ]
             })
             .collect();

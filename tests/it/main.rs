@@ -15,4 +15,5 @@ mod server_crash;
 mod server_pipeline;
 mod server_scanner;
 mod support;
+mod tables;
 mod throughput;

@@ -1,0 +1,250 @@
+//! What the tracking commands print: tables, times, digests, and stored text made safe for a
+//! terminal. Records hold whatever a deployer or an API client sent, so every value printed
+//! here is treated as hostile:
+//!
+//! * Control characters (newline, carriage return, tab, ESC, C1...), Unicode format
+//!   characters (bidi embeddings, overrides and isolates U+202A–U+202E and U+2066–U+2069,
+//!   zero-width characters, the BOM...), line and paragraph separators and noncharacters are
+//!   shown escaped (`\n`, `\u{202e}`), so one row of a table is always one record and stored
+//!   text cannot reorder or hide what the operator reads.
+//! * A table cell is cut to [`CELL_MAX_CHARS`] characters, a value on its own line (`at`,
+//!   `compare`) to [`VALUE_MAX_CHARS`], ending in `…` when cut.
+//! * Column widths are padded by hand, never with a `{:<width$}` format argument, which panics
+//!   above `u16::MAX`.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+/// The most characters of one table cell shown; longer values end in `…`.
+pub const CELL_MAX_CHARS: usize = 256;
+/// The most characters of one value printed on its own line (`at`, `compare` blocks).
+pub const VALUE_MAX_CHARS: usize = 2048;
+
+/// A table cell: escaped ([`escape`]) and cut to [`CELL_MAX_CHARS`].
+pub fn cell(text: &str) -> String {
+    escape(text, CELL_MAX_CHARS)
+}
+
+/// A table cell for an optional value: [`cell`], or `-` when absent.
+pub fn cell_or_dash(value: Option<&str>) -> String {
+    value.map(cell).unwrap_or_else(|| "-".into())
+}
+
+/// A value printed on its own line: escaped and cut to [`VALUE_MAX_CHARS`].
+pub fn value(text: &str) -> String {
+    escape(text, VALUE_MAX_CHARS)
+}
+
+/// `text` with every character that could break a line, move the cursor or reorder the
+/// display shown as an escape, cut to `max_chars` characters of output (escapes count) with a
+/// final `…` when cut.
+pub fn escape(text: &str, max_chars: usize) -> String {
+    let width = |c: char| if hidden(c) { escaped_len(c) } else { 1 };
+    // Room for the `…` only when the whole text does not fit.
+    let mut total = 0usize;
+    let fits = text.chars().all(|c| {
+        total += width(c);
+        total <= max_chars
+    });
+    let limit = if fits {
+        max_chars
+    } else {
+        max_chars.saturating_sub(1)
+    };
+    let mut out = String::with_capacity(text.len().min(max_chars * 4));
+    let mut count = 0;
+    for c in text.chars() {
+        let w = width(c);
+        if count + w > limit {
+            break;
+        }
+        count += w;
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if hidden(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    if !fits {
+        out.push('…');
+    }
+    out
+}
+
+/// The length of `c`'s escape as [`escape`] writes it.
+fn escaped_len(c: char) -> usize {
+    match c {
+        '\n' | '\r' | '\t' => 2,
+        // `\u{` + hex digits + `}`
+        c => 4 + format!("{:x}", c as u32).len(),
+    }
+}
+
+/// Whether `c` must not reach a terminal as itself.
+fn hidden(c: char) -> bool {
+    c.is_control() || format_char(c) || noncharacter(c)
+}
+
+/// Unicode general category Cf (format), plus the line and paragraph separators (Zl, Zp).
+fn format_char(c: char) -> bool {
+    matches!(c as u32,
+        0x00AD
+        | 0x0600..=0x0605
+        | 0x061C
+        | 0x06DD
+        | 0x070F
+        | 0x0890..=0x0891
+        | 0x08E2
+        | 0x180E
+        | 0x200B..=0x200F
+        | 0x2028..=0x202E
+        | 0x2060..=0x2064
+        | 0x2066..=0x206F
+        | 0xFEFF
+        | 0xFFF9..=0xFFFB
+        | 0x110BD
+        | 0x110CD
+        | 0x13430..=0x1343F
+        | 0x1BCA0..=0x1BCA3
+        | 0x1D173..=0x1D17A
+        | 0xE0001
+        | 0xE0020..=0xE007F)
+}
+
+/// U+FDD0–U+FDEF and the last two code points of every plane.
+fn noncharacter(c: char) -> bool {
+    let u = c as u32;
+    (0xFDD0..=0xFDEF).contains(&u) || (u & 0xFFFE) == 0xFFFE
+}
+
+/// A time as people read it in the output: RFC 3339 UTC with a `Z`, fractional seconds only
+/// when there are any (the same text the records hold).
+pub fn time(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// A digest shortened for a table: the algorithm and the first 12 hex digits.
+pub fn short_digest(digest: &str) -> String {
+    match digest.split_once(':') {
+        Some((alg, h)) if h.len() > 12 && h.is_ascii() => cell(&format!("{alg}:{}", &h[..12])),
+        _ => cell(digest),
+    }
+}
+
+/// A table: a header and rows of cells already made safe ([`cell`]), columns two spaces apart,
+/// the last column unpadded. Written to stdout; a closed pipe ends it quietly.
+pub fn print_table<const N: usize>(head: [&str; N], rows: &[[String; N]]) {
+    let mut out = std::io::stdout().lock();
+    for line in table_lines(head, rows) {
+        if writeln!(out, "{line}").is_err() {
+            return;
+        }
+    }
+}
+
+/// The lines [`print_table`] prints.
+pub fn table_lines<const N: usize>(head: [&str; N], rows: &[[String; N]]) -> Vec<String> {
+    let mut w = [0usize; N];
+    for (i, h) in head.iter().enumerate() {
+        w[i] = h.chars().count();
+    }
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut s = String::new();
+        for (i, c) in cells.enumerate() {
+            s.push_str(c);
+            if i + 1 < N {
+                pad(&mut s, w[i].saturating_sub(c.chars().count()) + 2);
+            }
+        }
+        s.truncate(s.trim_end().len());
+        s
+    };
+    let mut lines = Vec::with_capacity(rows.len() + 1);
+    lines.push(line(&mut head.iter().copied()));
+    for r in rows {
+        lines.push(line(&mut r.iter().map(String::as_str)));
+    }
+    lines
+}
+
+/// `text` padded with spaces to `width` characters (by hand: see the module notes).
+pub fn padded(text: &str, width: usize) -> String {
+    let mut s = text.to_string();
+    pad(&mut s, width.saturating_sub(text.chars().count()));
+    s
+}
+
+fn pad(s: &mut String, n: usize) {
+    s.extend(std::iter::repeat_n(' ', n));
+}
+
+/// Print `v` as pretty JSON on stdout (a closed pipe is the reader's choice, not an error).
+pub fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(v)?;
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_line_breaks_controls_and_bidi() {
+        assert_eq!(cell("a\nb\r\tc"), "a\\nb\\r\\tc");
+        assert_eq!(
+            cell("x\u{202e}y\u{2066}z\u{200b}"),
+            "x\\u{202e}y\\u{2066}z\\u{200b}"
+        );
+        assert_eq!(cell("\u{1b}[31m"), "\\u{1b}[31m");
+        assert_eq!(cell("\u{fffe}\u{2028}"), "\\u{fffe}\\u{2028}");
+        assert_eq!(cell("héllo ✓"), "héllo ✓");
+    }
+
+    #[test]
+    fn cuts_long_cells_with_an_ellipsis() {
+        let long = "x".repeat(70_000);
+        let c = cell(&long);
+        assert_eq!(c.chars().count(), CELL_MAX_CHARS);
+        assert!(c.ends_with('…'));
+        assert_eq!(
+            cell(&"x".repeat(CELL_MAX_CHARS - 1)).chars().count(),
+            CELL_MAX_CHARS - 1
+        );
+        // An escape is never split by the cut.
+        let c = cell(&"\n".repeat(1000));
+        assert!(c.ends_with("\\n…"), "{c}");
+    }
+
+    #[test]
+    fn tables_pad_by_hand_at_any_width() {
+        let wide = "y".repeat(70_000);
+        let lines = table_lines(
+            ["A", "B"],
+            &[[wide.clone(), "z".into()], ["a".into(), "b".into()]],
+        );
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[1], format!("{wide}  z"));
+        assert_eq!(lines[2], format!("a{}b", " ".repeat(70_001)));
+    }
+
+    #[test]
+    fn short_digests() {
+        let d = format!("sha512:{}", "a".repeat(128));
+        assert_eq!(short_digest(&d), "sha512:aaaaaaaaaaaa");
+        assert_eq!(short_digest("odd"), "odd");
+    }
+}
