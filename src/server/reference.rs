@@ -57,7 +57,13 @@ impl PinnedRef {
             other => ReferenceError::BadRepository(url.to_string(), other.to_string()),
         })?;
         let Some(digest) = parsed.digest.clone() else {
-            return Err(ReferenceError::NotPinned(url.to_string(), parsed.repo()));
+            // Suggest the name as the user wrote it, without its tag.
+            let given = match &parsed.tag {
+                Some(t) => url.strip_suffix(t.as_str()).and_then(|u| u.strip_suffix(':')),
+                None => Some(url),
+            };
+            let name = given.map_or_else(|| parsed.repo(), str::to_string);
+            return Err(ReferenceError::NotPinned(url.to_string(), name));
         };
         Ok(PinnedRef {
             repo: parsed.repo(),
