@@ -7,32 +7,30 @@
 //! full `Accept` list answers 404 for OCI manifests, some registries leave out
 //! `Docker-Content-Digest` (so GET and hash), `tags/list` comes back unsorted and may ignore
 //! `n`, and pagination follows the `Link` header.
+//!
+//! Here: the errors and the operations (resolve, manifests, blobs, catalog, tags, delete);
+//! [`manifest`] the manifest and config shapes; `credentials` the Docker config and its
+//! helpers; `auth` the anonymous/Basic/Bearer token dance. References and platforms are
+//! [`crate::reference`]'s value types.
+
+mod auth;
+mod credentials;
+pub mod manifest;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use base64::Engine as _;
-use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, LINK, WWW_AUTHENTICATE};
+use reqwest::header::{HeaderMap, LINK};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use thiserror::Error;
 
+pub use manifest::{ConfigSection, ImageConfig, MANIFEST_ACCEPT, Manifest};
+
 pub use crate::reference::{ImageRef as Reference, Platform};
-
-/// Every manifest type understood; sent on every manifest request (a narrower list makes
-/// distribution answer 404 for OCI manifests and indexes).
-pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
-application/vnd.oci.image.manifest.v1+json, \
-application/vnd.docker.distribution.manifest.list.v2+json, \
-application/vnd.docker.distribution.manifest.v2+json";
-
-const INDEX_TYPES: [&str; 2] = [
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-];
 
 /// What can go wrong talking to a registry.
 #[derive(Debug, Error)]
@@ -119,131 +117,6 @@ fn scope(r: &Reference, action: &str) -> String {
     format!("repository:{}:{action}", r.path)
 }
 
-/// A manifest as fetched.
-#[derive(Debug, Clone)]
-pub struct Manifest {
-    /// Its digest (sha256 of the bytes).
-    pub digest: String,
-    /// Its media type.
-    pub media_type: String,
-    /// The raw bytes.
-    pub bytes: Vec<u8>,
-}
-
-impl Manifest {
-    /// Whether it is an index / manifest list.
-    pub fn is_index(&self) -> bool {
-        INDEX_TYPES.contains(&self.media_type.as_str())
-            || self.json::<IndexJson>().is_ok_and(|j| {
-                j.manifests.is_some()
-                    && j.media_type
-                        .as_deref()
-                        .is_none_or(|m| INDEX_TYPES.contains(&m))
-            })
-    }
-
-    fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        serde_json::from_slice(&self.bytes)
-    }
-
-    /// The children of an index (digest, platform), in order.
-    pub fn children(&self) -> Vec<(String, Option<Platform>)> {
-        self.json::<IndexJson>()
-            .ok()
-            .and_then(|j| j.manifests)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|m| {
-                (
-                    m.digest,
-                    m.platform.map(|p| Platform {
-                        os: p.os,
-                        architecture: p.architecture,
-                        variant: p.variant,
-                    }),
-                )
-            })
-            .collect()
-    }
-
-    /// The config blob digest of an image manifest.
-    pub fn config_digest(&self) -> Option<String> {
-        self.json::<ImageManifestJson>()
-            .ok()
-            .map(|m| m.config.digest)
-    }
-
-    /// The manifest's annotations (OCI `annotations`).
-    pub fn annotations(&self) -> HashMap<String, String> {
-        self.json::<ImageManifestJson>()
-            .ok()
-            .and_then(|m| m.annotations)
-            .unwrap_or_default()
-    }
-}
-
-#[derive(Deserialize)]
-struct IndexJson {
-    #[serde(rename = "mediaType")]
-    media_type: Option<String>,
-    manifests: Option<Vec<IndexEntry>>,
-}
-
-#[derive(Deserialize)]
-struct IndexEntry {
-    digest: String,
-    platform: Option<PlatformJson>,
-}
-
-#[derive(Deserialize)]
-struct PlatformJson {
-    os: String,
-    architecture: String,
-    variant: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ImageManifestJson {
-    config: Descriptor,
-    annotations: Option<HashMap<String, String>>,
-}
-
-#[derive(Deserialize)]
-struct Descriptor {
-    digest: String,
-}
-
-/// The parts of an image config blob we read.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct ImageConfig {
-    /// The config's `created` time.
-    pub created: Option<String>,
-    /// `config.Labels`.
-    #[serde(default)]
-    pub config: ConfigSection,
-    /// `os`.
-    pub os: Option<String>,
-    /// `architecture`.
-    pub architecture: Option<String>,
-    /// `variant`.
-    pub variant: Option<String>,
-}
-
-/// `config` inside the config blob.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct ConfigSection {
-    /// Labels (`LABEL` in a Dockerfile).
-    #[serde(rename = "Labels", default)]
-    pub labels: Option<HashMap<String, String>>,
-}
-
-impl ImageConfig {
-    /// The labels, with the manifest's annotations filling in keys the labels lack.
-    pub fn labels(&self) -> HashMap<String, String> {
-        self.config.labels.clone().unwrap_or_default()
-    }
-}
-
 /// A reference resolved to what runs.
 #[derive(Debug, Clone)]
 pub struct Resolved {
@@ -276,12 +149,6 @@ pub struct Client {
     http: reqwest::Client,
     opts: ClientOptions,
     tokens: Mutex<HashMap<(String, String), String>>,
-}
-
-#[derive(Debug, Clone)]
-enum Credential {
-    Basic(String, String),
-    IdentityToken(String),
 }
 
 impl Client {
@@ -329,146 +196,6 @@ impl Client {
         format!("{}://{api_host}", if insecure { "http" } else { "https" })
     }
 
-    fn config_path(&self) -> PathBuf {
-        if let Some(p) = &self.opts.docker_config {
-            return p.clone();
-        }
-        if let Some(d) = std::env::var_os("DOCKER_CONFIG").filter(|v| !v.is_empty()) {
-            return PathBuf::from(d).join("config.json");
-        }
-        let home = std::env::var_os("HOME").unwrap_or_default();
-        PathBuf::from(home).join(".docker/config.json")
-    }
-
-    /// Credentials for `registry` from the Docker config: `credHelpers`, then `auths`, then
-    /// `credsStore`.
-    fn credential(&self, registry: &str) -> Option<Credential> {
-        let text = std::fs::read_to_string(self.config_path()).ok()?;
-        let cfg: DockerConfig = serde_json::from_str(&text).ok()?;
-        let keys: Vec<&str> = if registry == "docker.io" {
-            vec![
-                "https://index.docker.io/v1/",
-                "docker.io",
-                "index.docker.io",
-                "registry-1.docker.io",
-            ]
-        } else {
-            vec![registry]
-        };
-        let normalize = |k: &str| {
-            let k = k
-                .trim_start_matches("https://")
-                .trim_start_matches("http://");
-            k.split('/').next().unwrap_or(k).to_string()
-        };
-        for key in &keys {
-            if let Some(helper) = cfg.cred_helpers.get(*key)
-                && let Some(c) = run_helper(helper, key)
-            {
-                return Some(c);
-            }
-        }
-        for (k, entry) in &cfg.auths {
-            if keys
-                .iter()
-                .any(|key| *k == *key || normalize(k) == normalize(key))
-            {
-                if let Some(t) = entry.identitytoken.clone().filter(|t| !t.is_empty()) {
-                    return Some(Credential::IdentityToken(t));
-                }
-                if let (Some(u), Some(p)) = (&entry.username, &entry.password) {
-                    return Some(Credential::Basic(u.clone(), p.clone()));
-                }
-                if let Some(auth) = &entry.auth {
-                    let raw = base64::engine::general_purpose::STANDARD
-                        .decode(auth)
-                        .ok()?;
-                    let raw = String::from_utf8(raw).ok()?;
-                    let (u, p) = raw.split_once(':')?;
-                    return Some(Credential::Basic(u.into(), p.into()));
-                }
-            }
-        }
-        if let Some(store) = &cfg.creds_store {
-            return run_helper(store, keys[0]);
-        }
-        None
-    }
-
-    /// Send a request with auth: anonymous first; on 401, Basic or a Bearer token as the
-    /// `WWW-Authenticate` challenge asks, then once more. `scope` (`repository:NAME:pull`,
-    /// ...) keys the cached authorization and names the access in errors.
-    async fn send(
-        &self,
-        registry: &str,
-        method: Method,
-        url: &str,
-        accept: Option<&str>,
-        scope: &str,
-    ) -> Result<reqwest::Response, RegistryError> {
-        let scope_key = (registry.to_string(), scope.to_string());
-        let build = |auth: Option<String>| {
-            let mut rb = self.http.request(method.clone(), url);
-            if let Some(a) = accept {
-                rb = rb.header(ACCEPT, a);
-            }
-            if let Some(a) = auth {
-                rb = rb.header(AUTHORIZATION, a);
-            }
-            rb
-        };
-        let cached = self.tokens.lock().unwrap().get(&scope_key).cloned();
-        let resp = self.exec(registry, build(cached.clone())).await?;
-        if resp.status() != StatusCode::UNAUTHORIZED {
-            return self.check_auth(registry, resp, scope);
-        }
-        let challenge = resp
-            .headers()
-            .get(WWW_AUTHENTICATE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let cred = self.credential(registry);
-        let auth = if challenge.to_ascii_lowercase().starts_with("bearer") {
-            Some(
-                self.token(registry, &challenge, cred.as_ref(), scope)
-                    .await?,
-            )
-        } else {
-            match &cred {
-                Some(Credential::Basic(u, p)) => Some(format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
-                )),
-                Some(Credential::IdentityToken(t)) => Some(format!("Bearer {t}")),
-                None => None,
-            }
-        };
-        let Some(auth) = auth else {
-            return self.check_auth(registry, resp, scope);
-        };
-        self.tokens.lock().unwrap().insert(scope_key, auth.clone());
-        let resp = self.exec(registry, build(Some(auth))).await?;
-        self.check_auth(registry, resp, scope)
-    }
-
-    fn check_auth(
-        &self,
-        registry: &str,
-        resp: reqwest::Response,
-        what: &str,
-    ) -> Result<reqwest::Response, RegistryError> {
-        if matches!(resp.status().as_u16(), 401 | 403) {
-            return Err(RegistryError::Unauthorized {
-                registry: registry.to_string(),
-                status: resp.status().as_u16(),
-                what: what.to_string(),
-                config: self.config_path().display().to_string(),
-            });
-        }
-        Ok(resp)
-    }
-
     async fn exec(
         &self,
         registry: &str,
@@ -478,79 +205,6 @@ impl Client {
             registry: registry.to_string(),
             reason: error_chain(&e),
         })
-    }
-
-    /// Fetch a Bearer token for a `WWW-Authenticate: Bearer realm=...,service=...,scope=...`
-    /// challenge, with Basic credentials when we have them.
-    async fn token(
-        &self,
-        registry: &str,
-        challenge: &str,
-        cred: Option<&Credential>,
-        what: &str,
-    ) -> Result<String, RegistryError> {
-        let params = parse_challenge(challenge);
-        let realm = params.get("realm").ok_or_else(|| RegistryError::Failed {
-            registry: registry.into(),
-            what: what.into(),
-            detail: format!("a Bearer challenge without realm: {challenge}"),
-        })?;
-        let mut url = url::Url::parse(realm).map_err(|e| RegistryError::Failed {
-            registry: registry.into(),
-            what: what.into(),
-            detail: format!("bad token realm {realm:?}: {e}"),
-        })?;
-        {
-            let mut q = url.query_pairs_mut();
-            if let Some(s) = params.get("service") {
-                q.append_pair("service", s);
-            }
-            if let Some(s) = params.get("scope") {
-                q.append_pair("scope", s);
-            }
-        }
-        let mut rb = self.http.get(url.as_str());
-        match cred {
-            Some(Credential::Basic(u, p)) => rb = rb.basic_auth(u, Some(p)),
-            Some(Credential::IdentityToken(t)) => {
-                // OAuth2 refresh-token flow for identity tokens.
-                rb = self.http.post(url.as_str()).form_like(&[
-                    ("grant_type", "refresh_token"),
-                    ("refresh_token", t),
-                    ("service", params.get("service").map_or("", |s| s)),
-                    ("scope", params.get("scope").map_or("", |s| s)),
-                    ("client_id", "imagetrail"),
-                ]);
-            }
-            None => {}
-        }
-        let resp = self.exec(registry, rb).await?;
-        if !resp.status().is_success() {
-            return Err(RegistryError::Unauthorized {
-                registry: registry.to_string(),
-                status: resp.status().as_u16(),
-                what: format!("a token for {what}"),
-                config: self.config_path().display().to_string(),
-            });
-        }
-        #[derive(Deserialize)]
-        struct Token {
-            token: Option<String>,
-            access_token: Option<String>,
-        }
-        let t: Token = resp.json().await.map_err(|e| RegistryError::Failed {
-            registry: registry.into(),
-            what: format!("a token for {what}"),
-            detail: e.to_string(),
-        })?;
-        t.token
-            .or(t.access_token)
-            .map(|t| format!("Bearer {t}"))
-            .ok_or_else(|| RegistryError::Failed {
-                registry: registry.into(),
-                what: format!("a token for {what}"),
-                detail: "the token answer has neither token nor access_token".into(),
-            })
     }
 
     async fn fail(registry: &str, what: &str, resp: reqwest::Response) -> RegistryError {
@@ -632,19 +286,7 @@ impl Client {
                 detail: format!("the manifest's content hashes to {digest}, not {reference}"),
             });
         }
-        let mut m = Manifest {
-            digest,
-            media_type,
-            bytes: bytes.to_vec(),
-        };
-        if let Ok(IndexJson {
-            media_type: Some(mt),
-            ..
-        }) = m.json::<IndexJson>()
-        {
-            m.media_type = mt;
-        }
-        Ok(Some(m))
+        Ok(Some(Manifest::new(digest, media_type, bytes.to_vec())))
     }
 
     /// GET a manifest, an unknown one being [`RegistryError::ManifestUnknown`].
@@ -862,69 +504,6 @@ impl Client {
     }
 }
 
-/// Form-encoded body without reqwest's `form` feature.
-trait FormLike {
-    fn form_like(self, pairs: &[(&str, &str)]) -> Self;
-}
-
-impl FormLike for reqwest::RequestBuilder {
-    fn form_like(self, pairs: &[(&str, &str)]) -> Self {
-        let body = url::form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(pairs)
-            .finish();
-        self.header("content-type", "application/x-www-form-urlencoded")
-            .body(body)
-    }
-}
-
-#[derive(Deserialize, Default)]
-struct DockerConfig {
-    #[serde(default)]
-    auths: HashMap<String, AuthEntry>,
-    #[serde(rename = "credsStore")]
-    creds_store: Option<String>,
-    #[serde(rename = "credHelpers", default)]
-    cred_helpers: HashMap<String, String>,
-}
-
-#[derive(Deserialize, Default)]
-struct AuthEntry {
-    auth: Option<String>,
-    username: Option<String>,
-    password: Option<String>,
-    identitytoken: Option<String>,
-}
-
-/// `docker-credential-<helper> get` with the server on stdin.
-fn run_helper(helper: &str, server: &str) -> Option<Credential> {
-    use std::io::Write;
-    let mut child = std::process::Command::new(format!("docker-credential-{helper}"))
-        .arg("get")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .ok()?;
-    child.stdin.take()?.write_all(server.as_bytes()).ok()?;
-    let out = child.wait_with_output().ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    #[derive(Deserialize)]
-    struct HelperAnswer {
-        #[serde(rename = "Username")]
-        username: String,
-        #[serde(rename = "Secret")]
-        secret: String,
-    }
-    let a: HelperAnswer = serde_json::from_slice(&out.stdout).ok()?;
-    if a.username == "<token>" {
-        Some(Credential::IdentityToken(a.secret))
-    } else {
-        Some(Credential::Basic(a.username, a.secret))
-    }
-}
-
 fn header(h: &HeaderMap, name: &str) -> Option<String> {
     h.get(name)
         .and_then(|v| v.to_str().ok())
@@ -947,42 +526,6 @@ fn next_link(h: &HeaderMap, base: &str) -> Option<String> {
         }
     }
     None
-}
-
-/// `Bearer realm="x",service="y",scope="z"` → map.
-fn parse_challenge(c: &str) -> HashMap<String, String> {
-    let rest = c.split_once(' ').map_or("", |(_, r)| r);
-    let mut out = HashMap::new();
-    let mut chars = rest.chars().peekable();
-    loop {
-        let key: String = chars
-            .by_ref()
-            .skip_while(|c| *c == ',' || c.is_whitespace())
-            .take_while(|c| *c != '=')
-            .collect();
-        if key.is_empty() {
-            break;
-        }
-        let mut value = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            for c in chars.by_ref() {
-                if c == '"' {
-                    break;
-                }
-                value.push(c);
-            }
-        } else {
-            for c in chars.by_ref() {
-                if c == ',' {
-                    break;
-                }
-                value.push(c);
-            }
-        }
-        out.insert(key.trim().to_ascii_lowercase(), value);
-    }
-    out
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -1037,15 +580,5 @@ mod tests {
         assert_eq!(c.base("localhost:5000"), "http://localhost:5000");
         assert_eq!(c.base("build.internal:5000"), "http://build.internal:5000");
         assert_eq!(c.base("build.internal:5001"), "https://build.internal:5001");
-    }
-
-    #[test]
-    fn parses_bearer_challenges() {
-        let m = parse_challenge(
-            r#"Bearer realm="https://auth.example/token",service="reg",scope="repository:a/b:pull,push""#,
-        );
-        assert_eq!(m["realm"], "https://auth.example/token");
-        assert_eq!(m["service"], "reg");
-        assert_eq!(m["scope"], "repository:a/b:pull,push");
     }
 }

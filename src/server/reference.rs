@@ -59,7 +59,9 @@ impl PinnedRef {
         let Some(digest) = parsed.digest.clone() else {
             // Suggest the name as the user wrote it, without its tag.
             let given = match &parsed.tag {
-                Some(t) => url.strip_suffix(t.as_str()).and_then(|u| u.strip_suffix(':')),
+                Some(t) => url
+                    .strip_suffix(t.as_str())
+                    .and_then(|u| u.strip_suffix(':')),
                 None => Some(url),
             };
             let name = given.map_or_else(|| parsed.repo(), str::to_string);
