@@ -6,17 +6,23 @@
 //!   images): [`scan`] lists the targets under `/scanin`, reads each one's labels through
 //!   [`engine`] (Docker or Podman socket, read-only), checks them with [`labels`], registers
 //!   them through [`analytics`] and writes the three result files.
-//! * **The deploy pipeline CLI**: [`track::deploy`] resolves a tag to a digest through
-//!   [`registry`] and writes the records kept by [`records`] (`deploy-info.yml`,
+//! * **The deploy pipeline CLI** ([`track`]): [`track::deploy`] resolves a tag to a digest
+//!   through [`registry`] and writes the records kept by [`records`] (`deploy-info.yml`,
 //!   `deploy-history.yml`); [`track::query`] answers `status`, `history`, `at`, `compare` and
-//!   `where` from them; [`track::overview`] shows a registry with the deployed digests marked and prunes it safely.
+//!   `where` from them; [`track::overview`] shows a registry with the deployed digests marked
+//!   and prunes it safely.
 //! * **The server** (`imagetrail serve`): [`server`] takes the analytics callbacks, the
 //!   Atomist-compatible deployments API and Kubernetes admission reviews, and stores through
 //!   [`records`], never in a format of its own.
 //!
-//! Around them: [`cli`] (every flag and its `IMAGETRAIL_*` variable), [`exit`] (exit codes as
-//! a type), [`error`] (the error kinds callers branch on), [`logging`] (stderr only) and
-//! [`terminal`] (untrusted text made safe for a terminal).
+//! Layers, every arrow pointing down: the front-ends ([`scan`], [`track`], [`server`]) use the
+//! store ([`records`]) and the clients ([`registry`], [`engine`], [`analytics`], [`labels`]);
+//! those use only the value types: [`reference`](mod@reference) (image references, digests, platforms and
+//! registry hosts, parsed and normalised once), [`output`] (tables, times, stored text escaped
+//! and cut for a terminal), [`terminal`] (untrusted text made safe), [`error`] (the error kinds
+//! callers branch on) and [`exit`] (exit codes as a type). [`cli`] holds every flag and its
+//! `IMAGETRAIL_*` variable; [`logging`] writes to stderr only. `records` imports nothing from
+//! a front-end or a client.
 
 pub mod analytics;
 pub mod cli;

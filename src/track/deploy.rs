@@ -104,7 +104,7 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
     // Check the names before any network call, so a bad --env fails fast and writes nothing.
     store.info_path(&args.env, &app).map_err(usage_if_name)?;
     let deployed_at = match &args.deployed_at {
-        Some(t) => crate::track::query::parse_time(t).map_err(Error::Usage)?,
+        Some(t) => crate::output::parse_time(t).map_err(Error::Usage)?,
         None => now_secs(),
     };
     let by = args
@@ -203,7 +203,7 @@ fn print_deployed(d: &Deployment) {
             .as_deref()
             .map(|t| format!(":{}", sanitize(t)))
             .unwrap_or_default(),
-        crate::track::query::where_label(&d.deployment.workspace, &d.app),
+        crate::output::where_label(&d.deployment.workspace, &d.app),
         i.digest,
         i.platform,
     );

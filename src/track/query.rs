@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Local, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, Local};
 
 use crate::cli::{AtArgs, CompareArgs, Format, HistoryArgs, QueryArgs, WhereArgs};
 use crate::error::Error;
@@ -17,70 +17,8 @@ use crate::records::{Deployment, Store, TornTail};
 use crate::registry::Reference;
 use crate::track::deploy::usage_if_name;
 
-/// Parse a point in time: RFC 3339 (`2026-01-25T05:00:00Z`, any offset), or a local time
-/// `YYYY-MM-DD HH:MM[:SS]` (also with `T`), a date `YYYY-MM-DD` (local midnight), or
-/// `today`/`yesterday` with an optional `HH:MM` ("yesterday 05:00", local).
-pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
-    parse_time_from(s, Local::now().date_naive())
-}
-
-/// [`parse_time`] with "today" given, so the relative forms are testable.
-pub fn parse_time_from(s: &str, today: NaiveDate) -> Result<DateTime<Utc>, String> {
-    let s = s.trim();
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Ok(t.with_timezone(&Utc));
-    }
-    let local = |n: NaiveDateTime| {
-        Local
-            .from_local_datetime(&n)
-            .earliest()
-            .map(|t| t.with_timezone(&Utc))
-            .ok_or_else(|| format!("{s:?} does not exist in the local time zone (a DST gap)"))
-    };
-    for f in [
-        "%Y-%m-%d %H:%M:%S",
-        "%Y-%m-%d %H:%M",
-        "%Y-%m-%dT%H:%M:%S",
-        "%Y-%m-%dT%H:%M",
-    ] {
-        if let Ok(n) = NaiveDateTime::parse_from_str(s, f) {
-            return local(n);
-        }
-    }
-    if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        return local(d.and_hms_opt(0, 0, 0).expect("midnight exists"));
-    }
-    let lower = s.to_ascii_lowercase();
-    let (day, rest) = if let Some(r) = lower.strip_prefix("yesterday") {
-        (today.pred_opt(), r)
-    } else if let Some(r) = lower.strip_prefix("today") {
-        (Some(today), r)
-    } else {
-        (None, "")
-    };
-    if let Some(day) = day {
-        let rest = rest.trim().trim_start_matches("at ").trim();
-        let time = if rest.is_empty() {
-            Some(chrono::NaiveTime::MIN)
-        } else {
-            chrono::NaiveTime::parse_from_str(rest, "%H:%M:%S")
-                .or_else(|_| chrono::NaiveTime::parse_from_str(rest, "%H:%M"))
-                .ok()
-        };
-        if let Some(time) = time {
-            return local(day.and_time(time));
-        }
-    }
-    Err(format!(
-        "cannot read the time {s:?}: use RFC 3339 (2026-01-25T05:00:00Z), a local time \
-         such as \"2026-01-25 05:00\", or \"yesterday 05:00\""
-    ))
-}
-
-/// `app in env`, sanitised.
-pub fn where_label(env: &str, app: &str) -> String {
-    format!("{} in {}", value(app), value(env))
-}
+// Times are parsed and shown by `crate::output`; re-exported for callers of the old path.
+pub use crate::output::{parse_time, parse_time_from, where_label};
 
 fn warn_torn(t: &TornTail) {
     eprintln!("imagetrail: warning: {t}");
@@ -557,53 +495,4 @@ pub fn where_(args: WhereArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::Success
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_absolute_local_and_relative_times() {
-        let today = NaiveDate::from_ymd_opt(2026, 1, 26).unwrap();
-        let local = |y, m, d, h, mi| {
-            Local
-                .from_local_datetime(
-                    &NaiveDate::from_ymd_opt(y, m, d)
-                        .unwrap()
-                        .and_hms_opt(h, mi, 0)
-                        .unwrap(),
-                )
-                .earliest()
-                .unwrap()
-                .with_timezone(&Utc)
-        };
-        assert_eq!(
-            parse_time_from("2026-01-25T05:00:00+01:00", today).unwrap(),
-            Utc.with_ymd_and_hms(2026, 1, 25, 4, 0, 0).unwrap()
-        );
-        assert_eq!(
-            parse_time_from("2026-01-25 05:00", today).unwrap(),
-            local(2026, 1, 25, 5, 0)
-        );
-        assert_eq!(
-            parse_time_from("yesterday 05:00", today).unwrap(),
-            local(2026, 1, 25, 5, 0)
-        );
-        assert_eq!(
-            parse_time_from("Yesterday at 05:00", today).unwrap(),
-            local(2026, 1, 25, 5, 0)
-        );
-        assert_eq!(
-            parse_time_from("today", today).unwrap(),
-            local(2026, 1, 26, 0, 0)
-        );
-        assert_eq!(
-            parse_time_from("2026-01-25", today).unwrap(),
-            local(2026, 1, 25, 0, 0)
-        );
-        let err = parse_time_from("last tuesday", today).unwrap_err();
-        assert!(err.contains("\"yesterday 05:00\""), "{err}");
-        assert!(parse_time_from("yesterday 25:00", today).is_err());
-    }
 }
