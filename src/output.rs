@@ -41,6 +41,10 @@ pub fn value(text: &str) -> String {
 /// display shown as an escape, cut to `max_chars` characters of output (escapes count) with a
 /// final `…` when cut.
 pub fn escape(text: &str, max_chars: usize) -> String {
+    // Fast path: short printable ASCII, which nearly every stored value is.
+    if text.len() <= max_chars && text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return text.to_string();
+    }
     let width = |c: char| if hidden(c) { escaped_len(c) } else { 1 };
     // Room for the `…` only when the whole text does not fit.
     let mut total = 0usize;
@@ -205,16 +209,28 @@ pub fn short_digest(digest: &str) -> String {
 /// A table: a header and rows of cells already made safe ([`cell`]), columns two spaces apart,
 /// the last column unpadded. Written to stdout; a closed pipe ends it quietly.
 pub fn print_table<const N: usize>(head: [&str; N], rows: &[[String; N]]) {
-    let mut out = std::io::stdout().lock();
-    for line in table_lines(head, rows) {
+    let w = widths(head, rows);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let lines = std::iter::once(row(&w, head.iter().copied()))
+        .chain(rows.iter().map(|r| row(&w, r.iter().map(String::as_str))));
+    for line in lines {
         if writeln!(out, "{line}").is_err() {
             return;
         }
     }
+    let _ = out.flush();
 }
 
 /// The lines [`print_table`] prints.
 pub fn table_lines<const N: usize>(head: [&str; N], rows: &[[String; N]]) -> Vec<String> {
+    let w = widths(head, rows);
+    std::iter::once(row(&w, head.iter().copied()))
+        .chain(rows.iter().map(|r| row(&w, r.iter().map(String::as_str))))
+        .collect()
+}
+
+/// Each column's width in characters: its widest cell or heading.
+fn widths<const N: usize>(head: [&str; N], rows: &[[String; N]]) -> [usize; N] {
     let mut w = [0usize; N];
     for (i, h) in head.iter().enumerate() {
         w[i] = h.chars().count();
@@ -224,23 +240,20 @@ pub fn table_lines<const N: usize>(head: [&str; N], rows: &[[String; N]]) -> Vec
             w[i] = w[i].max(c.chars().count());
         }
     }
-    let line = |cells: &mut dyn Iterator<Item = &str>| {
-        let mut s = String::new();
-        for (i, c) in cells.enumerate() {
-            s.push_str(c);
-            if i + 1 < N {
-                pad(&mut s, w[i].saturating_sub(c.chars().count()) + 2);
-            }
+    w
+}
+
+/// One line of a table with columns `w` wide.
+fn row<'a>(w: &[usize], cells: impl Iterator<Item = &'a str>) -> String {
+    let mut s = String::new();
+    for (i, c) in cells.enumerate() {
+        s.push_str(c);
+        if i + 1 < w.len() {
+            pad(&mut s, w[i].saturating_sub(c.chars().count()) + 2);
         }
-        s.truncate(s.trim_end().len());
-        s
-    };
-    let mut lines = Vec::with_capacity(rows.len() + 1);
-    lines.push(line(&mut head.iter().copied()));
-    for r in rows {
-        lines.push(line(&mut r.iter().map(String::as_str)));
     }
-    lines
+    s.truncate(s.trim_end().len());
+    s
 }
 
 /// `text` padded with spaces to `width` characters (by hand: see the module notes).

@@ -222,6 +222,16 @@ impl fmt::Display for ImageRef {
 /// `docker.io/library/nginx`, `Registry.Example.com/a` becomes `registry.example.com/a`.
 /// Anything that is not a repository name is returned unchanged (readers never fail on it).
 pub fn normalize_repo(repo: &str) -> String {
+    // Fast path for what every writer of this version stores: already `host/path`, lower-case.
+    if let Some((first, rest)) = repo.split_once('/')
+        && (first.contains(['.', ':']) || first == "localhost")
+        && !rest.contains([':', '@'])
+        && !repo.bytes().any(|b| b.is_ascii_uppercase())
+        && !matches!(first, "index.docker.io" | "registry-1.docker.io")
+        && (first != DEFAULT_HOST || rest.contains('/'))
+    {
+        return repo.to_string();
+    }
     match ImageRef::parse(repo) {
         Ok(r) if r.tag.is_none() && r.digest.is_none() => r.repo(),
         _ => repo.to_string(),
@@ -529,6 +539,12 @@ mod tests {
         );
         assert_eq!(normalize_repo("Reg.IO/a"), "reg.io/a");
         assert_eq!(normalize_repo("not a repo"), "not a repo");
+        assert_eq!(normalize_repo("docker.io/nginx"), "docker.io/library/nginx");
+        assert_eq!(normalize_repo("index.docker.io/team/a"), "docker.io/team/a");
+        assert_eq!(
+            normalize_repo("127.0.0.1:5000/team/a"),
+            "127.0.0.1:5000/team/a"
+        );
     }
 
     #[test]
