@@ -271,11 +271,8 @@ fn is_email(text: &str) -> bool {
 
 /// `algorithm:hex`, e.g. `sha256:` and 64 hex digits.
 fn is_digest(text: &str) -> bool {
-    match text.split_once(':') {
-        Some(("sha256", hex)) => hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
-        Some(("sha512", hex)) => hex.len() == 128 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
-        _ => false,
-    }
+    // The one digest check, the same answer as `deploy` and the server give.
+    crate::reference::Digest::is_valid(text)
 }
 
 #[cfg(test)]

@@ -6,32 +6,39 @@
 //!   images): [`scan`] lists the targets under `/scanin`, reads each one's labels through
 //!   [`engine`] (Docker or Podman socket, read-only), checks them with [`labels`], registers
 //!   them through [`analytics`] and writes the three result files.
-//! * **The deploy pipeline CLI**: [`deploy`] resolves a tag to a digest through [`registry`]
-//!   and writes the records kept by [`records`] (`deploy-info.yml`, `deploy-history.yml`);
-//!   [`records`] also answers `status`, `history`, `at`, `compare` and `where`; [`overview`]
-//!   shows a registry with the deployed digests marked and prunes it safely.
+//! * **The deploy pipeline CLI** ([`track`]): [`track::deploy`] resolves a tag to a digest
+//!   through [`registry`] and writes the records kept by [`records`] (`deploy-info.yml`,
+//!   `deploy-history.yml`); [`track::query`] answers `status`, `history`, `at`, `compare` and
+//!   `where` from them; [`track::overview`] shows a registry with the deployed digests marked
+//!   and prunes it safely.
 //! * **The server** (`imagetrail serve`): [`server`] takes the analytics callbacks, the
 //!   Atomist-compatible deployments API and Kubernetes admission reviews, and stores through
 //!   [`records`], never in a format of its own.
 //!
-//! Around them: [`cli`] (every flag and its `IMAGETRAIL_*` variable), [`exit`] (exit codes as
-//! a type), [`error`] (the error kinds callers branch on), [`logging`] (stderr only) and
-//! [`terminal`] (untrusted text made safe for a terminal).
+//! Layers, every arrow pointing down: the front-ends ([`scan`], [`track`], [`server`]) use the
+//! store ([`records`]) and the clients ([`registry`], [`engine`], [`analytics`], [`labels`]);
+//! those use only the value types: [`reference`](mod@reference) (image references, digests, platforms and
+//! registry hosts, parsed and normalised once), [`output`] (tables, times, stored text escaped
+//! and cut for a terminal), [`terminal`] (untrusted text made safe), [`error`] (the error kinds
+//! callers branch on) and [`exit`] (exit codes as a type). [`cli`] holds every flag and its
+//! `IMAGETRAIL_*` variable; [`logging`] writes to stderr only. `records` imports nothing from
+//! a front-end or a client.
 
 pub mod analytics;
 pub mod cli;
-pub mod deploy;
 pub mod engine;
 pub mod error;
 pub mod exit;
 pub mod labels;
 pub mod logging;
-pub mod overview;
+pub mod output;
 pub mod records;
+pub mod reference;
 pub mod registry;
 pub mod scan;
 pub mod server;
 pub mod terminal;
+pub mod track;
 
 use cli::{Cli, Command, ImagesCommand, RegistryCommand, ScanType};
 use exit::ExitCode;
@@ -46,15 +53,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Scan(args) => scan::run_scan(args).await,
             Command::Register(args) => scan::run_images(args, ScanType::Register).await,
             Command::Verify(args) => scan::run_images(args, ScanType::Verify).await,
-            Command::Deploy(args) => deploy::run(args).await,
-            Command::Status(args) => records::query::status(args),
-            Command::History(args) => records::query::history(args),
-            Command::At(args) => records::query::at(args),
-            Command::Compare(args) => records::query::compare(args).await,
-            Command::Where(args) => records::query::where_(args),
-            Command::Registry(RegistryCommand::Overview(args)) => overview::registry(args).await,
-            Command::Registry(RegistryCommand::Prune(args)) => overview::prune(args).await,
-            Command::Images(ImagesCommand::Overview(args)) => overview::images(args).await,
+            Command::Deploy(args) => track::deploy::run(args).await,
+            Command::Status(args) => track::query::status(args),
+            Command::History(args) => track::query::history(args),
+            Command::At(args) => track::query::at(args),
+            Command::Compare(args) => track::query::compare(args).await,
+            Command::Where(args) => track::query::where_(args),
+            Command::Registry(RegistryCommand::Overview(args)) => {
+                track::overview::registry(args).await
+            }
+            Command::Registry(RegistryCommand::Prune(args)) => track::overview::prune(args).await,
+            Command::Images(ImagesCommand::Overview(args)) => track::overview::images(args).await,
             Command::Serve(args) => server::serve(args).await,
         }
     })

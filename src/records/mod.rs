@@ -13,7 +13,6 @@ mod current;
 mod history;
 mod info;
 mod names;
-pub mod query;
 mod yaml;
 
 use std::fs::File;
@@ -111,32 +110,15 @@ pub struct Recorded {
     pub moved_torn_tail: Option<TornTail>,
 }
 
-/// A platform as in an OCI image index.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Platform {
-    /// e.g. `linux`.
-    pub os: String,
-    /// e.g. `amd64`.
-    pub architecture: String,
-    /// e.g. `v8`, when the architecture has variants.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<String>,
-}
-
-impl Default for Platform {
-    fn default() -> Self {
-        Platform {
-            os: "linux".into(),
-            architecture: "amd64".into(),
-            variant: None,
-        }
-    }
-}
+pub use crate::reference::Platform;
 
 /// The image part of a record: identity and build-time metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageRecord {
-    /// Registry host and repository path, e.g. `registry.example.com/team/hello`.
+    /// Registry host and repository path, e.g. `registry.example.com/team/hello`, normalised
+    /// when read ([`crate::reference::normalize_repo`]) so that records written in the short
+    /// form (`nginx`) compare equal to the full one (`docker.io/library/nginx`).
+    #[serde(deserialize_with = "normalised_repo")]
     pub repo: String,
     /// The tag the deployer named (informational: tags move).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -448,6 +430,11 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RecordsError + '_ {
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// Read a stored repository in its normalised form.
+fn normalised_repo<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    String::deserialize(d).map(|r| crate::reference::normalize_repo(&r))
 }
 
 fn to_deployment(app: &str, e: yaml::HistoryEntry) -> Deployment {

@@ -257,7 +257,10 @@ async fn deploy(ctx: &Context<'_>, out: &mut Outcome) {
         .unwrap_or_default();
     let Some(url) = digests
         .iter()
-        .find(|d| d.split_once('@').is_some_and(|(r, _)| r == name_repo))
+        .find(|d| {
+            d.split_once('@')
+                .is_some_and(|(r, _)| crate::reference::same_repository(r, &name_repo))
+        })
         .or_else(|| digests.first())
         .cloned()
     else {

@@ -1,9 +1,11 @@
 //! Image references pinned by digest: `host/repository[:tag]@sha256:<64 hex>`. Tags move, so
-//! the deployments API and the admission webhook in enforce mode take nothing else.
+//! the deployments API and the admission webhook in enforce mode take nothing else. Parsing is
+//! [`crate::reference`]'s, the same grammar and digest check as the CLI's.
 
 use thiserror::Error;
 
 use crate::records::{ImageRecord, Platform};
+use crate::reference::{ImageRef, ReferenceError as GrammarError};
 
 /// Why a reference is not usable as a pinned image.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -21,52 +23,55 @@ pub enum ReferenceError {
         "image {0:?} has a malformed digest: expected sha256: and 64 lower-case hex digits (or sha512: and 128)"
     )]
     BadDigest(String),
-    /// The repository part is not a repository name.
-    #[error("image {0:?} has no valid repository name before the digest")]
-    BadRepository(String),
+    /// The repository or tag part breaks the reference grammar.
+    #[error("image {0:?} is not a valid image reference: {1}")]
+    BadRepository(String, String),
 }
 
 /// An image reference pinned by digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PinnedRef {
-    /// Registry host (when given) and repository path, e.g. `gcr.io/team/app`.
+    /// Normalised registry host and repository path, e.g. `gcr.io/team/app`,
+    /// `docker.io/library/nginx`.
     pub repo: String,
     /// The tag given beside the digest, informational.
     pub tag: Option<String>,
-    /// `sha256:...`.
+    /// `sha256:...` or `sha512:...`.
     pub digest: String,
+    /// The default app name, see [`PinnedRef::path`].
+    familiar: String,
 }
 
 impl PinnedRef {
-    /// Parse `url`, refusing anything not pinned by a well-formed digest.
+    /// Parse `url` by the one reference grammar ([`ImageRef`]), refusing anything not pinned
+    /// by a well-formed digest. The repository is stored normalised (`nginx@…` is
+    /// `docker.io/library/nginx`), as `imagetrail deploy` stores it.
     pub fn parse(url: &str) -> Result<PinnedRef, ReferenceError> {
         let url = url.trim();
         if url.is_empty() {
             return Err(ReferenceError::Empty);
         }
-        let Some((name, digest)) = url.split_once('@') else {
-            let (repo, _) = split_tag(url);
-            return Err(ReferenceError::NotPinned(url.to_string(), repo.to_string()));
+        let parsed = ImageRef::parse(url).map_err(|e| match e {
+            GrammarError::Empty => ReferenceError::Empty,
+            GrammarError::BadDigest(_) => ReferenceError::BadDigest(url.to_string()),
+            other => ReferenceError::BadRepository(url.to_string(), other.to_string()),
+        })?;
+        let Some(digest) = parsed.digest.clone() else {
+            // Suggest the name as the user wrote it, without its tag.
+            let given = match &parsed.tag {
+                Some(t) => url
+                    .strip_suffix(t.as_str())
+                    .and_then(|u| u.strip_suffix(':')),
+                None => Some(url),
+            };
+            let name = given.map_or_else(|| parsed.repo(), str::to_string);
+            return Err(ReferenceError::NotPinned(url.to_string(), name));
         };
-        if !valid_digest(digest) {
-            return Err(ReferenceError::BadDigest(url.to_string()));
-        }
-        let (repo, tag) = split_tag(name);
-        let repo_ok = !repo.is_empty()
-            && repo.split('/').all(|c| {
-                !c.is_empty()
-                    && c != "."
-                    && c != ".."
-                    && c.chars()
-                        .all(|ch| ch.is_ascii_alphanumeric() || "._-:".contains(ch))
-            });
-        if !repo_ok || tag.is_some_and(|t| t.is_empty()) {
-            return Err(ReferenceError::BadRepository(url.to_string()));
-        }
         Ok(PinnedRef {
-            repo: repo.to_string(),
-            tag: tag.map(str::to_string),
-            digest: digest.to_string(),
+            repo: parsed.repo(),
+            tag: parsed.tag.clone(),
+            digest,
+            familiar: parsed.familiar_path().to_string(),
         })
     }
 
@@ -87,38 +92,10 @@ impl PinnedRef {
         }
     }
 
-    /// The repository path without the registry host: the default app name.
+    /// The default app name: the familiar path, without the registry host and, on Docker
+    /// Hub, without `library/` (`nginx`, `team/app`), the same rule as `imagetrail deploy`.
     pub fn path(&self) -> &str {
-        match self.repo.split_once('/') {
-            Some((first, rest))
-                if first.contains('.') || first.contains(':') || first == "localhost" =>
-            {
-                rest
-            }
-            _ => &self.repo,
-        }
-    }
-}
-
-/// `repo:tag` → (`repo`, Some(`tag`)); a `:` before the last `/` is a host port, not a tag.
-fn split_tag(name: &str) -> (&str, Option<&str>) {
-    let last_slash = name.rfind('/').map_or(0, |i| i + 1);
-    match name[last_slash..].rfind(':') {
-        Some(i) => (&name[..last_slash + i], Some(&name[last_slash + i + 1..])),
-        None => (name, None),
-    }
-}
-
-fn valid_digest(digest: &str) -> bool {
-    let hex_len = |h: &str, n: usize| {
-        h.len() == n
-            && h.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    match digest.split_once(':') {
-        Some(("sha256", h)) => hex_len(h, 64),
-        Some(("sha512", h)) => hex_len(h, 128),
-        _ => false,
+        &self.familiar
     }
 }
 
@@ -130,7 +107,7 @@ mod tests {
 
     #[test]
     fn pinned_forms() {
-        let r = PinnedRef::parse(&format!("gcr.io/atomist/bot-service@{D}")).unwrap();
+        let r = PinnedRef::parse(&format!("GCR.io/atomist/bot-service@{D}")).unwrap();
         assert_eq!(r.repo, "gcr.io/atomist/bot-service");
         assert_eq!(r.path(), "atomist/bot-service");
         assert_eq!(r.tag, None);
@@ -139,10 +116,13 @@ mod tests {
             (r.repo.as_str(), r.tag.as_deref(), r.path()),
             ("localhost:5000/app", Some("1.2"), "app")
         );
+        let n = PinnedRef::parse(&format!("nginx@{D}")).unwrap();
         assert_eq!(
-            PinnedRef::parse(&format!("nginx@{D}")).unwrap().path(),
-            "nginx"
+            (n.repo.as_str(), n.path()),
+            ("docker.io/library/nginx", "nginx")
         );
+        let s = PinnedRef::parse(&format!("a@sha512:{}", "0f".repeat(64))).unwrap();
+        assert_eq!(s.digest.len(), "sha512:".len() + 128);
     }
 
     #[test]
@@ -152,12 +132,16 @@ mod tests {
             Err(ReferenceError::NotPinned(_, repo)) if repo == "localhost:5000/app"
         ));
         assert!(matches!(
+            PinnedRef::parse(&format!("Registry.io/Team/app@{D}")),
+            Err(ReferenceError::BadRepository(..))
+        ));
+        assert!(matches!(
             PinnedRef::parse("app@sha256:abc"),
             Err(ReferenceError::BadDigest(_))
         ));
         assert!(matches!(
             PinnedRef::parse(&format!("../x@{D}")),
-            Err(ReferenceError::BadRepository(_))
+            Err(ReferenceError::BadRepository(..))
         ));
         assert_eq!(PinnedRef::parse(" "), Err(ReferenceError::Empty));
     }

@@ -494,7 +494,7 @@ fn bad_references_and_registries_are_refused_before_anything_is_written() {
     check(
         &["--image", &format!("{}/{repo}@sha256:abc", reg.addr)],
         2,
-        "the digest must be sha256:<64 lower-case hex>",
+        "is malformed: use sha256: and 64 lower-case hex digits",
     );
     let down = format!("127.0.0.1:{}", crate::support::registry::free_port());
     check(

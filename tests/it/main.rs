@@ -4,6 +4,7 @@
 
 mod deploy;
 mod image;
+mod reference;
 mod registry;
 mod registry_access;
 mod scan;
@@ -14,4 +15,5 @@ mod server_crash;
 mod server_pipeline;
 mod server_scanner;
 mod support;
+mod tables;
 mod throughput;

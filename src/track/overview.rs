@@ -15,7 +15,8 @@ use crate::error::Error;
 use crate::exit::ExitCode;
 use crate::records::{Deployment, ImageRecord, Platform, Store};
 use crate::registry::{Client, Reference, RegistryError};
-use crate::terminal::{sanitize, sanitize_or_dash};
+// Every value printed here is a table cell: escaped and cut (see `crate::output`).
+use crate::output::{cell as sanitize, cell_or_dash as sanitize_or_dash};
 
 /// One tag as the overviews show it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -35,7 +36,8 @@ pub struct TagInfo {
 }
 
 fn repo_ref(repository: &str) -> Result<Reference, Error> {
-    let r = Reference::parse(repository).map_err(|e| Error::Usage(e.to_string()))?;
+    let r =
+        crate::registry::parse_reference(repository).map_err(|e| Error::Usage(e.to_string()))?;
     if r.tag.is_some() || r.digest.is_some() {
         return Err(Error::Usage(format!(
             "{repository} names an image; give the repository alone, e.g. {}",
@@ -79,10 +81,10 @@ pub async fn describe(client: &Client, r: &Reference, tag: &str) -> Result<TagIn
             let mut labels = m.annotations();
             labels.extend(cfg.labels());
             info.created = labels
-                .get(crate::deploy::CREATED)
+                .get(crate::track::deploy::CREATED)
                 .cloned()
                 .or(cfg.created.clone());
-            info.description = labels.get(crate::deploy::DESCRIPTION).cloned();
+            info.description = labels.get(crate::track::deploy::DESCRIPTION).cloned();
         }
     }
     Ok(info)
@@ -115,11 +117,11 @@ async fn tag_infos(client: &Client, r: &Reference) -> Result<Vec<TagInfo>, Regis
 
 /// `imagetrail registry overview`.
 pub async fn registry(args: RegistryOverviewArgs) -> anyhow::Result<ExitCode> {
-    let client = crate::deploy::client(&args.access)?;
+    let client = crate::track::deploy::client(&args.access)?;
     let registry = args.registry.trim_end_matches('/').to_string();
     let mut all = Vec::new();
     for repo in client.catalog(&registry).await? {
-        let r = Reference::parse(&format!("{registry}/{repo}"))?;
+        let r = crate::registry::parse_reference(&format!("{registry}/{repo}"))?;
         let tags = match tag_infos(&client, &r).await {
             Ok(t) => t,
             Err(RegistryError::ManifestUnknown { .. }) => vec![],
@@ -174,7 +176,7 @@ fn deployed(store: &Store, repo: &str, envs: &[String]) -> anyhow::Result<Vec<De
     for env in envs {
         store
             .info_path(&env, "x")
-            .map_err(crate::deploy::usage_if_name)?;
+            .map_err(crate::track::deploy::usage_if_name)?;
         for app in store.apps(&env)? {
             if let Some(mut d) = store.current(&env, &app)?
                 && d.image.repo == repo
@@ -190,7 +192,7 @@ fn deployed(store: &Store, repo: &str, envs: &[String]) -> anyhow::Result<Vec<De
 /// `imagetrail images overview`.
 pub async fn images(args: ImagesOverviewArgs) -> anyhow::Result<ExitCode> {
     let r = repo_ref(&args.repository)?;
-    let client = crate::deploy::client(&args.access)?;
+    let client = crate::track::deploy::client(&args.access)?;
     let store = Store::new(&args.state.state_dir);
     let envs: Vec<String> = args
         .envs
@@ -313,7 +315,7 @@ fn protect_recorded(
 pub async fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
     let r = repo_ref(&args.repository)?;
     let repo = r.repo();
-    let client = crate::deploy::client(&args.access)?;
+    let client = crate::track::deploy::client(&args.access)?;
     let store = Store::new(&args.state.state_dir);
 
     // 1. Every digest any record names. A record that cannot be read stops the prune: we

@@ -7,92 +7,18 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Local, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, Local};
 
-use super::{Deployment, Store, TornTail};
 use crate::cli::{AtArgs, CompareArgs, Format, HistoryArgs, QueryArgs, WhereArgs};
-use crate::deploy::usage_if_name;
 use crate::error::Error;
 use crate::exit::ExitCode;
-use crate::registry::{self, Reference};
-use crate::terminal::sanitize;
+use crate::output::{cell, cell_or_dash, print_json, print_table, time, value};
+use crate::records::{Deployment, Store, TornTail};
+use crate::registry::Reference;
+use crate::track::deploy::usage_if_name;
 
-/// Parse a point in time: RFC 3339 (`2026-01-25T05:00:00Z`, any offset), or a local time
-/// `YYYY-MM-DD HH:MM[:SS]` (also with `T`), a date `YYYY-MM-DD` (local midnight), or
-/// `today`/`yesterday` with an optional `HH:MM` ("yesterday 05:00", local).
-pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
-    parse_time_from(s, Local::now().date_naive())
-}
-
-/// [`parse_time`] with "today" given, so the relative forms are testable.
-pub fn parse_time_from(s: &str, today: NaiveDate) -> Result<DateTime<Utc>, String> {
-    let s = s.trim();
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Ok(t.with_timezone(&Utc));
-    }
-    let local = |n: NaiveDateTime| {
-        Local
-            .from_local_datetime(&n)
-            .earliest()
-            .map(|t| t.with_timezone(&Utc))
-            .ok_or_else(|| format!("{s:?} does not exist in the local time zone (a DST gap)"))
-    };
-    for f in [
-        "%Y-%m-%d %H:%M:%S",
-        "%Y-%m-%d %H:%M",
-        "%Y-%m-%dT%H:%M:%S",
-        "%Y-%m-%dT%H:%M",
-    ] {
-        if let Ok(n) = NaiveDateTime::parse_from_str(s, f) {
-            return local(n);
-        }
-    }
-    if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        return local(d.and_hms_opt(0, 0, 0).expect("midnight exists"));
-    }
-    let lower = s.to_ascii_lowercase();
-    let (day, rest) = if let Some(r) = lower.strip_prefix("yesterday") {
-        (today.pred_opt(), r)
-    } else if let Some(r) = lower.strip_prefix("today") {
-        (Some(today), r)
-    } else {
-        (None, "")
-    };
-    if let Some(day) = day {
-        let rest = rest.trim().trim_start_matches("at ").trim();
-        let time = if rest.is_empty() {
-            Some(chrono::NaiveTime::MIN)
-        } else {
-            chrono::NaiveTime::parse_from_str(rest, "%H:%M:%S")
-                .or_else(|_| chrono::NaiveTime::parse_from_str(rest, "%H:%M"))
-                .ok()
-        };
-        if let Some(time) = time {
-            return local(day.and_time(time));
-        }
-    }
-    Err(format!(
-        "cannot read the time {s:?}: use RFC 3339 (2026-01-25T05:00:00Z), a local time \
-         such as \"2026-01-25 05:00\", or \"yesterday 05:00\""
-    ))
-}
-
-/// A time as people read it in the output: RFC 3339 UTC.
-pub fn show_time(t: &DateTime<Utc>) -> String {
-    super::yaml::time(t)
-}
-
-/// `app in env`, sanitised.
-pub fn where_label(env: &str, app: &str) -> String {
-    format!("{} in {}", sanitize(app), sanitize(env))
-}
-
-fn short(digest: &str) -> String {
-    match digest.strip_prefix("sha256:") {
-        Some(h) if h.len() > 12 => format!("sha256:{}", &h[..12]),
-        _ => digest.to_string(),
-    }
-}
+// Times are parsed and shown by `crate::output`; re-exported for callers of the old path.
+pub use crate::output::{parse_time, parse_time_from, where_label};
 
 fn warn_torn(t: &TornTail) {
     eprintln!("imagetrail: warning: {t}");
@@ -126,26 +52,16 @@ fn selected(
     Ok(out)
 }
 
-fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let text = serde_json::to_string_pretty(v)?;
-    // A closed pipe (`| head`) is the reader's choice, not an error worth a panic.
-    match writeln!(std::io::stdout().lock(), "{text}") {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
-        _ => Ok(()),
-    }
-}
-
 fn image_text(d: &Deployment) -> String {
     let i = &d.image;
     format!(
         "{}{}@{}",
-        sanitize(&i.repo),
+        cell(&i.repo),
         i.tag
             .as_deref()
-            .map(|t| format!(":{}", sanitize(t)))
+            .map(|t| format!(":{}", cell(t)))
             .unwrap_or_default(),
-        i.digest
+        cell(&i.digest)
     )
 }
 
@@ -154,27 +70,28 @@ fn block(d: &Deployment) {
     println!("  image     {}", image_text(d));
     if let Some(idx) = &i.index_digest {
         println!(
-            "  index     {idx} ({})",
-            registry::platform_string(&i.platform)
+            "  index     {} ({})",
+            value(idx),
+            value(&i.platform.to_string())
         );
     }
     println!(
         "  built     {}",
         i.built_at
             .as_deref()
-            .map(sanitize)
+            .map(value)
             .unwrap_or_else(|| "unknown".into())
     );
     if let Some(r) = &i.revision {
-        println!("  revision  {}", sanitize(r));
+        println!("  revision  {}", value(r));
     }
     if let Some(desc) = &i.description {
-        println!("  about     {}", sanitize(desc));
+        println!("  about     {}", value(desc));
     }
     println!(
         "  deployed  {} by {}",
-        show_time(&d.deployment.deployed_at),
-        sanitize(&d.deployment.deployed_by)
+        time(&d.deployment.deployed_at),
+        value(&d.deployment.deployed_by)
     );
 }
 
@@ -202,13 +119,13 @@ pub fn status(args: QueryArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|d| {
             [
-                sanitize(&d.deployment.workspace),
-                sanitize(&d.app),
-                dash(d.image.tag.as_deref()),
-                short(&d.image.digest),
-                dash(d.image.built_at.as_deref()),
-                show_time(&d.deployment.deployed_at),
-                sanitize(&d.deployment.deployed_by),
+                cell(&d.deployment.workspace),
+                cell(&d.app),
+                cell_or_dash(d.image.tag.as_deref()),
+                crate::output::short_digest(&d.image.digest),
+                cell_or_dash(d.image.built_at.as_deref()),
+                time(&d.deployment.deployed_at),
+                cell(&d.deployment.deployed_by),
             ]
         })
         .collect();
@@ -217,38 +134,6 @@ pub fn status(args: QueryArgs) -> anyhow::Result<ExitCode> {
         &table,
     );
     Ok(ExitCode::Success)
-}
-
-/// A table cell for an optional untrusted value: sanitised, or `-` when absent.
-fn dash(value: Option<&str>) -> String {
-    value.map(sanitize).unwrap_or_else(|| "-".into())
-}
-
-fn print_table<const N: usize>(head: [&str; N], rows: &[[String; N]]) {
-    let mut w = [0usize; N];
-    for (i, h) in head.iter().enumerate() {
-        w[i] = h.chars().count();
-    }
-    for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            w[i] = w[i].max(c.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let mut s = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            if i + 1 == N {
-                s.push_str(c);
-            } else {
-                s.push_str(&format!("{c:<width$}  ", width = w[i]));
-            }
-        }
-        println!("{}", s.trim_end());
-    };
-    line(head.to_vec());
-    for r in rows {
-        line(r.iter().map(String::as_str).collect());
-    }
 }
 
 /// `imagetrail history`.
@@ -290,17 +175,13 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|d| {
             [
-                show_time(&d.deployment.deployed_at),
-                sanitize(&d.deployment.workspace),
-                sanitize(&d.app),
-                dash(d.image.tag.as_deref()),
-                short(&d.image.digest),
-                sanitize(&d.deployment.deployed_by),
-                d.image
-                    .description
-                    .as_deref()
-                    .map(sanitize)
-                    .unwrap_or_default(),
+                time(&d.deployment.deployed_at),
+                cell(&d.deployment.workspace),
+                cell(&d.app),
+                cell_or_dash(d.image.tag.as_deref()),
+                crate::output::short_digest(&d.image.digest),
+                cell(&d.deployment.deployed_by),
+                d.image.description.as_deref().map(cell).unwrap_or_default(),
             ]
         })
         .collect();
@@ -341,7 +222,7 @@ pub fn at(args: AtArgs) -> anyhow::Result<ExitCode> {
     } else if found.is_empty() {
         println!(
             "nothing was running at {} ({} local){}",
-            show_time(&t),
+            time(&t),
             t.with_timezone(&Local).format("%Y-%m-%d %H:%M"),
             if pairs == 0 {
                 ": no deployments recorded"
@@ -352,7 +233,7 @@ pub fn at(args: AtArgs) -> anyhow::Result<ExitCode> {
     } else {
         println!(
             "at {} ({} local):",
-            show_time(&t),
+            time(&t),
             t.with_timezone(&Local).format("%Y-%m-%d %H:%M")
         );
         for d in &found {
@@ -369,18 +250,22 @@ pub fn at(args: AtArgs) -> anyhow::Result<ExitCode> {
 
 /// `imagetrail compare REF`.
 pub async fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
-    let reference = Reference::parse(&args.reference).map_err(|e| Error::Usage(e.to_string()))?;
-    let app = args.app.clone().unwrap_or_else(|| reference.path.clone());
+    let reference = crate::registry::parse_reference(&args.reference)
+        .map_err(|e| Error::Usage(e.to_string()))?;
+    let app = args
+        .app
+        .clone()
+        .unwrap_or_else(|| reference.familiar_path().to_string());
     let store = Store::new(&args.state.state_dir);
     store.info_path(&args.env, &app).map_err(usage_if_name)?;
-    let client = crate::deploy::client(&args.registry)?;
+    let client = crate::track::deploy::client(&args.registry)?;
     let current = store.current(&args.env, &app)?;
     let platform = current
         .as_ref()
         .map(|c| c.image.platform.clone())
         .unwrap_or_default();
     let resolved = client.resolve(&reference, &platform).await?;
-    let candidate = crate::deploy::image_record(&resolved);
+    let candidate = crate::track::deploy::image_record(&resolved);
     if let Some(t) = store.torn_tail(&args.env, &app)? {
         warn_torn(&t);
     }
@@ -400,7 +285,7 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
     let current_ref = Reference {
         digest: Some(current.image.digest.clone()),
         tag: None,
-        ..Reference::parse(&current.image.repo).unwrap_or(reference.clone())
+        ..crate::registry::parse_reference(&current.image.repo).unwrap_or(reference.clone())
     };
     let current_labels = match client.resolve(&current_ref, &platform).await {
         Ok(r) => Some(r.labels),
@@ -435,7 +320,7 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
             "candidate": candidate,
             "same": same,
             "rollback": earlier.as_ref().map(|d| serde_json::json!({
-                "deployed_at": show_time(&d.deployment.deployed_at),
+                "deployed_at": time(&d.deployment.deployed_at),
                 "deployed_by": d.deployment.deployed_by,
             })),
             "label_changes": label_changes.iter().map(|(k, (a, b))| serde_json::json!({"label": k, "current": a, "candidate": b})).collect::<Vec<_>>(),
@@ -461,7 +346,7 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
         ("source", c.source.clone(), candidate.source.clone()),
         ("title", c.title.clone(), candidate.title.clone()),
     ];
-    let show = |v: &Option<String>| v.as_deref().map(sanitize).unwrap_or_else(|| "-".into());
+    let show = |v: &Option<String>| v.as_deref().map(value).unwrap_or_else(|| "-".into());
     for (field, a, b) in &rows {
         if a == b {
             println!("  {field:<9} {} (unchanged)", show(a));
@@ -472,20 +357,20 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
     if !label_changes.is_empty() {
         println!("  labels changed:");
         for (k, (a, b)) in &label_changes {
-            println!("    {}: {} -> {}", sanitize(k), show(a), show(b));
+            println!("    {}: {} -> {}", value(k), show(a), show(b));
         }
     }
     if same {
         println!(
             "the candidate is what runs now (deployed {} by {})",
-            show_time(&current.deployment.deployed_at),
-            sanitize(&current.deployment.deployed_by)
+            time(&current.deployment.deployed_at),
+            value(&current.deployment.deployed_by)
         );
     } else if let Some(e) = &earlier {
         println!(
             "ROLLBACK: the candidate was deployed here before, on {} by {}",
-            show_time(&e.deployment.deployed_at),
-            sanitize(&e.deployment.deployed_by)
+            time(&e.deployment.deployed_at),
+            value(&e.deployment.deployed_by)
         );
     } else {
         let newer = match (&c.built_at, &candidate.built_at) {
@@ -514,11 +399,12 @@ enum Wanted {
 impl Wanted {
     fn parse(s: &str) -> Result<Wanted, String> {
         let s = s.trim();
-        if s.starts_with("sha256:") {
+        if s.starts_with("sha256:") || s.starts_with("sha512:") {
             return Ok(Wanted::Digest(s.to_string()));
         }
-        if s.contains('/') || s.contains('@') {
-            let r = Reference::parse(s).map_err(|e| e.to_string())?;
+        // A tag has no `/`, `@` or `:`, so any of them makes a reference (`nginx:1.27`).
+        if s.contains(['/', '@', ':']) {
+            let r = crate::registry::parse_reference(s).map_err(|e| e.to_string())?;
             if let Some(d) = r.digest {
                 return Ok(Wanted::Digest(d));
             }
@@ -544,7 +430,10 @@ impl Wanted {
         match self {
             Wanted::Digest(x) => &i.digest == x || i.index_digest.as_ref() == Some(x),
             Wanted::Tag { repo, tag } => {
-                i.tag.as_ref() == Some(tag) && repo.as_ref().is_none_or(|r| r == &i.repo)
+                i.tag.as_ref() == Some(tag)
+                    && repo
+                        .as_ref()
+                        .is_none_or(|r| crate::reference::same_repository(r, &i.repo))
             }
             Wanted::Revision(r) => {
                 i.revision.as_ref().is_some_and(|rev| {
@@ -580,22 +469,22 @@ pub fn where_(args: WhereArgs) -> anyhow::Result<ExitCode> {
     if args.format == Format::Json {
         let v: Vec<_> = hits
             .iter()
-            .map(|(d, since)| serde_json::json!({"env": d.deployment.workspace, "app": d.app, "since": show_time(since), "deployment": d}))
+            .map(|(d, since)| serde_json::json!({"env": d.deployment.workspace, "app": d.app, "since": time(since), "deployment": d}))
             .collect();
         print_json(&v)?;
     } else if hits.is_empty() {
-        println!("{} runs nowhere now", sanitize(&args.reference));
+        println!("{} runs nowhere now", value(&args.reference));
     } else {
         let table: Vec<[String; 6]> = hits
             .iter()
             .map(|(d, since)| {
                 [
-                    sanitize(&d.deployment.workspace),
-                    sanitize(&d.app),
+                    cell(&d.deployment.workspace),
+                    cell(&d.app),
                     image_text(d),
-                    show_time(since),
-                    sanitize(&d.deployment.deployed_by),
-                    dash(d.image.revision.as_deref()),
+                    time(since),
+                    cell(&d.deployment.deployed_by),
+                    cell_or_dash(d.image.revision.as_deref()),
                 ]
             })
             .collect();
@@ -606,53 +495,4 @@ pub fn where_(args: WhereArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::Success
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_absolute_local_and_relative_times() {
-        let today = NaiveDate::from_ymd_opt(2026, 1, 26).unwrap();
-        let local = |y, m, d, h, mi| {
-            Local
-                .from_local_datetime(
-                    &NaiveDate::from_ymd_opt(y, m, d)
-                        .unwrap()
-                        .and_hms_opt(h, mi, 0)
-                        .unwrap(),
-                )
-                .earliest()
-                .unwrap()
-                .with_timezone(&Utc)
-        };
-        assert_eq!(
-            parse_time_from("2026-01-25T05:00:00+01:00", today).unwrap(),
-            Utc.with_ymd_and_hms(2026, 1, 25, 4, 0, 0).unwrap()
-        );
-        assert_eq!(
-            parse_time_from("2026-01-25 05:00", today).unwrap(),
-            local(2026, 1, 25, 5, 0)
-        );
-        assert_eq!(
-            parse_time_from("yesterday 05:00", today).unwrap(),
-            local(2026, 1, 25, 5, 0)
-        );
-        assert_eq!(
-            parse_time_from("Yesterday at 05:00", today).unwrap(),
-            local(2026, 1, 25, 5, 0)
-        );
-        assert_eq!(
-            parse_time_from("today", today).unwrap(),
-            local(2026, 1, 26, 0, 0)
-        );
-        assert_eq!(
-            parse_time_from("2026-01-25", today).unwrap(),
-            local(2026, 1, 25, 0, 0)
-        );
-        let err = parse_time_from("last tuesday", today).unwrap_err();
-        assert!(err.contains("\"yesterday 05:00\""), "{err}");
-        assert!(parse_time_from("yesterday 25:00", today).is_err());
-    }
 }

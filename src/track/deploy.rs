@@ -16,8 +16,9 @@ use crate::cli::DeployArgs;
 use crate::error::Error;
 use crate::exit::ExitCode;
 use crate::records::{Deployment, DeploymentRecord, ImageRecord, RecordsError, Store};
-use crate::registry::{self, Client, ClientOptions, Reference, Resolved};
-use crate::terminal::sanitize;
+use crate::registry::{Client, ClientOptions, Resolved};
+// Values printed on their own lines: escaped and cut (see `crate::output`).
+use crate::output::value as sanitize;
 
 /// The OCI label keys the record keeps.
 pub const DESCRIPTION: &str = "org.opencontainers.image.description";
@@ -78,7 +79,8 @@ pub fn image_record(resolved: &Resolved) -> ImageRecord {
 
 /// `imagetrail deploy`.
 pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
-    let reference = Reference::parse(&args.image).map_err(|e| Error::Usage(e.to_string()))?;
+    let reference =
+        crate::registry::parse_reference(&args.image).map_err(|e| Error::Usage(e.to_string()))?;
     if args.require_digest && reference.digest.is_none() {
         return Err(Error::Usage(format!(
             "{} names a tag, but --require-digest asks for a digest (tags move): \
@@ -88,18 +90,21 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         ))
         .into());
     }
-    let platform = registry::parse_platform(&args.platform).map_err(Error::Usage)?;
+    let platform = args
+        .platform
+        .parse::<crate::reference::Platform>()
+        .map_err(|e| Error::Usage(e.to_string()))?;
     let app = args
         .app
         .clone()
         .filter(|a| !a.is_empty())
         .or_else(|| args.name.clone().filter(|n| !n.is_empty()))
-        .unwrap_or_else(|| reference.path.clone());
+        .unwrap_or_else(|| reference.familiar_path().to_string());
     let store = Store::new(&args.state.state_dir);
     // Check the names before any network call, so a bad --env fails fast and writes nothing.
     store.info_path(&args.env, &app).map_err(usage_if_name)?;
     let deployed_at = match &args.deployed_at {
-        Some(t) => crate::records::query::parse_time(t).map_err(Error::Usage)?,
+        Some(t) => crate::output::parse_time(t).map_err(Error::Usage)?,
         None => now_secs(),
     };
     let by = args
@@ -142,9 +147,9 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         return Err(Error::Usage(format!(
             "--deployed-at {} is before the last recorded deployment of {app} in {} ({}); \
              the history is kept in time order, so only later deployments can be added",
-            crate::records::query::show_time(&deployed_at),
+            crate::output::time(&deployed_at),
             args.env,
-            crate::records::query::show_time(&cur.deployment.deployed_at)
+            crate::output::time(&cur.deployment.deployed_at)
         ))
         .into());
     }
@@ -198,12 +203,12 @@ fn print_deployed(d: &Deployment) {
             .as_deref()
             .map(|t| format!(":{}", sanitize(t)))
             .unwrap_or_default(),
-        crate::records::query::where_label(&d.deployment.workspace, &d.app),
+        crate::output::where_label(&d.deployment.workspace, &d.app),
         i.digest,
-        registry::platform_string(&i.platform),
+        i.platform,
     );
     if let Some(idx) = &i.index_digest {
-        println!("  index     {idx}");
+        println!("  index     {}", sanitize(idx));
     }
     if let Some(b) = &i.built_at {
         println!("  built     {}", sanitize(b));
@@ -217,7 +222,7 @@ fn print_deployed(d: &Deployment) {
     println!(
         "  by        {} at {}",
         sanitize(&d.deployment.deployed_by),
-        crate::records::query::show_time(&d.deployment.deployed_at)
+        crate::output::time(&d.deployment.deployed_at)
     );
 }
 
