@@ -174,7 +174,7 @@ fn deployed(store: &Store, repo: &str, envs: &[String]) -> anyhow::Result<Vec<De
             .map_err(crate::deploy::usage_if_name)?;
         for app in store.apps(&env)? {
             if let Some(mut d) = store.current(&env, &app)?
-                && d.image.repo == repo
+                && display_repo_key(&d.image.repo) == display_repo_key(repo)
             {
                 d.deployment.workspace = env.clone();
                 out.push(d);
@@ -667,4 +667,47 @@ pub async fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
         "{deleted} manifest(s) deleted; run the registry's garbage-collect (without --delete-untagged) to free the blobs"
     );
     Ok(ExitCode::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_times_read_dates_alone_as_midnight_utc_and_junk_as_unknown() {
+        let t = |s: &str| build_time(Some(s)).map(|t| t.to_rfc3339());
+        assert_eq!(
+            t("2026-06-01").as_deref(),
+            Some("2026-06-01T00:00:00+00:00")
+        );
+        assert_eq!(
+            t("2026-06-01T12:30:00").as_deref(),
+            Some("2026-06-01T12:30:00+00:00")
+        );
+        assert_eq!(
+            t("2026-06-01T14:00:00+02:00").as_deref(),
+            Some("2026-06-01T12:00:00+00:00")
+        );
+        assert!(build_time(Some("2026-06-01")) > build_time(Some("2026-05-31T23:59:59Z")));
+        for junk in [
+            "",
+            "last tuesday",
+            "2026-13-01",
+            "\u{202e}2026-06-01",
+            &"9".repeat(100_000),
+        ] {
+            assert_eq!(build_time(Some(junk)), None, "{junk:.20}");
+        }
+        assert_eq!(build_time(None), None);
+    }
+
+    #[test]
+    fn display_keys_make_loopback_spellings_and_case_one() {
+        let k = display_repo_key;
+        assert_eq!(k("localhost:5000/team/cli"), k("127.0.0.1:5000/team/cli"));
+        assert_eq!(k("LOCALHOST:5000/Team/Cli"), k("[::1]:5000/team/cli"));
+        assert_eq!(k("registry.example.com:443/a"), k("Registry.Example.com/a"));
+        assert_ne!(k("localhost:5000/a"), k("localhost:5001/a"));
+        assert_ne!(k("registry.example.com/a"), k("localhost/a"));
+    }
 }
