@@ -34,9 +34,10 @@ use super::{HISTORY, INFO, RecordsError, history, names, yaml};
 /// and the one file under the state directory that grows without bound.
 const ANALYTICS: &str = ".analytics";
 
-/// How deep the walk goes: `<env>/<app>/<file>` is depth 3; anything deeper is still read, up
-/// to here, and a symbolic-link loop stops at it.
-const MAX_DEPTH: usize = 16;
+/// How deep the walk goes below the state directory: records are `<env>/<app>/<file>`; one
+/// level more is read too (a directory of copies someone made in an app directory). Deeper
+/// trees are not records, and a symbolic link to `/` must not make prune read the machine.
+const MAX_DEPTH: usize = 3;
 
 /// Raw bytes are scanned in chunks of this size (a history can be hundreds of megabytes).
 const CHUNK: usize = 1 << 20;
@@ -44,6 +45,14 @@ const CHUNK: usize = 1 << 20;
 /// Why prune cannot know what the records protect.
 #[derive(Debug, Error)]
 pub enum ProtectError {
+    /// The state directory does not exist: without records prune would keep only the newest
+    /// tags, so a mistyped `--state-dir` must not look like "nothing is deployed".
+    #[error(
+        "the state directory {0} does not exist; prune keeps what the records there name, so it \
+         will not run without them: point --state-dir (IMAGETRAIL_STATE_DIR) at the records, or \
+         create the directory if nothing was ever recorded"
+    )]
+    NoStateDir(PathBuf),
     /// A file or directory under the state directory could not be read.
     #[error(
         "cannot read {path}: {source}; prune refuses to run while a record may be hidden from it \
@@ -129,12 +138,14 @@ impl Protection {
 }
 
 /// Walk the state directory `root` and collect every digest it names (see the module
-/// documentation). A missing `root` is an empty state directory: nothing is protected by it.
+/// documentation). A missing `root` is refused ([`ProtectError::NoStateDir`]).
 pub fn collect(root: &Path) -> Result<Protection, ProtectError> {
     let mut p = Protection::default();
     let meta = match std::fs::metadata(root) {
         Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(p),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ProtectError::NoStateDir(root.to_path_buf()));
+        }
         Err(source) => {
             return Err(ProtectError::Unreadable {
                 path: root.to_path_buf(),
@@ -478,6 +489,27 @@ mod tests {
                 .iter()
                 .any(|n| n.path == Path::new("prod/hello/notes.txt")
                     && n.place == Some(("prod".into(), "hello".into())))
+        );
+    }
+
+    #[test]
+    fn a_missing_state_directory_is_refused_and_a_link_loop_is_read_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = collect(&dir.path().join("typo")).unwrap_err();
+        assert!(matches!(e, ProtectError::NoStateDir(_)), "{e}");
+        let app = dir.path().join("prod/hello");
+        std::fs::create_dir_all(&app).unwrap();
+        std::os::unix::fs::symlink(dir.path(), app.join("loop")).unwrap();
+        let d = format!("sha256:{}", "ef".repeat(32));
+        std::fs::write(app.join("deploy-info.yml"), format!("image: {d}\n")).unwrap();
+        let p = collect(dir.path()).unwrap();
+        assert!(p.digests.contains_key(&d));
+        assert!(
+            p.doubts
+                .iter()
+                .any(|x| x.path == Path::new("prod/hello/deploy-info.yml")),
+            "{:?}",
+            p.doubts
         );
     }
 
