@@ -8,7 +8,7 @@
 //! spelling or the state of the file) and is closed over the registry's own manifests: every
 //! child of a protected index, and every tagged index holding a recorded digest.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::cli::{Format, ImagesOverviewArgs, PruneArgs, RegistryOverviewArgs};
 use crate::error::Error;
@@ -411,12 +411,12 @@ fn record_reasons(named: &BTreeSet<Named>, pruned: &str) -> Vec<String> {
 const MAX_REASONS: usize = 6;
 
 /// How many manifests the closure reads from the registry at once.
-const LOOKUPS_AT_ONCE: usize = 8;
+const LOOKUPS_AT_ONCE: usize = 16;
 
 /// What prune keeps and deletes.
 struct Plan {
-    /// Every protected digest with why (records, and the registry closure).
-    protected: BTreeMap<String, Vec<String>>,
+    /// Digests protected by the registry closure (beside the records' own), with why.
+    closure: BTreeMap<String, Vec<String>>,
     /// Digests a kept tag points at (or holds, for an index), with that tag.
     kept_by_tag: HashMap<String, String>,
     /// The tags whose build time is unknown (kept, outside the N).
@@ -425,40 +425,47 @@ struct Plan {
     delete: Vec<String>,
 }
 
+/// Recorded digests already read from the registry, across the plans of one prune.
+#[derive(Default)]
+struct Lookups {
+    /// Every digest read.
+    read: HashSet<String>,
+    /// The ones that are indexes in the repository, with their children.
+    indexes: BTreeMap<String, Vec<String>>,
+}
+
 /// Plan the prune: the records' digests, closed over the registry's manifests (children of a
 /// protected index; a tagged index holding a recorded manifest, and then its children), the N
 /// newest tags by [`build_time`] and the tags of unknown build time, and what is left.
+///
+/// Whether a recorded digest the tags do not show is an index is the registry's answer, never
+/// the record's: an image recorded through the API or the admission webhook by its index digest
+/// carries no `index_digest`. Those reads (one per such digest, [`LOOKUPS_AT_ONCE`] at a time)
+/// are made only when the plan without them would delete something, since only then can they
+/// change it. Only sha256 digests: the client verifies manifests by sha256.
 async fn make_plan(
     client: &Client,
     r: &Reference,
     tags: &[TagInfo],
     records: &Protection,
     keep: usize,
+    lookups: &mut Lookups,
 ) -> Result<Plan, RegistryError> {
     use futures_util::StreamExt as _;
-    let pruned = r.repo();
-    let mut protected: BTreeMap<String, Vec<String>> = records
-        .digests
-        .iter()
-        .map(|(d, named)| (d.clone(), record_reasons(named, &pruned)))
-        .collect();
-
-    // Children of every index the registry holds that matters: tagged ones from the listing,
-    // recorded ones by a read each. A record carries no index_digest when the image was
-    // recorded through the API or the admission webhook by its index digest, so whether a
-    // recorded digest is an index is the registry's answer, never the record's. Only sha256
-    // digests: the client verifies manifests by sha256.
-    let mut children: BTreeMap<String, Vec<String>> = tags
-        .iter()
-        .filter(|t| t.index)
-        .map(|t| (t.digest.clone(), t.children.clone()))
-        .collect();
+    let plan = plan_with(tags, records, keep, &lookups.indexes);
+    if plan.delete.is_empty() {
+        return Ok(plan);
+    }
+    let tagged: HashSet<&str> = tags.iter().map(|t| t.digest.as_str()).collect();
     let unknown: Vec<&String> = records
         .digests
         .keys()
-        .filter(|d| d.starts_with("sha256:") && !children.contains_key(*d))
-        .filter(|d| !tags.iter().any(|t| &t.digest == *d))
+        .filter(|d| d.starts_with("sha256:") && !tagged.contains(d.as_str()))
+        .filter(|d| !lookups.read.contains(*d))
         .collect();
+    if unknown.is_empty() {
+        return Ok(plan);
+    }
     let mut reads = futures_util::stream::iter(unknown)
         .map(|d| async move { (d, client.manifest_opt(r, d).await) })
         .buffer_unordered(LOOKUPS_AT_ONCE);
@@ -466,18 +473,36 @@ async fn make_plan(
         if let Some(m) = m?
             && m.is_index()
         {
-            children.insert(
-                d.clone(),
-                m.children().into_iter().map(|(c, _)| c).collect(),
-            );
+            let kids = m.children().into_iter().map(|(c, _)| c).collect();
+            lookups.indexes.insert(d.clone(), kids);
         }
+        lookups.read.insert(d.clone());
     }
     drop(reads);
+    Ok(plan_with(tags, records, keep, &lookups.indexes))
+}
+
+/// [`make_plan`] with the untagged indexes known so far.
+fn plan_with(
+    tags: &[TagInfo],
+    records: &Protection,
+    keep: usize,
+    untagged_indexes: &BTreeMap<String, Vec<String>>,
+) -> Plan {
+    let mut children: BTreeMap<&str, &[String]> = untagged_indexes
+        .iter()
+        .map(|(d, k)| (d.as_str(), k.as_slice()))
+        .collect();
+    for t in tags.iter().filter(|t| t.index) {
+        children.insert(&t.digest, &t.children);
+    }
+    let recorded = |d: &str| records.digests.contains_key(d);
+    let mut closure: BTreeMap<String, Vec<String>> = BTreeMap::new();
 
     // Up: a tagged index holding a digest a record names (its pull path).
     for t in tags.iter().filter(|t| t.index) {
-        if let Some(c) = t.children.iter().find(|c| records.digests.contains_key(*c)) {
-            protected
+        if let Some(c) = t.children.iter().find(|c| recorded(c)) {
+            closure
                 .entry(t.digest.clone())
                 .or_default()
                 .push(format!("index holding the recorded {}", short(c)));
@@ -487,10 +512,13 @@ async fn make_plan(
     loop {
         let mut added = Vec::new();
         for (idx, kids) in &children {
-            if !protected.contains_key(idx) {
+            if !recorded(idx) && !closure.contains_key(*idx) {
                 continue;
             }
-            for k in kids.iter().filter(|k| !protected.contains_key(*k)) {
+            for k in kids
+                .iter()
+                .filter(|k| !recorded(k) && !closure.contains_key(*k))
+            {
                 added.push((
                     k.clone(),
                     format!("child of the protected index {}", short(idx)),
@@ -501,7 +529,7 @@ async fn make_plan(
             break;
         }
         for (k, why) in added {
-            protected.entry(k).or_default().push(why);
+            closure.entry(k).or_default().push(why);
         }
     }
 
@@ -526,19 +554,20 @@ async fn make_plan(
     }
     let mut delete = Vec::new();
     for t in tags {
-        if !protected.contains_key(&t.digest)
+        if !recorded(&t.digest)
+            && !closure.contains_key(&t.digest)
             && !kept_by_tag.contains_key(&t.digest)
             && !delete.contains(&t.digest)
         {
             delete.push(t.digest.clone());
         }
     }
-    Ok(Plan {
-        protected,
+    Plan {
+        closure,
         kept_by_tag,
         unknown_time,
         delete,
-    })
+    }
 }
 
 /// `imagetrail registry prune`.
@@ -553,7 +582,8 @@ pub async fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
     let records = protect::collect(state)?;
     // 2. The tags, newest first; 3. the plan.
     let tags = tag_infos(&client, &r).await?;
-    let plan = make_plan(&client, &r, &tags, &records, args.keep).await?;
+    let mut lookups = Lookups::default();
+    let plan = make_plan(&client, &r, &tags, &records, args.keep, &mut lookups).await?;
 
     let mut by_digest: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for t in &tags {
@@ -602,7 +632,10 @@ pub async fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
                     .unwrap_or_else(|| "missing".into())
             ));
         }
-        if let Some(p) = plan.protected.get(&t.digest) {
+        if let Some(named) = records.digests.get(&t.digest) {
+            reasons.extend(record_reasons(named, &repo));
+        }
+        if let Some(p) = plan.closure.get(&t.digest) {
             reasons.extend(p.iter().cloned());
         }
         if !newest.contains(t.tag.as_str())
@@ -651,11 +684,16 @@ pub async fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
     // it reaches): the records are read and the plan made again, and only what both plans
     // delete is deleted.
     let again = protect::collect(state)?;
-    let recheck = make_plan(&client, &r, &tags, &again, args.keep).await?;
+    let recheck = make_plan(&client, &r, &tags, &again, args.keep, &mut lookups).await?;
     let mut deleted = 0;
     for d in &plan.delete {
         if !recheck.delete.contains(d) {
-            let why = recheck.protected.get(d).cloned().unwrap_or_default();
+            let mut why = again
+                .digests
+                .get(d)
+                .map(|n| record_reasons(n, &repo))
+                .unwrap_or_default();
+            why.extend(recheck.closure.get(d).cloned().unwrap_or_default());
             println!("kept   {d}  recorded while pruning: {}", why.join("; "));
             continue;
         }
