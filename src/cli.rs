@@ -347,7 +347,8 @@ pub struct RegistryOverviewArgs {
 pub struct PruneArgs {
     /// The repository, host/path.
     pub repository: String,
-    /// How many of the newest tags to keep.
+    /// How many of the newest tags to keep, by build time (a date alone is that day 00:00 UTC;
+    /// a tag whose build time is unknown is always kept and takes none of the N places).
     #[arg(long)]
     pub keep: usize,
     /// Really delete (without it, only print the plan).
