@@ -176,10 +176,14 @@ fn walk(
         let path = path.to_path_buf();
         move |source| ProtectError::Unreadable { path, source }
     };
+    if depth > MAX_DEPTH {
+        return Ok(());
+    }
     let meta = std::fs::metadata(dir).map_err(unreadable(dir))?;
     // A directory reached twice (a symbolic-link loop, or a link to another environment) is
-    // read once.
-    if !seen.insert((meta.dev(), meta.ino())) || depth > MAX_DEPTH {
+    // read once. Checked after the depth, so a link found too deep never hides the directory
+    // it points at from its own place.
+    if !seen.insert((meta.dev(), meta.ino())) {
         return Ok(());
     }
     let mut entries = Vec::new();
