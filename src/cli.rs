@@ -181,6 +181,25 @@ pub struct RegistryOpts {
     /// Docker config file with registry credentials (default ~/.docker/config.json).
     #[arg(long, env = "IMAGETRAIL_DOCKER_CONFIG")]
     pub docker_config: Option<PathBuf>,
+    /// Seconds to wait for a connection to a registry (fractions allowed).
+    #[arg(long, env = "IMAGETRAIL_REGISTRY_CONNECT_TIMEOUT", default_value = "10", value_parser = registry_seconds)]
+    pub registry_connect_timeout: std::time::Duration,
+    /// Seconds to wait for each read of a registry's answer, the first byte included: a
+    /// registry that accepts and never answers fails after this (fractions allowed).
+    #[arg(long, env = "IMAGETRAIL_REGISTRY_READ_TIMEOUT", default_value = "30", value_parser = registry_seconds)]
+    pub registry_read_timeout: std::time::Duration,
+}
+
+/// A registry timeout in seconds: a number above 0 and at most 3600.
+fn registry_seconds(s: &str) -> Result<std::time::Duration, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 3600.0 => {
+            Ok(std::time::Duration::from_secs_f64(v))
+        }
+        _ => Err(format!(
+            "{s:?} is not a number of seconds above 0 and at most 3600"
+        )),
+    }
 }
 
 /// `imagetrail deploy`.
@@ -328,7 +347,8 @@ pub struct RegistryOverviewArgs {
 pub struct PruneArgs {
     /// The repository, host/path.
     pub repository: String,
-    /// How many of the newest tags to keep.
+    /// How many of the newest tags to keep, by build time (a date alone is that day 00:00 UTC;
+    /// a tag whose build time is unknown is always kept and takes none of the N places).
     #[arg(long)]
     pub keep: usize,
     /// Really delete (without it, only print the plan).

@@ -57,6 +57,10 @@ impl Store {
         }
         let mut staged = Vec::new();
         for (env, app) in apps {
+            if let Err(e) = self.set_aside_if_unrecorded(env, app) {
+                tracing::warn!("{e}; deploy-info.yml not replaced");
+                continue;
+            }
             let current = self.current(env, app).and_then(|d| {
                 let dir = self.app_dir(env, app)?;
                 d.map(|d| Ok((info_temp(&dir, &yaml::info(&d))?, dir, d)))
@@ -82,6 +86,80 @@ impl Store {
         }
         self.release.close_later(replaced);
         Ok(())
+    }
+
+    /// Move the app's `deploy-info.yml` aside to `deploy-info.yml.unrecorded-<UTC time>` when
+    /// its deployment (by `event_id`) is not among the history's whole entries, so replacing
+    /// it never destroys the only copy of a record (a hand-written file, or one whose history
+    /// entry was torn). Cost: a bisection by its `deployed_at` (the usual case: the info is an
+    /// older deployment of this history); a search of the whole file only when that misses.
+    fn set_aside_if_unrecorded(&self, env: &str, app: &str) -> Result<(), RecordsError> {
+        let info_path = self.info_path(env, app)?;
+        let text = match std::fs::read_to_string(&info_path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(&info_path)(e)),
+        };
+        // A file that does not parse is refused by `current`, and so never replaced.
+        let Ok(info) = yaml::parse::<yaml::InfoFile>(&text) else {
+            return Ok(());
+        };
+        let info = info.into_deployment();
+        if !info.deployment.event_id.is_nil() && self.in_history(env, app, &info)? {
+            return Ok(());
+        }
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.fZ");
+        let aside = info_path.with_file_name(format!("{INFO}.unrecorded-{stamp}"));
+        std::fs::rename(&info_path, &aside).map_err(io_err(&info_path))?;
+        tracing::warn!(
+            "{}: its deployment (event_id {}, {}@{}) is not in deploy-history.yml; moved it to {} \
+             instead of replacing it with the history's last entry: it may be the only copy of \
+             that record (add it to the history by hand, or remove it once it is not needed)",
+            info_path.display(),
+            info.deployment.event_id,
+            info.image.repo,
+            info.image.digest,
+            aside.display()
+        );
+        Ok(())
+    }
+
+    /// Whether `d`'s deployment is a whole entry of the app's history.
+    fn in_history(
+        &self,
+        env: &str,
+        app: &str,
+        d: &super::Deployment,
+    ) -> Result<bool, RecordsError> {
+        let path = self.history_path(env, app)?;
+        let Some(file) = super::open_existing(&path)? else {
+            return Ok(false);
+        };
+        let h = super::history::HistoryFile::new(&file, &path)?;
+        let end = h.check_tail()?.map_or(h.len(), |t| t.offset);
+        let id = d.deployment.event_id;
+        let t = d.deployment.deployed_at;
+        // The entries deployed at exactly `t`, from the last one back.
+        let mut at = h.at(t, end)?;
+        while let Some(start) = at {
+            if h.deployed_at(start)? != Some(t) {
+                break;
+            }
+            if h.parse_entry(start)?.deployment.event_id == id {
+                return Ok(true);
+            }
+            at = h.prev_start(start)?;
+        }
+        // Out of order or a different time written: look for the id itself.
+        let mut end_at = end;
+        let needle = id.to_string();
+        while let Some(start) = h.last_containing(needle.as_bytes(), end_at)? {
+            if h.parse_entry(start)?.deployment.event_id == id {
+                return Ok(true);
+            }
+            end_at = start;
+        }
+        Ok(false)
     }
 
     /// When the first `deploy-info.yml` left behind by [`InfoFiles::AtMostEvery`] is due to

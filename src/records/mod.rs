@@ -13,6 +13,7 @@ mod current;
 mod history;
 mod info;
 mod names;
+pub mod protect;
 mod yaml;
 
 use std::fs::File;

@@ -46,6 +46,23 @@ pub enum RegistryError {
         /// Why it failed.
         reason: String,
     },
+    /// The registry did not connect or answer in time.
+    #[error(
+        "registry {registry}: no {stage} within {seconds} s (the {kind} timeout); check that it \
+         runs and answers, or allow longer with {flag}"
+    )]
+    TimedOut {
+        /// The registry host.
+        registry: String,
+        /// "connection" or "answer".
+        stage: &'static str,
+        /// "connect" or "read".
+        kind: &'static str,
+        /// The timeout that ran out, in seconds.
+        seconds: f64,
+        /// The flag and variable that set it.
+        flag: &'static str,
+    },
     /// The reference cannot be understood.
     #[error("invalid image reference {reference:?}: {reason}")]
     InvalidReference {
@@ -142,7 +159,21 @@ pub struct ClientOptions {
     /// Docker config with credentials (default `$DOCKER_CONFIG/config.json` or
     /// `~/.docker/config.json`).
     pub docker_config: Option<PathBuf>,
+    /// How long to wait for a connection (default [`CONNECT_TIMEOUT`]).
+    pub connect_timeout: Option<Duration>,
+    /// How long to wait for each read of an answer, its first byte included (default
+    /// [`READ_TIMEOUT`]): a registry that accepts and never answers fails after this.
+    pub read_timeout: Option<Duration>,
 }
+
+/// The default connect timeout.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default read timeout.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The flag and variable of the connect timeout, for messages.
+const CONNECT_FLAG: &str = "--registry-connect-timeout (IMAGETRAIL_REGISTRY_CONNECT_TIMEOUT)";
+/// The flag and variable of the read timeout, for messages.
+const READ_FLAG: &str = "--registry-read-timeout (IMAGETRAIL_REGISTRY_READ_TIMEOUT)";
 
 /// A registry client (one per command run; caches tokens per scope).
 pub struct Client {
@@ -155,7 +186,8 @@ impl Client {
     /// A client with these options.
     pub fn new(opts: ClientOptions) -> Result<Client, RegistryError> {
         let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
+            .connect_timeout(opts.connect_timeout.unwrap_or(CONNECT_TIMEOUT))
+            .read_timeout(opts.read_timeout.unwrap_or(READ_TIMEOUT))
             .timeout(Duration::from_secs(120))
             .user_agent(concat!("imagetrail/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -201,9 +233,27 @@ impl Client {
         registry: &str,
         rb: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, RegistryError> {
-        rb.send().await.map_err(|e| RegistryError::Unreachable {
-            registry: registry.to_string(),
-            reason: error_chain(&e),
+        rb.send().await.map_err(|e| {
+            if e.is_timeout() {
+                let (stage, kind, t, flag) = if e.is_connect() {
+                    let t = self.opts.connect_timeout.unwrap_or(CONNECT_TIMEOUT);
+                    ("connection", "connect", t, CONNECT_FLAG)
+                } else {
+                    let t = self.opts.read_timeout.unwrap_or(READ_TIMEOUT);
+                    ("answer", "read", t, READ_FLAG)
+                };
+                return RegistryError::TimedOut {
+                    registry: registry.to_string(),
+                    stage,
+                    kind,
+                    seconds: t.as_secs_f64(),
+                    flag,
+                };
+            }
+            RegistryError::Unreachable {
+                registry: registry.to_string(),
+                reason: error_chain(&e),
+            }
         })
     }
 
@@ -567,7 +617,7 @@ mod tests {
     fn https_unless_loopback_or_marked_insecure() {
         let c = Client::new(ClientOptions {
             insecure: vec!["build.internal:5000".into()],
-            docker_config: None,
+            ..ClientOptions::default()
         })
         .unwrap();
         assert_eq!(

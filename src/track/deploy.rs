@@ -36,6 +36,8 @@ pub fn client(opts: &crate::cli::RegistryOpts) -> anyhow::Result<Client> {
     Ok(Client::new(ClientOptions {
         insecure: opts.insecure_registries.clone(),
         docker_config: opts.docker_config.clone(),
+        connect_timeout: Some(opts.registry_connect_timeout),
+        read_timeout: Some(opts.registry_read_timeout),
     })?)
 }
 

@@ -3,17 +3,18 @@
 //! Prune follows the registry's real behaviour (reference §4.3/§4.4): a DELETE by digest
 //! removes every tag on that digest, and nothing stops deleting a child of a live index. So
 //! the plan works on digests, not tags: a digest is deleted only when no kept tag points at it
-//! and it is not protected, and the protected set is the closure of every digest any record
-//! names (`deploy-info.yml` and `deploy-history.yml`, every environment and app): the digest
-//! itself, its recorded index, every child of a recorded index, and any tagged index in the
-//! repository that holds a protected digest.
+//! and it is not protected. The protected set starts from every digest any file under the
+//! state directory names ([`crate::records::protect`]: by digest, whatever the repository
+//! spelling or the state of the file) and is closed over the registry's own manifests: every
+//! child of a protected index, and every tagged index holding a recorded digest.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::cli::{Format, ImagesOverviewArgs, PruneArgs, RegistryOverviewArgs};
 use crate::error::Error;
 use crate::exit::ExitCode;
-use crate::records::{Deployment, ImageRecord, Platform, Store};
+use crate::records::protect::{self, Named, Protection, Role};
+use crate::records::{Deployment, Platform, Store};
 use crate::registry::{Client, Reference, RegistryError};
 // Every value printed here is a table cell: escaped and cut (see `crate::output`).
 use crate::output::{cell as sanitize, cell_or_dash as sanitize_or_dash};
@@ -90,7 +91,8 @@ pub async fn describe(client: &Client, r: &Reference, tag: &str) -> Result<TagIn
     Ok(info)
 }
 
-/// Tags newest first (by build time, then tag name descending).
+/// Tags newest first (by [`build_time`], then tag name descending); tags whose build time is
+/// unknown come last.
 async fn tag_infos(client: &Client, r: &Reference) -> Result<Vec<TagInfo>, RegistryError> {
     let mut out = Vec::new();
     for t in client.tags(r).await? {
@@ -101,16 +103,11 @@ async fn tag_infos(client: &Client, r: &Reference) -> Result<Vec<TagInfo>, Regis
             Err(e) => return Err(e),
         }
     }
+    // Newest first; a tag whose build time is unknown after every known one (`None` < `Some`).
     out.sort_by(|a, b| {
-        let ta = a
-            .created
-            .as_deref()
-            .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok());
-        let tb = b
-            .created
-            .as_deref()
-            .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok());
-        tb.cmp(&ta).then_with(|| b.tag.cmp(&a.tag))
+        build_time(b.created.as_deref())
+            .cmp(&build_time(a.created.as_deref()))
+            .then_with(|| b.tag.cmp(&a.tag))
     });
     Ok(out)
 }
@@ -179,7 +176,7 @@ fn deployed(store: &Store, repo: &str, envs: &[String]) -> anyhow::Result<Vec<De
             .map_err(crate::track::deploy::usage_if_name)?;
         for app in store.apps(&env)? {
             if let Some(mut d) = store.current(&env, &app)?
-                && d.image.repo == repo
+                && same_repo_for_display(&d.image.repo, repo)
             {
                 d.deployment.workspace = env.clone();
                 out.push(d);
@@ -289,25 +286,268 @@ pub async fn images(args: ImagesOverviewArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::Success)
 }
 
-/// Why a digest may not be deleted.
-fn protect(map: &mut BTreeMap<String, BTreeSet<String>>, digest: &str, why: String) {
-    map.entry(digest.to_string()).or_default().insert(why);
+/// A tag's build time as `--keep` and the overviews order tags: an RFC 3339 time; a date alone
+/// (`2026-06-01`) is that day at 00:00 UTC; a date and time without a zone
+/// (`2026-06-01T12:00:00`) is UTC. Anything else, or no value, is unknown (`None`).
+pub fn build_time(created: Option<&str>) -> Option<chrono::DateTime<chrono::Utc>> {
+    use chrono::{NaiveDate, NaiveDateTime, Utc};
+    let c = created?.trim();
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(c) {
+        return Some(t.with_timezone(&Utc));
+    }
+    if let Ok(t) = NaiveDateTime::parse_from_str(c, "%Y-%m-%dT%H:%M:%S%.f") {
+        return Some(t.and_utc());
+    }
+    NaiveDate::parse_from_str(c, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
 }
 
-/// Protect a recorded image: its digest for `why` and, when it was deployed from an index,
-/// the index for `index_why`; the index also goes into `indexes`, whose children are protected
-/// next.
-fn protect_recorded(
-    map: &mut BTreeMap<String, BTreeSet<String>>,
-    indexes: &mut BTreeSet<String>,
-    image: &ImageRecord,
-    why: String,
-    index_why: String,
-) {
-    protect(map, &image.digest, why);
-    if let Some(i) = &image.index_digest {
-        protect(map, i, index_why);
-        indexes.insert(i.clone());
+/// Whether two repository spellings name one repository, for display: the one reference
+/// type's rule (host case, loopback names and `:443` made one, Docker Hub's short forms),
+/// with the path lower-cased too, because records written before paths were checked may hold
+/// an upper-case path (`Team/Srv`) that the grammar now refuses. Protection never depends on it.
+fn same_repo_for_display(a: &str, b: &str) -> bool {
+    crate::reference::same_repository(&a.to_ascii_lowercase(), &b.to_ascii_lowercase())
+}
+
+/// Why one record protects a digest, as the plan prints it: what the record says, the
+/// environment and app, the file (relative to the state directory) and, when the record spells
+/// another repository than the one pruned, that spelling.
+fn record_reason(n: &Named, pruned: &str) -> String {
+    let place = |fallback: &str| match &n.place {
+        Some((env, app)) => format!("{} in {}", sanitize(app), sanitize(env)),
+        None => fallback.to_string(),
+    };
+    let what = match (&n.role, n.index) {
+        (Role::DeployedNow, false) => format!("deployed now ({}, deploy-info.yml)", place("?")),
+        (Role::DeployedNow, true) => format!("index of what is deployed now ({})", place("?")),
+        (Role::DeployedNowByHistory, false) => format!(
+            "deployed now ({}, last entry of deploy-history.yml)",
+            place("?")
+        ),
+        (Role::DeployedNowByHistory, true) => format!(
+            "index of what is deployed now ({}, last entry of deploy-history.yml)",
+            place("?")
+        ),
+        (Role::InfoBehind, index) => format!(
+            "{}in deploy-info.yml of {} (behind its history)",
+            if index { "index " } else { "" },
+            place("?")
+        ),
+        (Role::InfoUnrecorded, index) => format!(
+            "{}deployed now per deploy-info.yml of {} (its deployment is not in the history)",
+            if index { "index " } else { "" },
+            place("?")
+        ),
+        (Role::InHistory, false) => {
+            format!("in the history of {} (deploy-history.yml)", place("?"))
+        }
+        (Role::InHistory, true) => format!("index recorded in the history of {}", place("?")),
+        (Role::NamedInFile, _) => match &n.place {
+            Some(_) => format!("named in a record file of {}", place("")),
+            None => "named in a file of the state directory".to_string(),
+        },
+    };
+    let mut file = sanitize(&n.path.display().to_string());
+    if let Some(repo) = &n.repo
+        && repo != pruned
+    {
+        let same = same_repo_for_display(repo, pruned);
+        file.push_str(&format!(
+            ", {} {}",
+            if same { "recorded as" } else { "recorded for" },
+            sanitize(repo)
+        ));
+    }
+    format!("{what} [{file}]")
+}
+
+/// The reasons the records give for `digest`: parsed ones first; a raw find only for a file
+/// no parsed reason names. At most [`MAX_REASONS`] are spelled out.
+fn record_reasons(named: &BTreeSet<Named>, pruned: &str) -> Vec<String> {
+    let parsed: BTreeSet<&std::path::Path> = named
+        .iter()
+        .filter(|n| n.role != Role::NamedInFile)
+        .map(|n| n.path.as_path())
+        .collect();
+    let mut all: Vec<&Named> = named
+        .iter()
+        .filter(|n| n.role != Role::NamedInFile || !parsed.contains(n.path.as_path()))
+        .collect();
+    all.sort_by_key(|n| (n.role.clone(), n.index));
+    let mut out: Vec<String> = all
+        .iter()
+        .take(MAX_REASONS)
+        .map(|n| record_reason(n, pruned))
+        .collect();
+    if all.len() > MAX_REASONS {
+        out.push(format!("and {} more records", all.len() - MAX_REASONS));
+    }
+    out
+}
+
+/// How many records are spelled out beside one kept digest.
+const MAX_REASONS: usize = 6;
+
+/// How many manifests the closure reads from the registry at once.
+const LOOKUPS_AT_ONCE: usize = 16;
+
+/// What prune keeps and deletes.
+struct Plan {
+    /// Digests protected by the registry closure (beside the records' own), with why.
+    closure: BTreeMap<String, Vec<String>>,
+    /// Digests a kept tag points at (or holds, for an index), with that tag.
+    kept_by_tag: HashMap<String, String>,
+    /// The tags whose build time is unknown (kept, outside the N).
+    unknown_time: BTreeSet<String>,
+    /// The digests to delete, in tag order.
+    delete: Vec<String>,
+}
+
+/// Recorded digests already read from the registry, across the plans of one prune.
+#[derive(Default)]
+struct Lookups {
+    /// Every digest read.
+    read: HashSet<String>,
+    /// The ones that are indexes in the repository, with their children.
+    indexes: BTreeMap<String, Vec<String>>,
+}
+
+/// Plan the prune: the records' digests, closed over the registry's manifests (children of a
+/// protected index; a tagged index holding a recorded manifest, and then its children), the N
+/// newest tags by [`build_time`] and the tags of unknown build time, and what is left.
+///
+/// Whether a recorded digest the tags do not show is an index is the registry's answer, never
+/// the record's: an image recorded through the API or the admission webhook by its index digest
+/// carries no `index_digest`. Those reads (one per such digest, [`LOOKUPS_AT_ONCE`] at a time)
+/// are made only when the plan without them would delete something, since only then can they
+/// change it. Only sha256 digests: the client verifies manifests by sha256.
+async fn make_plan(
+    client: &Client,
+    r: &Reference,
+    tags: &[TagInfo],
+    records: &Protection,
+    keep: usize,
+    lookups: &mut Lookups,
+) -> Result<Plan, RegistryError> {
+    use futures_util::StreamExt as _;
+    let plan = plan_with(tags, records, keep, &lookups.indexes);
+    if plan.delete.is_empty() {
+        return Ok(plan);
+    }
+    let tagged: HashSet<&str> = tags.iter().map(|t| t.digest.as_str()).collect();
+    let unknown: Vec<&String> = records
+        .digests
+        .keys()
+        .filter(|d| d.starts_with("sha256:") && !tagged.contains(d.as_str()))
+        .filter(|d| !lookups.read.contains(*d))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(plan);
+    }
+    let mut reads = futures_util::stream::iter(unknown)
+        .map(|d| async move { (d, client.manifest_opt(r, d).await) })
+        .buffer_unordered(LOOKUPS_AT_ONCE);
+    while let Some((d, m)) = reads.next().await {
+        if let Some(m) = m?
+            && m.is_index()
+        {
+            let kids = m.children().into_iter().map(|(c, _)| c).collect();
+            lookups.indexes.insert(d.clone(), kids);
+        }
+        lookups.read.insert(d.clone());
+    }
+    drop(reads);
+    Ok(plan_with(tags, records, keep, &lookups.indexes))
+}
+
+/// [`make_plan`] with the untagged indexes known so far.
+fn plan_with(
+    tags: &[TagInfo],
+    records: &Protection,
+    keep: usize,
+    untagged_indexes: &BTreeMap<String, Vec<String>>,
+) -> Plan {
+    let mut children: BTreeMap<&str, &[String]> = untagged_indexes
+        .iter()
+        .map(|(d, k)| (d.as_str(), k.as_slice()))
+        .collect();
+    for t in tags.iter().filter(|t| t.index) {
+        children.insert(&t.digest, &t.children);
+    }
+    let recorded = |d: &str| records.digests.contains_key(d);
+    let mut closure: BTreeMap<String, Vec<String>> = BTreeMap::new();
+
+    // Up: a tagged index holding a digest a record names (its pull path).
+    for t in tags.iter().filter(|t| t.index) {
+        if let Some(c) = t.children.iter().find(|c| recorded(c)) {
+            closure
+                .entry(t.digest.clone())
+                .or_default()
+                .push(format!("index holding the recorded {}", short(c)));
+        }
+    }
+    // Down, to a fixed point (an index may hold an index): every child of a protected index.
+    loop {
+        let mut added = Vec::new();
+        for (idx, kids) in &children {
+            if !recorded(idx) && !closure.contains_key(*idx) {
+                continue;
+            }
+            for k in kids
+                .iter()
+                .filter(|k| !recorded(k) && !closure.contains_key(*k))
+            {
+                added.push((
+                    k.clone(),
+                    format!("child of the protected index {}", short(idx)),
+                ));
+            }
+        }
+        if added.is_empty() {
+            break;
+        }
+        for (k, why) in added {
+            closure.entry(k).or_default().push(why);
+        }
+    }
+
+    // The N newest by build time, and every tag whose build time is unknown: kept, with what
+    // they point at and hold.
+    let unknown_time: BTreeSet<String> = tags
+        .iter()
+        .filter(|t| build_time(t.created.as_deref()).is_none())
+        .map(|t| t.tag.clone())
+        .collect();
+    let newest = tags
+        .iter()
+        .filter(|t| !unknown_time.contains(&t.tag))
+        .take(keep);
+    let mut kept_by_tag: HashMap<String, String> = HashMap::new();
+    for t in newest.chain(tags.iter().filter(|t| unknown_time.contains(&t.tag))) {
+        for d in std::iter::once(&t.digest).chain(&t.children) {
+            kept_by_tag
+                .entry(d.clone())
+                .or_insert_with(|| t.tag.clone());
+        }
+    }
+    let mut delete = Vec::new();
+    for t in tags {
+        if !recorded(&t.digest)
+            && !closure.contains_key(&t.digest)
+            && !kept_by_tag.contains_key(&t.digest)
+            && !delete.contains(&t.digest)
+        {
+            delete.push(t.digest.clone());
+        }
+    }
+    Plan {
+        closure,
+        kept_by_tag,
+        unknown_time,
+        delete,
     }
 }
 
@@ -316,84 +556,20 @@ pub async fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
     let r = repo_ref(&args.repository)?;
     let repo = r.repo();
     let client = crate::track::deploy::client(&args.access)?;
-    let store = Store::new(&args.state.state_dir);
+    let state = &args.state.state_dir;
 
-    // 1. Every digest any record names. A record that cannot be read stops the prune: we
-    //    cannot know what it protects.
-    let mut protected: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut recorded_indexes = BTreeSet::new();
-    for env in store.environments()? {
-        for app in store.apps(&env)? {
-            let place = format!("{} in {}", app, env);
-            if let Some(d) = store.current(&env, &app)?
-                && d.image.repo == repo
-            {
-                protect_recorded(
-                    &mut protected,
-                    &mut recorded_indexes,
-                    &d.image,
-                    format!("deployed now ({place}, deploy-info.yml)"),
-                    format!("index of what is deployed now ({place})"),
-                );
-            }
-            let read = store.read_history(&env, &app)?;
-            if let Some(t) = &read.torn {
-                eprintln!("imagetrail: warning: {t}");
-            }
-            for d in read.entries.iter().filter(|d| d.image.repo == repo) {
-                protect_recorded(
-                    &mut protected,
-                    &mut recorded_indexes,
-                    &d.image,
-                    format!("in the history of {place} (deploy-history.yml)"),
-                    format!("index recorded in the history of {place}"),
-                );
-            }
-        }
-    }
-    // 2. Children of recorded indexes (a recorded index is useless without them).
-    for idx in &recorded_indexes {
-        if let Some(m) = client.manifest_opt(&r, idx).await? {
-            for (child, _) in m.children() {
-                protect(
-                    &mut protected,
-                    &child,
-                    format!("child of the recorded index {}", short(idx)),
-                );
-            }
-        }
-    }
-
-    // 3. The tags, newest first; the first N are kept.
+    // 1. Every digest any file under the state directory names; a path that cannot be read
+    //    stops the prune before the registry is asked anything.
+    let records = protect::collect(state)?;
+    // 2. The tags, newest first; 3. the plan.
     let tags = tag_infos(&client, &r).await?;
-    // 4. A tagged index that holds a protected digest is protected too.
-    for t in &tags {
-        if let Some(c) = t.children.iter().find(|c| protected.contains_key(*c)) {
-            protect(
-                &mut protected,
-                &t.digest,
-                format!("index holding the recorded {}", short(c)),
-            );
-        }
-    }
-    let mut kept_by_tag: HashMap<String, String> = HashMap::new();
-    for t in tags.iter().take(args.keep) {
-        kept_by_tag
-            .entry(t.digest.clone())
-            .or_insert_with(|| t.tag.clone());
-        for c in &t.children {
-            kept_by_tag
-                .entry(c.clone())
-                .or_insert_with(|| t.tag.clone());
-        }
-    }
+    let mut lookups = Lookups::default();
+    let plan = make_plan(&client, &r, &tags, &records, args.keep, &mut lookups).await?;
 
-    // 5. The plan, per digest.
-    let mut by_digest: BTreeMap<String, Vec<&TagInfo>> = BTreeMap::new();
+    let mut by_digest: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for t in &tags {
-        by_digest.entry(t.digest.clone()).or_default().push(t);
+        by_digest.entry(&t.digest).or_default().push(&t.tag);
     }
-    let mut delete = Vec::new();
     println!(
         "{} {} tags; keeping the {} newest{}",
         sanitize(&repo),
@@ -405,26 +581,59 @@ pub async fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
             " (dry run: nothing is deleted without --yes)"
         }
     );
-    for (rank, t) in tags.iter().enumerate() {
+    println!(
+        "records: {} ({} files read; every digest named in any of them is kept)",
+        sanitize(&state.display().to_string()),
+        records.files
+    );
+    for d in &records.doubts {
+        println!(
+            "in doubt {}: {}",
+            sanitize(&d.path.display().to_string()),
+            sanitize(&d.why)
+        );
+    }
+    let newest: BTreeSet<&str> = tags
+        .iter()
+        .filter(|t| !plan.unknown_time.contains(&t.tag))
+        .take(args.keep)
+        .map(|t| t.tag.as_str())
+        .collect();
+    for t in &tags {
         let mut reasons: Vec<String> = Vec::new();
-        if rank < args.keep {
+        if newest.contains(t.tag.as_str()) {
             reasons.push(format!("one of the {} newest tags", args.keep));
         }
-        if let Some(p) = protected.get(&t.digest) {
+        if plan.unknown_time.contains(&t.tag) {
+            reasons.push(format!(
+                "build time unknown (created {}): never pruned by age",
+                t.created
+                    .as_deref()
+                    .map(|c| format!("{:?}", sanitize(c)))
+                    .unwrap_or_else(|| "missing".into())
+            ));
+        }
+        if let Some(named) = records.digests.get(&t.digest) {
+            reasons.extend(record_reasons(named, &repo));
+        }
+        if let Some(p) = plan.closure.get(&t.digest) {
             reasons.extend(p.iter().cloned());
         }
-        if rank >= args.keep
-            && let Some(k) = kept_by_tag.get(&t.digest)
+        if !newest.contains(t.tag.as_str())
+            && let Some(k) = plan.kept_by_tag.get(&t.digest)
             && k != &t.tag
         {
-            reasons.push(format!("shares its digest with the kept tag {k} (deleting the digest deletes every tag on it)"));
+            reasons.push(format!(
+                "shares its digest with the kept tag {} (deleting the digest deletes every tag on it)",
+                sanitize(k)
+            ));
         }
-        let sharing: Vec<&str> = by_digest[&t.digest]
-            .iter()
-            .filter(|o| o.tag != t.tag)
-            .map(|o| o.tag.as_str())
-            .collect();
         if reasons.is_empty() {
+            let sharing: Vec<String> = by_digest[t.digest.as_str()]
+                .iter()
+                .filter(|o| **o != t.tag)
+                .map(|o| sanitize(o))
+                .collect();
             println!(
                 "delete {:<20} {}  older than the {} newest tags, in no record{}",
                 sanitize(&t.tag),
@@ -436,9 +645,6 @@ pub async fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
                     format!(" (also removes the tags {})", sharing.join(", "))
                 }
             );
-            if !delete.contains(&t.digest) {
-                delete.push(t.digest.clone());
-            }
         } else {
             println!(
                 "keep   {:<20} {}  {}",
@@ -451,17 +657,76 @@ pub async fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
     if !args.yes {
         println!(
             "{} manifest(s) would be deleted; run again with --yes to delete them",
-            delete.len()
+            plan.delete.len()
         );
         return Ok(ExitCode::Success);
     }
-    for d in &delete {
+    // A deployment recorded while the plan was made must still protect its digest (and what
+    // it reaches): the records are read and the plan made again, and only what both plans
+    // delete is deleted.
+    let again = protect::collect(state)?;
+    let recheck = make_plan(&client, &r, &tags, &again, args.keep, &mut lookups).await?;
+    let mut deleted = 0;
+    for d in &plan.delete {
+        if !recheck.delete.contains(d) {
+            let mut why = again
+                .digests
+                .get(d)
+                .map(|n| record_reasons(n, &repo))
+                .unwrap_or_default();
+            why.extend(recheck.closure.get(d).cloned().unwrap_or_default());
+            println!("kept   {d}  recorded while pruning: {}", why.join("; "));
+            continue;
+        }
         client.delete(&r, d).await?;
         println!("deleted {d}");
+        deleted += 1;
     }
     println!(
-        "{} manifest(s) deleted; run the registry's garbage-collect (without --delete-untagged) to free the blobs",
-        delete.len()
+        "{deleted} manifest(s) deleted; run the registry's garbage-collect (without --delete-untagged) to free the blobs"
     );
     Ok(ExitCode::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_times_read_dates_alone_as_midnight_utc_and_junk_as_unknown() {
+        let t = |s: &str| build_time(Some(s)).map(|t| t.to_rfc3339());
+        assert_eq!(
+            t("2026-06-01").as_deref(),
+            Some("2026-06-01T00:00:00+00:00")
+        );
+        assert_eq!(
+            t("2026-06-01T12:30:00").as_deref(),
+            Some("2026-06-01T12:30:00+00:00")
+        );
+        assert_eq!(
+            t("2026-06-01T14:00:00+02:00").as_deref(),
+            Some("2026-06-01T12:00:00+00:00")
+        );
+        assert!(build_time(Some("2026-06-01")) > build_time(Some("2026-05-31T23:59:59Z")));
+        for junk in [
+            "",
+            "last tuesday",
+            "2026-13-01",
+            "\u{202e}2026-06-01",
+            &"9".repeat(100_000),
+        ] {
+            assert_eq!(build_time(Some(junk)), None, "{junk:.20}");
+        }
+        assert_eq!(build_time(None), None);
+    }
+
+    #[test]
+    fn display_keys_make_loopback_spellings_and_case_one() {
+        let same = same_repo_for_display;
+        assert!(same("localhost:5000/team/cli", "127.0.0.1:5000/team/cli"));
+        assert!(same("LOCALHOST:5000/Team/Cli", "[::1]:5000/team/cli"));
+        assert!(same("registry.example.com:443/a", "Registry.Example.com/a"));
+        assert!(!same("localhost:5000/a", "localhost:5001/a"));
+        assert!(!same("registry.example.com/a", "localhost/a"));
+    }
 }

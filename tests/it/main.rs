@@ -4,6 +4,7 @@
 
 mod deploy;
 mod image;
+mod prune;
 mod reference;
 mod registry;
 mod registry_access;
