@@ -16,8 +16,8 @@
 //!   separators, the byte-order mark and the bidirectional controls (U+202E...), which would let
 //!   a stored value reorder or hide what a terminal shows.
 //! * **Image labels** (`description`, `title`, `source`, `revision`, `built_at`): at most
-//!   [`MAX_LABEL`] bytes (what `deploy` keeps of a label), the same characters except that a
-//!   newline and a tab are allowed (descriptions have paragraphs).
+//!   [`MAX_LABEL`] bytes (what `deploy` keeps of a label), any characters: they are the image
+//!   author's, stored escaped and read back exactly.
 //! * **Reference fields** (`repo`, `tag`, `digest`, `index_digest`): checked by the image
 //!   reference grammar where the reference is parsed (see [`check_reference`]).
 //!
@@ -117,28 +117,29 @@ fn one_line(field: &'static str, v: &str) -> Result<(), RecordsError> {
             format!("it is {} bytes long; {RULE}", v.len()),
         ));
     }
-    chars(field, v, false, RULE)
+    chars(field, v, RULE)
 }
 
-/// An image label: at most [`MAX_LABEL`] bytes, no [`refused_char`] except newline and tab.
+/// An image label: at most [`MAX_LABEL`] bytes, any characters.
+///
+/// Labels are the image author's, not the deployer's: refusing a deployment over a control
+/// character in a description would only make the image undeployable. They are stored escaped
+/// and read back exactly, and every table escapes them when it prints them.
 fn label(field: &'static str, v: &str) -> Result<(), RecordsError> {
-    const RULE: &str = "an image label is printable text (newlines and tabs allowed), at most \
-                        64 KiB, without other control, bidirectional-control or noncharacter \
-                        code points";
     if v.len() > MAX_LABEL {
         return Err(refuse(
             field,
-            format!("it is {} bytes long; {RULE}", v.len()),
+            format!(
+                "it is {} bytes long; an image label is kept up to 64 KiB",
+                v.len()
+            ),
         ));
     }
-    chars(field, v, true, RULE)
+    Ok(())
 }
 
-fn chars(field: &'static str, v: &str, multiline: bool, rule: &str) -> Result<(), RecordsError> {
+fn chars(field: &'static str, v: &str, rule: &str) -> Result<(), RecordsError> {
     for (i, c) in v.chars().enumerate() {
-        if multiline && matches!(c, '\n' | '\t') {
-            continue;
-        }
         if refused_char(c) {
             return Err(refuse(
                 field,

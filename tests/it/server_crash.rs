@@ -612,3 +612,51 @@ async fn a_hand_broken_entry_is_reported_never_moved_and_does_not_hide_other_app
     assert_eq!(read(&path), broken, "the broken history is untouched");
     assert!(!state.join("prod/web/deploy-history.yml.torn").exists());
 }
+
+/// Issue 9, bug 1 without credentials: the admission webhook takes no key, and a Pod whose
+/// `nodeSelector` carried a U+FFFE made its environment unreadable. The Pod is still allowed
+/// (record mode never denies), with a warning naming the field, and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_noncharacter_in_a_pods_node_selector_is_not_recorded_and_the_environment_stays_readable()
+{
+    let server = crate::server::TestServer::start(|c| c.cluster = "c1".into()).await;
+    let mut review: Value =
+        serde_json::from_str(include_str!("fixtures/admission-pod-create.json")).unwrap();
+    let admit = |review: Value| {
+        let url = server.at("/api/v1/admission");
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .json(&review)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let clean = review.clone();
+    review["request"]["object"]["spec"]["nodeSelector"]["kubernetes.io/arch"] =
+        json!("arm64\u{FFFE}");
+    let answer = admit(review).await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    let warnings = answer["response"]["warnings"].to_string();
+    assert!(
+        warnings.contains("invalid platform.architecture: character 6 is U+FFFE"),
+        "{warnings}"
+    );
+    let answer = admit(clean).await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+
+    // A restart reads the environment: a new store on the same files, and the CLI.
+    let store = imagetrail::records::Store::new(server.dir());
+    let current = store
+        .current("c1/payments", "payments/api")
+        .unwrap()
+        .unwrap();
+    assert_eq!(current.image.platform.architecture, "arm64");
+    let mut cmd = imagetrail();
+    cmd.args(["status", "--state-dir"]).arg(server.dir());
+    let out = run(&mut cmd);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
