@@ -40,8 +40,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
+use chrono::{DateTime, Utc};
+
 use super::info::{InfoFiles, info_temp, rename_over};
-use super::{Deployment, HISTORY, INFO, Recorded, RecordsError, Store, history, io_err, yaml};
+use super::{
+    Deployment, HISTORY, INFO, Recorded, RecordsError, Store, fields, history, io_err, yaml,
+};
 
 /// Extra rules for one item of a batch, beyond the store's own (valid names, `name` unique per
 /// repository per environment, a readable `deploy-info.yml`).
@@ -53,6 +57,25 @@ pub struct Checks {
     /// Write nothing when the app's current deployment already runs the same repository and
     /// digest (a Pod of a ReplicaSet admitted again).
     pub skip_if_current: bool,
+    /// Where the entry's `deployed_at` comes from.
+    pub stamp: Stamp,
+}
+
+/// Where a recorded deployment's `deployed_at` comes from.
+///
+/// Every app's history is kept in `deployed_at` order (readers bisect it), so a writer that
+/// takes "now" must take it while it holds the environment's lock, not before it waits for it:
+/// a time taken earlier can be overtaken by a racing writer's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Stamp {
+    /// The deployment's own `deployed_at` (a backfill, or a time the caller vouches for).
+    #[default]
+    Given,
+    /// The time of the write, taken under the environment's lock (see [`Recorded::stamped`]).
+    WriteTime,
+    /// [`Stamp::WriteTime`] in whole seconds, unless the app's last entry is within the
+    /// current second: then with the fraction, so the history stays in order.
+    WriteTimeSeconds,
 }
 
 /// What happened to one accepted item.
@@ -87,6 +110,21 @@ fn duplicate(e: &RecordsError) -> RecordsError {
             message: message.clone(),
         },
         RecordsError::TornTail(t) => RecordsError::TornTail(t.clone()),
+        RecordsError::InvalidField { field, reason } => RecordsError::InvalidField {
+            field,
+            reason: reason.clone(),
+        },
+        RecordsError::OutOfOrder {
+            env,
+            app,
+            given,
+            last,
+        } => RecordsError::OutOfOrder {
+            env: env.clone(),
+            app: app.clone(),
+            given: given.clone(),
+            last: last.clone(),
+        },
         RecordsError::NameTaken {
             env,
             name,
@@ -199,6 +237,17 @@ impl Store {
             c.deployment.workspace = env.to_string();
             return Ok(Some(c));
         }
+        // Append-only and in time order: readers bisect the history by deployed_at.
+        if let Some(c) = &current
+            && d.deployment.deployed_at < c.deployment.deployed_at
+        {
+            return Err(RecordsError::OutOfOrder {
+                env: env.to_string(),
+                app: d.app.clone(),
+                given: yaml::time(&d.deployment.deployed_at),
+                last: yaml::time(&c.deployment.deployed_at),
+            });
+        }
         if let Some(currents) = &eb.currents
             && needs_others
         {
@@ -255,9 +304,11 @@ impl Store {
         let mut results: Vec<Option<Result<Written, RecordsError>>> =
             items.iter().map(|_| None).collect();
 
-        // Names first: an item with a name that cannot be stored creates no directory.
+        // Names and fields first: an item that cannot be stored creates no directory.
         for (i, (d, _)) in items.iter().enumerate() {
-            if let Err(e) = self.app_dir(&d.deployment.workspace, &d.app) {
+            if let Err(e) =
+                fields::check(d).and_then(|()| self.app_dir(&d.deployment.workspace, &d.app))
+            {
                 results[i] = Some(Err(e));
             }
         }
@@ -279,6 +330,43 @@ impl Store {
                 (env, locked)
             })
             .collect();
+
+        // Stamped now, under the locks (see `Stamp`): the items as they will be written.
+        let mut stamped: Vec<Option<DateTime<Utc>>> = items.iter().map(|_| None).collect();
+        let mut items_owned: Option<Vec<(Deployment, Checks)>> = None;
+        let mut last_stamp: HashMap<(&str, &str), DateTime<Utc>> = HashMap::new();
+        for (i, (d, checks)) in items.iter().enumerate() {
+            if checks.stamp == Stamp::Given || results[i].is_some() {
+                continue;
+            }
+            let key = (d.deployment.workspace.as_str(), d.app.as_str());
+            let now = Utc::now();
+            let t = match checks.stamp {
+                Stamp::WriteTimeSeconds => {
+                    let secs = DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now);
+                    let last = match last_stamp.get(&key) {
+                        Some(t) => Some(*t),
+                        // A history that cannot be read is reported by the validation below.
+                        None => self
+                            .current(key.0, key.1)
+                            .ok()
+                            .flatten()
+                            .map(|c| c.deployment.deployed_at),
+                    };
+                    if last.is_some_and(|l| secs < l && l <= now) {
+                        now
+                    } else {
+                        secs
+                    }
+                }
+                _ => now,
+            };
+            last_stamp.insert(key, t);
+            let owned = items_owned.get_or_insert_with(|| items.to_vec());
+            owned[i].0.deployment.deployed_at = t;
+            stamped[i] = Some(t);
+        }
+        let items: &[(Deployment, Checks)] = items_owned.as_deref().unwrap_or(items);
 
         // Validate in batch order; accepted items join their app's job and the view.
         let mut own: HashMap<(String, String), Result<Option<Deployment>, RecordsError>> =
@@ -333,15 +421,11 @@ impl Store {
         for (job, outcome) in jobs.iter().zip(&staged) {
             match outcome {
                 Ok(staged) => {
-                    let rec = Recorded {
-                        moved_torn_tail: staged.moved.clone(),
-                    };
                     for (k, &i) in job.items.iter().enumerate() {
-                        // The torn tail moved aside belongs to the first entry appended.
-                        let r = if k == 0 {
-                            rec.clone()
-                        } else {
-                            Recorded::default()
+                        let r = Recorded {
+                            // The torn tail moved aside belongs to the first entry appended.
+                            moved_torn_tail: if k == 0 { staged.moved.clone() } else { None },
+                            stamped: stamped[i],
                         };
                         results[i] = Some(Ok(Written::Recorded(r)));
                     }
@@ -415,7 +499,9 @@ impl Store {
                 }
                 let replace = match info {
                     InfoFiles::Replace => true,
-                    InfoFiles::AtMostEvery(every) => self.pacer.replace_now(job, every),
+                    InfoFiles::AtMostEvery(every) => {
+                        self.pacer.replace_now(&job.key, &job.dir, every)
+                    }
                 };
                 let text = replace.then(|| yaml::info(&items[job.last].0));
                 let s = stage(job, text.as_deref())?;

@@ -6,16 +6,25 @@
 //! at T" is a bisection over byte offsets that reads a few kilobytes whatever the history's
 //! length; only the entry returned (and the last entry, to detect a torn tail) is parsed.
 //!
-//! **Torn tail.** An append is one `write` of a whole entry ending with a blank line, so a crash
-//! can leave at most one incomplete entry, at the end. The last entry is *torn* when it does
-//! not parse (or lacks `event_id`, its last line) and the file does not end with the blank line
-//! every entry ends with. Readers report it with its line number and still return the entries
-//! before it. The next append, under the lock, moves the torn bytes to
+//! **Framing and the torn tail.** The writer appends each entry in exactly one shape
+//! ([`yaml::history_entry`]): the line `- image:`, the image lines, a blank line,
+//! `  deployment:`, the deployment lines, and last the *terminator*, the line
+//! `    event_id: "<uuid>"` with its newline, followed by one blank line. A batch's entries are
+//! one `write`, so a crash can leave at most one incomplete entry, at the end, and that entry is
+//! a cut-off copy of what the writer writes. So the last entry is **torn** exactly when it does
+//! not parse and it is a proper prefix of the writer's framing: it has no complete terminator
+//! line, every complete line in it is a line the writer writes at that place (key, indentation,
+//! order, a well-formed double-quoted value), and only its last, unfinished line may be cut
+//! (even in the middle of a character). Readers report a torn tail with its line number and
+//! still return the entries before it. The next append, under the lock, moves the torn bytes to
 //! `deploy-history.yml.torn` (appended there with a comment saying where they came from) and
-//! cuts them off the history before writing, so no new entry is built on them and no byte of
-//! a complete entry is ever rewritten. A last entry that does not parse but ends with a blank
-//! line was edited by hand: it is reported as malformed and appends are refused until a person
-//! fixes it.
+//! cuts them off the history before writing, so no new entry is built on them and no byte of a
+//! complete entry is ever rewritten.
+//!
+//! Any other entry that does not parse (a stray quote, a deleted or reordered line, a complete
+//! terminator with damage before it, with or without the final blank line) was edited by hand:
+//! it is reported as [`RecordsError::Malformed`] with its file and line, nothing is moved or
+//! overwritten, and appends to that history are refused until a person fixes it.
 
 use std::fs::File;
 use std::io::Write;
@@ -212,6 +221,18 @@ impl<'a> HistoryFile<'a> {
     /// `Ok(Some(torn))` for a torn tail, `Err(Malformed)` for a hand-edited broken last entry
     /// or text before the first entry that is not a comment.
     pub fn check_tail(&self) -> Result<Option<TornTail>, RecordsError> {
+        // Cut right after the `-` that starts an entry: not yet an entry start (`- `), but a
+        // prefix of one.
+        if self.len > 0
+            && self.read(self.len - 1, 1)? == b"-"
+            && (self.len == 1 || self.read(self.len - 2, 1)? == b"\n")
+        {
+            return Ok(Some(TornTail {
+                path: self.path.to_path_buf(),
+                line: self.line_of(self.len - 1)?,
+                offset: self.len - 1,
+            }));
+        }
         let Some(last) = self.prev_start(self.len)? else {
             let head = self.read(0, self.len as usize)?;
             let text = String::from_utf8_lossy(&head);
@@ -231,17 +252,12 @@ impl<'a> HistoryFile<'a> {
         let (bytes, _) = self.entry_bytes(last)?;
         match self.parse_bytes(last, &bytes) {
             Ok(_) => Ok(None),
-            Err(e) => {
-                if bytes.ends_with(b"\n\n") {
-                    Err(e)
-                } else {
-                    Ok(Some(TornTail {
-                        path: self.path.to_path_buf(),
-                        line: self.line_of(last)?,
-                        offset: last,
-                    }))
-                }
-            }
+            Err(e) if !cut_off_writer_entry(&bytes) => Err(e),
+            Err(_) => Ok(Some(TornTail {
+                path: self.path.to_path_buf(),
+                line: self.line_of(last)?,
+                offset: last,
+            })),
         }
     }
 
@@ -331,6 +347,109 @@ impl<'a> HistoryFile<'a> {
         };
         self.prev_start(pos as u64 + 1)
     }
+}
+
+/// One line of the writer's entry framing (see the module documentation).
+#[derive(Clone, Copy)]
+enum Frame {
+    /// A line written exactly so.
+    Literal(&'static str),
+    /// `<indent><key>: "<value>"`.
+    Key(&'static str, &'static str),
+}
+
+/// The lines of one entry as [`yaml::history_entry`] writes them, in order; `true` marks a
+/// line left out when the field has no value. The last `Key` is the terminator.
+const FRAMING: &[(Frame, bool)] = &[
+    (Frame::Literal("- image:"), false),
+    (Frame::Key("    ", "repo"), false),
+    (Frame::Key("    ", "tag"), true),
+    (Frame::Key("    ", "digest"), false),
+    (Frame::Key("    ", "index_digest"), true),
+    (Frame::Literal("    platform:"), false),
+    (Frame::Key("      ", "os"), false),
+    (Frame::Key("      ", "architecture"), false),
+    (Frame::Key("      ", "variant"), true),
+    (Frame::Key("    ", "description"), true),
+    (Frame::Key("    ", "built_at"), true),
+    (Frame::Key("    ", "revision"), true),
+    (Frame::Key("    ", "source"), true),
+    (Frame::Key("    ", "title"), true),
+    (Frame::Literal(""), false),
+    (Frame::Literal("  deployment:"), false),
+    (Frame::Key("    ", "deployed_at"), false),
+    (Frame::Key("    ", "deployed_by"), false),
+    (Frame::Key("    ", "workspace"), false),
+    (Frame::Key("    ", "name"), true),
+    (Frame::Key("    ", "event_id"), false),
+];
+
+impl Frame {
+    /// Whether the complete line `line` is this frame line.
+    fn is(self, line: &str) -> bool {
+        match self {
+            Frame::Literal(l) => line == l,
+            Frame::Key(indent, key) => line
+                .strip_prefix(indent)
+                .and_then(|r| r.strip_prefix(key))
+                .and_then(|r| r.strip_prefix(": "))
+                .is_some_and(yaml::is_quoted),
+        }
+    }
+
+    /// Whether the unfinished line `partial` can be the start of this frame line.
+    fn starts(self, partial: &str) -> bool {
+        match self {
+            Frame::Literal(l) => l.starts_with(partial),
+            Frame::Key(indent, key) => {
+                let head = format!("{indent}{key}: ");
+                match partial.strip_prefix(head.as_str()) {
+                    Some(value) => value.is_empty() || yaml::is_quoted_prefix(value),
+                    None => head.starts_with(partial),
+                }
+            }
+        }
+    }
+}
+
+/// Whether `bytes` (the last entry) is a proper prefix of an entry in the writer's framing
+/// without its terminator: what an append cut off by a crash leaves (see the module
+/// documentation).
+fn cut_off_writer_entry(bytes: &[u8]) -> bool {
+    // A cut in the middle of a character leaves an incomplete UTF-8 sequence at the very end.
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) if e.error_len().is_none() => match std::str::from_utf8(&bytes[..e.valid_up_to()]) {
+            Ok(t) => t,
+            Err(_) => return false,
+        },
+        Err(_) => return false,
+    };
+    let (complete, partial) = match text.rfind('\n') {
+        Some(i) => (&text[..i], &text[i + 1..]),
+        None => ("", text),
+    };
+    let mut pos = 0;
+    if !text.is_empty() && text.contains('\n') {
+        for line in complete.split('\n') {
+            // The next frame line this can be: skip the optional ones before it.
+            let Some(k) = (pos..FRAMING.len())
+                .take_while(|&k| k == pos || FRAMING[k - 1].1)
+                .find(|&k| FRAMING[k].0.is(line))
+            else {
+                return false;
+            };
+            if k == FRAMING.len() - 1 {
+                // The terminator is complete: the entry was written whole.
+                return false;
+            }
+            pos = k + 1;
+        }
+    }
+    partial.is_empty()
+        || (pos..FRAMING.len())
+            .take_while(|&k| k == pos || FRAMING[k - 1].1)
+            .any(|k| FRAMING[k].0.starts(partial))
 }
 
 /// Append one whole entry to the locked history file `file` (opened with `O_APPEND`).

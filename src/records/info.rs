@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
-use super::batch::AppJob;
 use super::{INFO, RecordsError, Store, io_err, yaml};
 
 /// When a batch replaces the `deploy-info.yml` of the apps it deploys.
@@ -295,17 +294,19 @@ impl Pacer {
         self.0.lock().expect("pacer lock")
     }
 
-    /// Whether `job`'s app gets its info replaced in this batch; if not, it is noted as due
-    /// `every` after its last replace.
-    pub(super) fn replace_now(&self, job: &AppJob, every: Duration) -> bool {
+    /// Whether the app `key` (environment, app), in the directory `dir`, gets its info
+    /// replaced in this batch; if not, it is noted as due `every` after its last replace.
+    /// (Given the key and directory rather than the batch's job, so this module does not
+    /// depend on the batch module that calls it.)
+    pub(super) fn replace_now(&self, key: &(String, String), dir: &Path, every: Duration) -> bool {
         let mut state = self.lock();
-        match state.last.get(&job.dir).copied() {
+        match state.last.get(dir).copied() {
             Some(last) if last.elapsed() < every => {
-                state.due.entry(job.key.clone()).or_insert(last + every);
+                state.due.entry(key.clone()).or_insert(last + every);
                 false
             }
             _ => {
-                state.due.remove(&job.key);
+                state.due.remove(key);
                 true
             }
         }

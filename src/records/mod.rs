@@ -10,6 +10,7 @@
 
 mod batch;
 mod current;
+mod fields;
 mod history;
 mod info;
 mod names;
@@ -36,6 +37,32 @@ pub enum RecordsError {
         name: String,
         /// Why it is refused.
         reason: &'static str,
+    },
+    /// A field's value breaks the store's rule for that field (see the README's "Field
+    /// limits"); nothing was written.
+    #[error("invalid {field}: {reason}")]
+    InvalidField {
+        /// The field, as stored: `deployed_by`, `platform.os`, `name`, `environment`...
+        field: &'static str,
+        /// What is wrong and what is accepted.
+        reason: String,
+    },
+    /// A deployment dated before the last entry of its app's history: the history is
+    /// append-only and kept in `deployed_at` order, so it is refused.
+    #[error(
+        "deployed_at {given} is before the last recorded deployment of {app:?} in environment \
+         {env:?} (deployed_at {last}); the history is append-only and kept in time order: \
+         record it with a deployed_at at or after {last}"
+    )]
+    OutOfOrder {
+        /// The environment.
+        env: String,
+        /// The app.
+        app: String,
+        /// The deployed_at refused (RFC 3339).
+        given: String,
+        /// The deployed_at of the app's last entry (RFC 3339).
+        last: String,
     },
     /// A file could not be read or written.
     #[error("{path}: {source}")]
@@ -91,7 +118,8 @@ pub enum RecordsError {
     },
 }
 
-pub use batch::{Checks, Written};
+pub use batch::{Checks, Stamp, Written};
+pub use fields::{MAX_LABEL, MAX_NAME, MAX_TOKEN};
 pub use history::TornTail;
 pub use info::InfoFiles;
 
@@ -109,6 +137,23 @@ pub struct HistoryRead {
 pub struct Recorded {
     /// A torn last entry found and moved to `deploy-history.yml.torn` before appending.
     pub moved_torn_tail: Option<TornTail>,
+    /// The `deployed_at` the store gave the deployment when it was written, if [`Checks::stamp`]
+    /// asked for one (the deployment's own time was then replaced by this).
+    pub stamped: Option<DateTime<Utc>>,
+}
+
+/// The histories of several apps as read by [`Store::read_histories`]: what could be read,
+/// and what could not, side by side.
+#[derive(Debug, Default)]
+pub struct HistoriesRead {
+    /// Every whole entry of every readable history, with `workspace` set to its environment,
+    /// in `deployed_at` order.
+    pub entries: Vec<Deployment>,
+    /// The torn last entries (each history's entries before it are in `entries`).
+    pub torn: Vec<TornTail>,
+    /// The histories that could not be read (a hand-broken entry: [`RecordsError::Malformed`]
+    /// with its file and line), none of whose entries are in `entries`.
+    pub broken: Vec<RecordsError>,
 }
 
 pub use crate::reference::Platform;
@@ -239,7 +284,17 @@ impl Store {
     /// the deployment and `deploy-info.yml` still describes the previous one whole. This is a
     /// batch of one (see [`Store::record_checked_many`]).
     pub fn record_reporting(&self, d: &Deployment) -> Result<Recorded, RecordsError> {
-        let mut results = self.record_checked_many(&[(d.clone(), Checks::default())]);
+        self.record_with(d, Checks::default())
+    }
+
+    /// [`Store::record_reporting`] with `checks` (e.g. [`Stamp::WriteTime`]: `deployed_at` is
+    /// the time of the write, see [`Recorded::stamped`]).
+    pub fn record_with(&self, d: &Deployment, checks: Checks) -> Result<Recorded, RecordsError> {
+        let checks = Checks {
+            skip_if_current: false,
+            ..checks
+        };
+        let mut results = self.record_checked_many(&[(d.clone(), checks)]);
         match results.pop().expect("one result per item") {
             Ok(Written::Recorded(r)) => Ok(r),
             Ok(Written::AlreadyCurrent(_)) => unreachable!("skip_if_current was not asked"),
@@ -271,6 +326,37 @@ impl Store {
             Some(t) => Err(RecordsError::TornTail(t)),
             None => Ok(read.entries),
         }
+    }
+
+    /// The histories of `apps` (environment, app) within `[since, until]`, every entry in one
+    /// list in `deployed_at` order. A history that cannot be read (an entry broken by hand) does
+    /// not hide the others: it is reported in [`HistoriesRead::broken`] and the rest answered.
+    pub fn read_histories(
+        &self,
+        apps: &[(String, String)],
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+    ) -> HistoriesRead {
+        let mut out = HistoriesRead::default();
+        for (env, app) in apps {
+            match self.read_history_range(env, app, since, until) {
+                Ok(read) => {
+                    out.torn.extend(read.torn);
+                    out.entries.extend(read.entries.into_iter().map(|mut d| {
+                        d.deployment.workspace = env.clone();
+                        d
+                    }));
+                }
+                Err(e) => out.broken.push(e),
+            }
+        }
+        out.entries.retain(|d| {
+            since.is_none_or(|s| d.deployment.deployed_at >= s)
+                && until.is_none_or(|u| d.deployment.deployed_at <= u)
+        });
+        // Stable: entries of one app at the same time stay in the order they were recorded.
+        out.entries.sort_by_key(|d| d.deployment.deployed_at);
+        out
     }
 
     /// The whole history of `app` in `env`, oldest first, with a torn last entry reported

@@ -604,6 +604,7 @@ fn a_batch_can_require_names_and_skip_what_already_runs() {
     let strict = Checks {
         name_required_for_named_instances: true,
         skip_if_current: true,
+        ..Checks::default()
     };
     let results = store.record_checked_many(&[
         (named.clone(), strict),
@@ -717,4 +718,457 @@ fn a_name_freed_by_an_earlier_item_of_the_batch_can_be_taken() {
     let results = store.record_many(&[web_unnamed, web2.clone()]);
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     assert_eq!(store.current("prod", "web2").unwrap(), Some(web2));
+}
+
+// ---- Field limits, exact storage, time order and the torn-tail framing (issue 9). ----
+
+/// What python3's PyYAML (an independent YAML parser) reads from each of `paths`, as JSON.
+fn python_yaml(paths: &[PathBuf]) -> Vec<serde_json::Value> {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml\n\
+             print(json.dumps([yaml.safe_load(open(p, encoding='utf-8')) for p in sys.argv[1:]]))",
+        ])
+        .args(paths)
+        .output()
+        .expect("python3 (with python3-yaml) runs");
+    assert!(
+        out.status.success(),
+        "PyYAML cannot read {paths:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The fields a request can carry, each settable to any string.
+const FIELDS: &[&str] = &[
+    "deployed_by",
+    "name",
+    "environment",
+    "app",
+    "platform.os",
+    "platform.architecture",
+    "platform.variant",
+    "description",
+    "title",
+    "source",
+    "revision",
+    "built_at",
+    "repo",
+    "tag",
+];
+
+fn set_field(d: &mut Deployment, field: &str, v: String) {
+    match field {
+        "deployed_by" => d.deployment.deployed_by = v,
+        "name" => d.deployment.name = Some(v),
+        "environment" => d.deployment.workspace = v,
+        "app" => d.app = v,
+        "platform.os" => d.image.platform.os = v,
+        "platform.architecture" => d.image.platform.architecture = v,
+        "platform.variant" => d.image.platform.variant = Some(v),
+        "description" => d.image.description = Some(v),
+        "title" => d.image.title = Some(v),
+        "source" => d.image.source = Some(v),
+        "revision" => d.image.revision = Some(v),
+        "built_at" => d.image.built_at = Some(v),
+        "repo" => d.image.repo = v,
+        "tag" => d.image.tag = Some(v),
+        other => panic!("unknown field {other}"),
+    }
+}
+
+/// Strings a careless user or an attacker sends: any characters, and a mix of the ones that
+/// break files and terminals.
+fn hostile_string() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let nasty = prop::sample::select(vec![
+        '\u{FFFE}',
+        '\u{FFFF}',
+        '\u{FDD0}',
+        '\u{1FFFE}',
+        '\u{10FFFF}',
+        '\u{0}',
+        '\u{7}',
+        '\u{1b}',
+        '\r',
+        '\n',
+        '\t',
+        '\u{85}',
+        '\u{2028}',
+        '\u{2029}',
+        '\u{FEFF}',
+        '\u{202E}',
+        '\u{2066}',
+        '\u{200D}',
+        '"',
+        '\'',
+        '\\',
+        ':',
+        '#',
+        '-',
+        ' ',
+        '{',
+        '[',
+        '&',
+        '*',
+        '!',
+        '|',
+        '>',
+        '%',
+        '@',
+        '`',
+        'é',
+        '🙂',
+        'a',
+        'Z',
+        '0',
+        '.',
+        '/',
+    ]);
+    prop_oneof![
+        any::<String>(),
+        "[a-z0-9][a-z0-9._-]{0,12}",
+        prop::collection::vec(nasty, 0..24).prop_map(|v| v.into_iter().collect()),
+        (0usize..3, any::<char>()).prop_map(|(k, c)| c.to_string().repeat([254, 300, 70_000][k])),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config {
+        cases: 48,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    })]
+
+    /// Any string in any field is either refused with an error naming that field, or written,
+    /// read back equal by imagetrail, read by an independent YAML parser, and the environment
+    /// still takes writes and answers reads after a restart (a new store on the same files).
+    #[test]
+    fn any_string_in_any_field_is_refused_or_stored_exactly(
+        field in proptest::sample::select(FIELDS),
+        value in hostile_string(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let base = dep("hello", "prod", "a", &digest(1), t(1, 0));
+        store.record(&base).unwrap();
+        let mut d = dep("hello", "prod", "b", &digest(2), t(2, 0));
+        set_field(&mut d, field, value.clone());
+        match store.record(&d) {
+            Err(RecordsError::InvalidField { field: named, .. }) => {
+                proptest::prop_assert_eq!(named, field);
+            }
+            Err(RecordsError::InvalidName { what, .. }) => {
+                proptest::prop_assert_eq!(what, field);
+            }
+            Err(other) => proptest::prop_assert!(false, "{field}: unexpected error {other}"),
+            Ok(()) => {
+                let (env, app) = (d.deployment.workspace.clone(), d.app.clone());
+                // Read back equal, from a store that did not write it (a restart).
+                let fresh = Store::new(dir.path());
+                proptest::prop_assert_eq!(fresh.current(&env, &app).unwrap(), Some(d.clone()));
+                let history = fresh.history(&env, &app).unwrap();
+                proptest::prop_assert_eq!(history.last(), Some(&d));
+                // An independent parser reads both files and finds the value.
+                let mut read = python_yaml(&[
+                    fresh.info_path(&env, &app).unwrap(),
+                    fresh.history_path(&env, &app).unwrap(),
+                ]);
+                let (hist, info) = (read.pop().unwrap(), read.pop().unwrap());
+                let last = hist.as_array().unwrap().last().unwrap().clone();
+                let (in_info, in_hist) = match field {
+                    "deployed_by" | "name" => (
+                        info["deployment"][field].clone(),
+                        last["deployment"][field].clone(),
+                    ),
+                    "environment" => (info["workspace"].clone(), last["deployment"]["workspace"].clone()),
+                    "app" => (info["app"].clone(), serde_json::Value::String(app.clone())),
+                    f => match f.strip_prefix("platform.") {
+                        Some(p) => (info["image"]["platform"][p].clone(), last["image"]["platform"][p].clone()),
+                        None => (info["image"][f].clone(), last["image"][f].clone()),
+                    },
+                };
+                proptest::prop_assert_eq!(in_info.as_str(), Some(value.as_str()));
+                proptest::prop_assert_eq!(in_hist.as_str(), Some(value.as_str()));
+                // After the restart the environment still takes writes and reads.
+                let mut next = d.clone();
+                next.deployment.deployed_at = t(3, 0);
+                next.deployment.event_id = Uuid::now_v7();
+                next.image.digest = digest(3);
+                fresh.record(&next).unwrap();
+                proptest::prop_assert_eq!(fresh.current(&env, &app).unwrap(), Some(next));
+                fresh.history(&env, &app).unwrap();
+            }
+        }
+        // Whatever happened, the environment of the first deployment still works.
+        let fresh = Store::new(dir.path());
+        fresh.current("prod", "hello").unwrap();
+        let mut later = dep("hello", "prod", "c", &digest(4), t(4, 0));
+        later.deployment.event_id = Uuid::now_v7();
+        fresh.record(&later).unwrap();
+        proptest::prop_assert_eq!(fresh.current("prod", "hello").unwrap(), Some(later));
+    }
+}
+
+#[test]
+fn a_noncharacter_in_deployed_by_or_the_platform_is_refused_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    let mut d = dep("hello", "prod", "a", &digest(1), t(1, 0));
+    d.deployment.deployed_by = "mallory\u{FFFE}".into();
+    let err = store.record(&d).unwrap_err().to_string();
+    assert!(
+        err.starts_with("invalid deployed_by: character 8 is U+FFFE (a Unicode noncharacter)"),
+        "{err}"
+    );
+    let mut d = dep("hello", "prod", "a", &digest(1), t(1, 0));
+    d.image.platform.architecture = "amd64\u{FFFE}".into();
+    let err = store.record(&d).unwrap_err().to_string();
+    assert!(err.starts_with("invalid platform.architecture: "), "{err}");
+    assert!(!dir.path().join("prod/hello").exists(), "nothing written");
+    // The environment takes a good deployment, and a new store (a restart) reads it.
+    let good = dep("hello", "prod", "a", &digest(1), t(1, 0));
+    store.record(&good).unwrap();
+    assert_eq!(
+        Store::new(dir.path()).current("prod", "hello").unwrap(),
+        Some(good)
+    );
+}
+
+#[test]
+fn characters_outside_yamls_printable_set_are_escaped() {
+    assert_eq!(yaml::quote("a\u{FFFE}b"), "\"a\\uFFFEb\"");
+    assert_eq!(yaml::quote("\u{1FFFF}"), "\"\\U0001FFFF\"");
+    assert_eq!(yaml::quote("\r\u{85}\u{2028}"), "\"\\u000D\\u0085\\u2028\"");
+}
+
+#[test]
+fn a_deployment_before_the_last_entry_is_refused_naming_deployed_at_and_the_last_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    let future = Utc.with_ymd_and_hms(2099, 1, 1, 0, 0, 0).unwrap();
+    let a = dep("hello", "prod", "a", &digest(1), t(1, 0));
+    let b = dep("hello", "prod", "b", &digest(2), future);
+    store.record(&a).unwrap();
+    store.record(&b).unwrap();
+    let path = dir.path().join("prod/hello/deploy-history.yml");
+    let before = std::fs::read(&path).unwrap();
+    // A plain deploy "now", after a backfill dated in the future.
+    let now = dep("hello", "prod", "c", &digest(3), Utc::now());
+    let err = store.record(&now).unwrap_err().to_string();
+    assert!(err.starts_with("deployed_at "), "{err}");
+    assert!(
+        err.contains("(deployed_at 2099-01-01T00:00:00Z)"),
+        "names the last entry's time: {err}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), before, "nothing appended");
+    assert_eq!(
+        store.at("prod", "hello", Utc::now()).unwrap(),
+        Some(a.clone())
+    );
+    // Stamped by the writer: refused the same way, never appended before the future entry.
+    let err = store
+        .record_with(
+            &dep("hello", "prod", "c", &digest(3), t(0, 0)),
+            Checks {
+                stamp: Stamp::WriteTime,
+                ..Checks::default()
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(err, RecordsError::OutOfOrder { .. }), "{err}");
+    // At the same time as the last entry is in order.
+    let same = dep("hello", "prod", "d", &digest(4), future);
+    store.record(&same).unwrap();
+    assert_eq!(store.at("prod", "hello", future).unwrap(), Some(same));
+}
+
+#[test]
+fn writers_racing_from_several_stores_keep_the_history_in_time_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let threads: Vec<_> = (0..4u32)
+        .map(|w| {
+            // One store each: like separate processes sharing the state directory.
+            let store = Store::new(dir.path());
+            std::thread::spawn(move || {
+                for n in 0..25u32 {
+                    let d = dep("hello", "prod", "x", &digest(w * 100 + n), t(0, 0));
+                    let r = store
+                        .record_with(
+                            &d,
+                            Checks {
+                                stamp: Stamp::WriteTime,
+                                ..Checks::default()
+                            },
+                        )
+                        .unwrap();
+                    assert!(r.stamped.is_some());
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let store = Store::new(dir.path());
+    let history = store.history("prod", "hello").unwrap();
+    assert_eq!(history.len(), 100);
+    let times: Vec<_> = history.iter().map(|d| d.deployment.deployed_at).collect();
+    assert!(times.is_sorted(), "the file is in deployed_at order");
+    for (k, d) in history.iter().enumerate() {
+        // The last entry at or before its time: itself, or a later one at the same instant.
+        let at = store
+            .at("prod", "hello", d.deployment.deployed_at)
+            .unwrap()
+            .unwrap();
+        let last_tie = history[k..]
+            .iter()
+            .take_while(|e| e.deployment.deployed_at == d.deployment.deployed_at)
+            .last()
+            .unwrap();
+        assert_eq!(&at, last_tie);
+    }
+}
+
+/// The history's text with its last entry broken by hand as `edit` says.
+fn break_last_entry(
+    edit: impl Fn(&str) -> String,
+) -> (tempfile::TempDir, Store, PathBuf, Vec<u8>, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    store
+        .record(&dep("hello", "prod", "a", &digest(1), t(1, 0)))
+        .unwrap();
+    store
+        .record(&dep("hello", "prod", "b", &digest(2), t(2, 0)))
+        .unwrap();
+    let path = dir.path().join("prod/hello/deploy-history.yml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let start = text.rfind("\n- image:").unwrap() + 1;
+    let line = text[..start].lines().count() + 1;
+    let broken = format!("{}{}", &text[..start], edit(&text[start..]));
+    std::fs::write(&path, &broken).unwrap();
+    (dir, store, path, broken.into_bytes(), line)
+}
+
+#[test]
+fn a_hand_broken_last_entry_is_malformed_and_nothing_is_moved() {
+    type Edit = fn(&str) -> String;
+    let edits: [(&str, Edit); 3] = [
+        ("a stray quote, blank line removed", |e| {
+            e.replace("deployed_by: \"alice\"", "deployed_by: \"ali\"ce\"")
+                .trim_end_matches('\n')
+                .to_string()
+                + "\n"
+        }),
+        ("a stray quote, no final newline", |e| {
+            e.replace("tag: \"b\"", "tag: \"b\"\"")
+                .trim_end()
+                .to_string()
+        }),
+        ("a line deleted", |e| {
+            e.lines()
+                .filter(|l| !l.contains("digest:"))
+                .map(|l| format!("{l}\n"))
+                .collect()
+        }),
+    ];
+    for (what, edit) in edits {
+        let (dir, store, path, broken, line) = break_last_entry(edit);
+        let err = store.read_history("prod", "hello").unwrap_err();
+        assert!(
+            matches!(err, RecordsError::Malformed { .. }),
+            "{what}: {err}"
+        );
+        assert_reports_line_in_last_entry(&err.to_string(), line);
+        assert!(store.at("prod", "hello", t(5, 0)).is_err(), "{what}");
+        let err = store
+            .record(&dep("hello", "prod", "c", &digest(3), t(3, 0)))
+            .unwrap_err();
+        assert!(
+            matches!(err, RecordsError::Malformed { .. }),
+            "{what}: {err}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), broken, "{what}: untouched");
+        assert!(
+            !dir.path()
+                .join("prod/hello/deploy-history.yml.torn")
+                .exists(),
+            "{what}: nothing moved aside"
+        );
+    }
+}
+
+#[test]
+fn every_cut_of_an_append_is_a_torn_tail_and_every_whole_entry_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::new(dir.path());
+    let a = dep("hello", "prod", "a", &digest(1), t(1, 0));
+    let mut b = dep("hello", "prod", "b", &digest(2), t(2, 0));
+    b.image.description = Some("ünï 🙂 \"q\" \\ \n x\u{FFFD}".into());
+    b.image.platform.variant = Some("v8".into());
+    b.deployment.name = Some("web".into());
+    store.record(&a).unwrap();
+    store.record(&b).unwrap();
+    let path = dir.path().join("prod/hello/deploy-history.yml");
+    let whole = std::fs::read(&path).unwrap();
+    let start = whole.len() - yaml::history_entry(&b).len();
+    for cut in start + 1..whole.len() {
+        std::fs::write(&path, &whole[..cut]).unwrap();
+        let read = store.read_history("prod", "hello").unwrap_or_else(|e| {
+            panic!(
+                "cut at {cut} ({:?}): {e}",
+                String::from_utf8_lossy(&whole[start..cut])
+            )
+        });
+        match read.torn {
+            Some(torn) => {
+                assert_eq!(torn.offset, start as u64);
+                assert_eq!(read.entries, vec![a.clone()]);
+            }
+            // Only once the terminator line is complete.
+            None => {
+                assert!(whole[start..cut].ends_with(b"\"\n") || whole[start..cut].ends_with(b"\""));
+                assert!(String::from_utf8_lossy(&whole[start..cut]).contains("event_id: \""));
+                assert_eq!(read.entries, vec![a.clone(), b.clone()]);
+            }
+        }
+    }
+}
+
+#[test]
+fn one_broken_history_does_not_hide_the_others() {
+    let (dir, store, path, _, line) = break_last_entry(|e| e.replace("repo: \"", "repo: \"\"x"));
+    let _ = &dir;
+    store
+        .record(&dep("other", "prod", "o", &digest(5), t(1, 30)))
+        .unwrap();
+    let apps = vec![
+        ("prod".to_string(), "hello".to_string()),
+        ("prod".to_string(), "other".to_string()),
+    ];
+    let read = store.read_histories(&apps, None, None);
+    assert_eq!(read.entries.len(), 1);
+    assert_eq!(read.entries[0].app, "other");
+    assert_eq!(read.broken.len(), 1);
+    let msg = read.broken[0].to_string();
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+    assert_reports_line_in_last_entry(&msg, line);
+}
+
+/// `msg` names `deploy-history.yml:LINE:` with LINE within the last entry, which starts at
+/// `start` and is at most 30 lines long.
+fn assert_reports_line_in_last_entry(msg: &str, start: usize) {
+    let reported: usize = msg
+        .split("deploy-history.yml:")
+        .nth(1)
+        .and_then(|r| r.split(':').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no deploy-history.yml:LINE in {msg}"));
+    assert!(
+        (start..start + 30).contains(&reported),
+        "line {reported}, entry at {start}: {msg}"
+    );
 }

@@ -3,7 +3,9 @@
 //! with `serde-saphyr`.
 //!
 //! Every string is written double-quoted with YAML escapes, so no value (a description with a
-//! colon, a `#`, a newline, a control character) can change the structure of the file.
+//! colon, a `#`, a newline, a control character) can change the structure of the file, and
+//! every character outside YAML's printable set (controls, U+FFFE, U+FFFF) is escaped, so any
+//! YAML parser reads back exactly the value written (see [`quote`]).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -15,6 +17,12 @@ use uuid::Uuid;
 use super::{Deployment, DeploymentRecord, ImageRecord};
 
 /// A YAML double-quoted scalar holding exactly `s`.
+///
+/// YAML allows only its printable set raw in a file (tab, newline, U+0020..U+007E, U+0085,
+/// U+00A0..U+D7FF, U+E000..U+FFFD, U+10000..U+10FFFF): a raw U+FFFE makes the whole file
+/// unreadable. So everything else is escaped, and so are the characters some parsers treat as
+/// line breaks (U+0085, U+2028, U+2029), the byte-order mark and every Unicode noncharacter
+/// (`\uXXXX`, or `\UXXXXXXXX` above the BMP).
 pub fn quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
@@ -25,8 +33,15 @@ pub fn quote(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\t' => out.push_str("\\t"),
             // YAML only allows printable characters in a scalar: escape the rest.
-            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{feff}') => {
-                let _ = write!(out, "\\u{:04X}", c as u32);
+            c if c.is_control()
+                || matches!(c, '\u{2028}' | '\u{2029}' | '\u{feff}')
+                || super::fields::noncharacter(c) =>
+            {
+                if (c as u32) > 0xFFFF {
+                    let _ = write!(out, "\\U{:08X}", c as u32);
+                } else {
+                    let _ = write!(out, "\\u{:04X}", c as u32);
+                }
             }
             c => out.push(c),
         }
@@ -300,6 +315,30 @@ pub fn fast_history_entry(text: &str) -> Option<HistoryEntry> {
     })
 }
 
+/// Whether `v` is a whole double-quoted scalar as [`quote`] writes it.
+pub fn is_quoted(v: &str) -> bool {
+    unquote(v).is_some()
+}
+
+/// Whether `v` is the start of a double-quoted scalar as [`quote`] writes it, cut anywhere
+/// (an escape may be cut too; a closing quote may only be the last character).
+pub fn is_quoted_prefix(v: &str) -> bool {
+    let Some(inner) = v.strip_prefix('"') else {
+        return false;
+    };
+    let mut chars = inner.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                chars.next();
+            }
+            '"' => return chars.peek().is_none(),
+            _ => {}
+        }
+    }
+    true
+}
+
 /// The inverse of [`quote`]; `None` for anything `quote` does not write.
 fn unquote(v: &str) -> Option<String> {
     let inner = v.strip_prefix('"')?.strip_suffix('"')?;
@@ -312,9 +351,10 @@ fn unquote(v: &str) -> Option<String> {
                 '\\' => out.push('\\'),
                 'n' => out.push('\n'),
                 't' => out.push('\t'),
-                'u' => {
-                    let hex: String = chars.by_ref().take(4).collect();
-                    if hex.len() != 4 {
+                e @ ('u' | 'U') => {
+                    let n = if e == 'u' { 4 } else { 8 };
+                    let hex: String = chars.by_ref().take(n).collect();
+                    if hex.len() != n || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
                         return None;
                     }
                     out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);

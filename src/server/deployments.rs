@@ -36,7 +36,7 @@ use super::reference::PinnedRef;
 use tokio::sync::oneshot;
 
 use crate::records::{
-    Checks, Deployment, DeploymentRecord, InfoFiles, Platform, RecordsError, Store, Written,
+    Checks, Deployment, DeploymentRecord, InfoFiles, Platform, RecordsError, Stamp, Store, Written,
 };
 
 /// The environment when the body names none (Atomist's default).
@@ -350,9 +350,17 @@ async fn write(
     let checks = Checks {
         name_required_for_named_instances: true,
         skip_if_current,
+        // deployed_at is taken by the writer, so racing requests are appended in time order.
+        stamp: Stamp::WriteTime,
     };
     match state.deployments.submit(deployment.clone(), checks).await? {
-        Written::Recorded(_) => Ok(deployment),
+        Written::Recorded(r) => {
+            let mut deployment = deployment;
+            if let Some(t) = r.stamped {
+                deployment.deployment.deployed_at = t;
+            }
+            Ok(deployment)
+        }
         Written::AlreadyCurrent(current) => Ok(*current),
     }
 }

@@ -95,6 +95,12 @@ impl From<crate::records::RecordsError> for ApiError {
             RecordsError::InvalidName { .. } => {
                 ApiError::bad_request("invalid-name", err.to_string())
             }
+            RecordsError::InvalidField { .. } => {
+                ApiError::bad_request("invalid-field", err.to_string())
+            }
+            RecordsError::OutOfOrder { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "out-of-order", err.to_string())
+            }
             RecordsError::Malformed { .. } => {
                 tracing::error!("{err}");
                 ApiError::new(

@@ -44,9 +44,10 @@ pub fn client(opts: &crate::cli::RegistryOpts) -> anyhow::Result<Client> {
 /// A usage error for records names, so `..`, empty and already-taken names exit 2.
 pub fn usage_if_name(e: RecordsError) -> anyhow::Error {
     match e {
-        RecordsError::InvalidName { .. } | RecordsError::NameTaken { .. } => {
-            Error::Usage(e.to_string()).into()
-        }
+        RecordsError::InvalidName { .. }
+        | RecordsError::NameTaken { .. }
+        | RecordsError::InvalidField { .. }
+        | RecordsError::OutOfOrder { .. } => Error::Usage(e.to_string()).into(),
         other => Error::Records(other).into(),
     }
 }
@@ -131,7 +132,7 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
     let resolved = client.resolve(&reference, &platform).await?;
 
     let image = image_record(&resolved);
-    let deployment = Deployment {
+    let mut deployment = Deployment {
         app: app.clone(),
         image,
         deployment: DeploymentRecord {
@@ -155,10 +156,22 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         ))
         .into());
     }
+    // Without --deployed-at the store takes the time under its lock (history in time order).
+    let stamp = match args.deployed_at {
+        Some(_) => crate::records::Stamp::Given,
+        None => crate::records::Stamp::WriteTimeSeconds,
+    };
+    let checks = crate::records::Checks {
+        stamp,
+        ..Default::default()
+    };
     let recorded = store
-        .record_reporting(&deployment)
+        .record_with(&deployment, checks)
         .map_err(usage_if_name)
         .context("nothing was recorded")?;
+    if let Some(t) = recorded.stamped {
+        deployment.deployment.deployed_at = t;
+    }
     if let Some(t) = &recorded.moved_torn_tail {
         eprintln!(
             "imagetrail: warning: {}:{}: an incomplete entry (an earlier append was cut off) was moved to {}.torn before this deployment was added",

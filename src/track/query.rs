@@ -151,25 +151,27 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
         .transpose()
         .map_err(Error::Usage)?;
     let store = Store::new(&args.query.state.state_dir);
-    let mut all = Vec::new();
-    for (env, app) in selected(&store, args.query.env.as_deref(), args.query.app.as_deref())? {
-        let read = store.read_history_range(&env, &app, since, until)?;
-        if let Some(t) = &read.torn {
-            warn_torn(t);
-        }
-        all.extend(read.entries.into_iter().map(|mut d| {
-            d.deployment.workspace = env.clone();
-            d
-        }));
+    let apps = selected(&store, args.query.env.as_deref(), args.query.app.as_deref())?;
+    // One broken history does not hide the others: they are shown, it is named on stderr.
+    let read = store.read_histories(&apps, since, until);
+    read.torn.iter().for_each(warn_torn);
+    for e in &read.broken {
+        eprintln!("imagetrail: error: {e}");
     }
-    all.retain(|d| {
-        since.is_none_or(|s| d.deployment.deployed_at >= s)
-            && until.is_none_or(|u| d.deployment.deployed_at <= u)
-    });
-    all.sort_by_key(|d| d.deployment.deployed_at);
+    let all = read.entries;
+    let outcome = if read.broken.is_empty() {
+        ExitCode::Success
+    } else {
+        eprintln!(
+            "imagetrail: error: {} history file(s) could not be read (named above); the \
+             deployments of every other app are shown",
+            read.broken.len()
+        );
+        ExitCode::Failure
+    };
     if args.query.format == Format::Json {
         print_json(&all)?;
-        return Ok(ExitCode::Success);
+        return Ok(outcome);
     }
     let table: Vec<[String; 7]> = all
         .iter()
@@ -197,7 +199,7 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
         ],
         &table,
     );
-    Ok(ExitCode::Success)
+    Ok(outcome)
 }
 
 /// `imagetrail at TIME`.

@@ -372,3 +372,291 @@ fn serve_refuses_a_bad_configuration_with_a_clear_message() {
     assert_eq!(out.status.code(), Some(1));
     assert!(crate::support::stderr(&out).contains(&format!("cannot listen on {addr}")));
 }
+
+/// POST one deployment to the real server; (status, answer).
+async fn post(client: &reqwest::Client, url: &str, body: Value) -> (u16, Value) {
+    let r = client
+        .post(format!("{url}/api/v1/deployments"))
+        .bearer_auth(KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// Issue 9, bug 1: a U+FFFE in `deployed_by` or a platform field used to be written raw, and
+/// after a restart the environment answered 500 and `imagetrail status` exited 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_noncharacter_in_deployed_by_or_the_platform_is_a_400_and_the_environment_survives_a_restart()
+ {
+    let dir = tempfile::Builder::new()
+        .prefix("it-srv-field-")
+        .tempdir()
+        .unwrap();
+    let state = dir.path().join("state");
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, format!("ci {KEY}\n")).unwrap();
+    let client = reqwest::Client::new();
+    let body = |n: u32| {
+        json!({
+            "environment": {"name": "prod"},
+            "image": {"url": format!("registry.example.com/team/web@{}", digest(n))},
+        })
+    };
+
+    let (mut child, url) = spawn_server(&state, &keys);
+    let (status, answer) = post(&client, &url, body(1)).await;
+    assert_eq!(status, 201, "{answer}");
+    let mut hostile = body(2);
+    hostile["deployed_by"] = json!("mallory\u{FFFE}");
+    let (status, answer) = post(&client, &url, hostile).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"], "invalid-field", "{answer}");
+    let summary = answer["summary"].as_str().unwrap();
+    assert!(summary.starts_with("invalid deployed_by: "), "{summary}");
+    assert!(summary.contains("U+FFFE"), "{summary}");
+    let mut hostile = body(3);
+    hostile["platform"] = json!({"os": "linux", "architecture": "amd64\u{FFFE}"});
+    let (status, answer) = post(&client, &url, hostile).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid platform.architecture: "),
+        "{answer}"
+    );
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+
+    // After a restart the environment still takes writes and answers reads.
+    let (mut child, url) = spawn_server(&state, &keys);
+    let (status, answer) = post(&client, &url, body(4)).await;
+    assert_eq!(status, 201, "{answer}");
+    let r = client
+        .get(format!("{url}/api/v1/environments/prod"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let env: Value = r.json().await.unwrap();
+    assert_eq!(env["deployments"][0]["image"]["digest"], digest(4), "{env}");
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+
+    let mut cmd = imagetrail();
+    cmd.args(["status", "--state-dir"]).arg(&state);
+    let out = run(&mut cmd);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let history = read(&state.join("prod/team%2Fweb/deploy-history.yml"));
+    assert!(!history.contains('\u{FFFE}'), "{history}");
+    assert!(!history.contains("mallory"), "{history}");
+}
+
+/// The `deployed_at` of every entry of a history file, in file order.
+fn file_times(history: &str) -> Vec<chrono::DateTime<chrono::Utc>> {
+    history
+        .lines()
+        .filter_map(|l| l.strip_prefix("    deployed_at: \""))
+        .map(|v| v.trim_end_matches('"').parse().unwrap())
+        .collect()
+}
+
+/// Issue 9, bug 6: the server stamped `deployed_at` before queueing, so racing requests were
+/// appended out of time order and `at` (a bisection) answered the wrong deployment. Two
+/// servers share the state directory (as `deploy` and `serve` do): each request waits for the
+/// environment's lock, which the other process may hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_deployments_are_appended_in_time_order_and_at_answers_each_one() {
+    let dir = tempfile::Builder::new()
+        .prefix("it-srv-order-")
+        .tempdir()
+        .unwrap();
+    let state = dir.path().join("state");
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, format!("ci {KEY}\n")).unwrap();
+    let (mut one, url_one) = spawn_server(&state, &keys);
+    let (mut two, url_two) = spawn_server(&state, &keys);
+    let client = reqwest::Client::new();
+    let mut workers = Vec::new();
+    for w in 0..16u32 {
+        let client = client.clone();
+        let url = if w % 2 == 0 { &url_one } else { &url_two }.clone();
+        workers.push(tokio::spawn(async move {
+            for n in 0..20u32 {
+                let body = json!({
+                    "environment": {"name": "prod"},
+                    "image": {"url": format!("registry.example.com/team/web@{}", digest(w * 1000 + n))},
+                });
+                let (status, answer) = post(&client, &url, body).await;
+                assert_eq!(status, 201, "{answer}");
+            }
+        }));
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    sigterm(&two);
+    assert!(two.wait().unwrap().success());
+    let url = url_one;
+    let text = read(&state.join("prod/team%2Fweb/deploy-history.yml"));
+    let times = file_times(&text);
+    assert_eq!(times.len(), 320);
+    let out_of_order = times.windows(2).filter(|w| w[1] < w[0]).count();
+    assert_eq!(out_of_order, 0, "entries appended out of deployed_at order");
+
+    // What ran at each entry's time: that entry (or a later one at the very same instant).
+    let r = client
+        .get(format!(
+            "{url}/api/v1/deployments?environment=prod&app=team/web"
+        ))
+        .send()
+        .await
+        .unwrap();
+    let all: Value = r.json().await.unwrap();
+    let all = all["deployments"].as_array().unwrap().clone();
+    assert_eq!(all.len(), 320);
+    for (k, d) in all.iter().enumerate() {
+        let t = d["deployment"]["deployed_at"].as_str().unwrap();
+        let expected = all[k..]
+            .iter()
+            .take_while(|e| e["deployment"]["deployed_at"] == t)
+            .last()
+            .unwrap();
+        let r = client
+            // RFC 3339 in UTC needs no escaping in a query.
+            .get(format!(
+                "{url}/api/v1/deployments?environment=prod&app=team/web&at={t}"
+            ))
+            .send()
+            .await
+            .unwrap();
+        let at: Value = r.json().await.unwrap();
+        assert_eq!(
+            at["deployments"][0]["deployment"]["event_id"], expected["deployment"]["event_id"],
+            "at {t}: {at}"
+        );
+    }
+    sigterm(&one);
+    assert!(one.wait().unwrap().success());
+}
+
+/// Issue 9, bug 7: a hand-broken last entry (a stray quote, the trailing blank line removed)
+/// was taken for a torn tail and moved aside by the next deploy, and one broken history made
+/// `imagetrail history` fail for every app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_broken_entry_is_reported_never_moved_and_does_not_hide_other_apps() {
+    let dir = tempfile::Builder::new()
+        .prefix("it-srv-hand-")
+        .tempdir()
+        .unwrap();
+    let state = dir.path().join("state");
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, format!("ci {KEY}\n")).unwrap();
+    let client = reqwest::Client::new();
+    let body = |app: &str, n: u32| {
+        json!({
+            "environment": {"name": "prod"},
+            "image": {"url": format!("registry.example.com/team/{app}@{}", digest(n)), "name": app},
+        })
+    };
+    let (mut child, url) = spawn_server(&state, &keys);
+    for (app, n) in [("web", 1), ("web", 2), ("api", 3)] {
+        let (status, answer) = post(&client, &url, body(app, n)).await;
+        assert_eq!(status, 201, "{answer}");
+    }
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+
+    // A person edits web's last entry: a stray quote, and the final blank line removed.
+    let path = state.join("prod/web/deploy-history.yml");
+    let text = read(&path);
+    let start = text.rfind("\n- image:").unwrap() + 1;
+    let (head, last) = text.split_at(start);
+    let edited = last.replacen("    deployed_by: \"ci\"", "    deployed_by: \"c\"i\"", 1);
+    assert_ne!(edited, last);
+    let broken = format!("{head}{}\n", edited.trim_end_matches('\n'));
+    std::fs::write(&path, &broken).unwrap();
+    let broken_line = broken.lines().position(|l| l.contains("\"c\"i\"")).unwrap() + 1;
+
+    let mut cmd = imagetrail();
+    cmd.args(["history", "--format", "json", "--state-dir"])
+        .arg(&state);
+    let out = run(&mut cmd);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let apps: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["app"].as_str().unwrap())
+        .collect();
+    assert_eq!(apps, ["api"], "the other app is answered");
+    assert!(
+        err.contains(&format!("{}:{broken_line}:", path.display())),
+        "names the file and line: {err}"
+    );
+    assert!(err.contains("1 history file(s) could not be read"), "{err}");
+
+    // The next deploy of web is refused; nothing is moved aside or overwritten.
+    let (mut child, url) = spawn_server(&state, &keys);
+    let (status, answer) = post(&client, &url, body("web", 4)).await;
+    assert_eq!(status, 500, "{answer}");
+    assert_eq!(answer["error"], "malformed-records", "{answer}");
+    let (status, answer) = post(&client, &url, body("api", 5)).await;
+    assert_eq!(status, 201, "{answer}");
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+    assert_eq!(read(&path), broken, "the broken history is untouched");
+    assert!(!state.join("prod/web/deploy-history.yml.torn").exists());
+}
+
+/// Issue 9, bug 1 without credentials: the admission webhook takes no key, and a Pod whose
+/// `nodeSelector` carried a U+FFFE made its environment unreadable. The Pod is still allowed
+/// (record mode never denies), with a warning naming the field, and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_noncharacter_in_a_pods_node_selector_is_not_recorded_and_the_environment_stays_readable()
+{
+    let server = crate::server::TestServer::start(|c| c.cluster = "c1".into()).await;
+    let mut review: Value =
+        serde_json::from_str(include_str!("fixtures/admission-pod-create.json")).unwrap();
+    let admit = |review: Value| {
+        let url = server.at("/api/v1/admission");
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .json(&review)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let clean = review.clone();
+    review["request"]["object"]["spec"]["nodeSelector"]["kubernetes.io/arch"] =
+        json!("arm64\u{FFFE}");
+    let answer = admit(review).await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    let warnings = answer["response"]["warnings"].to_string();
+    assert!(
+        warnings.contains("invalid platform.architecture: character 6 is U+FFFE"),
+        "{warnings}"
+    );
+    let answer = admit(clean).await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+
+    // A restart reads the environment: a new store on the same files, and the CLI.
+    let store = imagetrail::records::Store::new(server.dir());
+    let current = store
+        .current("c1/payments", "payments/api")
+        .unwrap()
+        .unwrap();
+    assert_eq!(current.image.platform.architecture, "arm64");
+    let mut cmd = imagetrail();
+    cmd.args(["status", "--state-dir"]).arg(server.dir());
+    let out = run(&mut cmd);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
