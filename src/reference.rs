@@ -313,7 +313,8 @@ fn split_host(name: &str) -> Result<(String, String), ReferenceError> {
 }
 
 /// `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
-fn valid_tag(t: &str) -> bool {
+/// Whether `t` is a tag by the grammar: 1-128 of `[A-Za-z0-9_.-]`, not starting with `.` or `-`.
+pub fn valid_tag(t: &str) -> bool {
     let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
     let bytes = t.as_bytes();
     !bytes.is_empty()

@@ -25,6 +25,7 @@
 //! YAML's printable set, so any reader reads back the value that was sent.
 
 use super::{Deployment, RecordsError};
+use crate::reference::{Digest, ImageRef, ReferenceError, valid_tag};
 
 /// The longest platform token kept, in bytes.
 pub const MAX_TOKEN: usize = 32;
@@ -63,14 +64,38 @@ pub fn check(d: &Deployment) -> Result<(), RecordsError> {
     check_reference(d)
 }
 
-/// The repository, tag and digests of `d`.
-///
-/// MERGE: the one call site for the image reference type (`crate::reference`, written on the
-/// `struct` branch): validate `d.image.repo`, `d.image.tag`, `d.image.digest` and
-/// `d.image.index_digest` with it here and map its error to [`RecordsError::InvalidField`]
-/// naming the field. Until then these fields are checked where they are parsed (the CLI's and
-/// the server's reference parsers) and stored escaped like every other value.
-fn check_reference(_d: &Deployment) -> Result<(), RecordsError> {
+/// The repository, tag and digests of `d`, by the one image reference grammar
+/// ([`crate::reference`]), so a record can only hold what every reader parses back.
+fn check_reference(d: &Deployment) -> Result<(), RecordsError> {
+    let i = &d.image;
+    match ImageRef::parse(&i.repo) {
+        Ok(r) if r.tag.is_none() && r.digest.is_none() => {}
+        Ok(_) => {
+            return Err(refuse(
+                "repo",
+                "it carries a tag or digest; give the repository alone (host/path)".to_string(),
+            ));
+        }
+        Err(e) => return Err(refuse("repo", e.to_string())),
+    }
+    if let Some(t) = &i.tag
+        && !valid_tag(t)
+    {
+        return Err(refuse("tag", ReferenceError::BadTag(t.clone()).to_string()));
+    }
+    for (field, digest) in [
+        ("digest", Some(&i.digest)),
+        ("index_digest", i.index_digest.as_ref()),
+    ] {
+        if let Some(v) = digest
+            && !Digest::is_valid(v)
+        {
+            return Err(refuse(
+                field,
+                ReferenceError::BadDigest(v.clone()).to_string(),
+            ));
+        }
+    }
     Ok(())
 }
 

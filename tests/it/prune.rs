@@ -288,26 +288,26 @@ fn prune_keeps_the_digest_of_a_hand_broken_last_history_entry() {
     let at = text.rfind("description: \"").unwrap() + "description: \"".len();
     let broken = format!("{}\"oops {}", &text[..at], &text[at..]);
     std::fs::write(&history, broken.trim_end_matches('\n').to_string() + "\n").unwrap();
-    // The next deploy moves the broken entry to deploy-history.yml.torn.
-    ok(&deploy(
-        st,
-        "web",
-        "prod",
-        &img("d3"),
-        "2026-01-03T13:00:00Z",
-    ));
-    assert!(st.join("prod/web/deploy-history.yml.torn").is_file());
+    // The next deploy used to move the broken entry to deploy-history.yml.torn; it now
+    // refuses, naming the line, and moves nothing.
+    let out = deploy(st, "web", "prod", &img("d3"), "2026-01-03T13:00:00Z");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("deploy-history.yml:"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!st.join("prod/web/deploy-history.yml.torn").exists());
 
     let out = prune(st, &format!("{}/{repo}", reg.addr), "0", true);
     ok(&out);
-    keeps(
-        &out,
-        "d2",
-        "named in a record file of web in prod [prod/web/deploy-history.yml.torn]",
-    );
-    for d in [&d1, &d2, &d3] {
+    keeps(&out, "d2", "[prod/web/deploy-history.yml]");
+    keeps(&out, "d1", "[prod/web/deploy-history.yml]");
+    for d in [&d1, &d2] {
         assert!(reg.has_manifest(&repo, d), "{d} deleted: {}", stdout(&out));
     }
+    // d3 was never recorded, so it goes with d4.
+    assert!(!reg.has_manifest(&repo, &d3), "{}", stdout(&out));
     assert!(!reg.has_manifest(&repo, &d4), "{}", stdout(&out));
 }
 
