@@ -412,6 +412,13 @@ pub struct ServeArgs {
     /// finishes its request is cut off after this.
     #[arg(long, env = "IMAGETRAIL_REQUEST_TIMEOUT", default_value_t = 10.0, value_parser = seconds)]
     pub request_timeout: f64,
+    /// The most connections open at once; more are answered 503 (Retry-After) and closed.
+    #[arg(long, env = "IMAGETRAIL_MAX_CONNECTIONS", default_value_t = 512, value_parser = connections)]
+    pub max_connections: usize,
+    /// The most request-body bytes all requests in flight may hold together; a request that
+    /// would go over is answered 503 (Retry-After) before its body is read.
+    #[arg(long, env = "IMAGETRAIL_MAX_PENDING_BODY_BYTES", default_value_t = 32 * 1024 * 1024, value_parser = body_bytes)]
+    pub max_pending_body_bytes: usize,
 }
 
 // Numeric flags. Each goes through one of these parsers, so a hostile value (`nan`, `inf`,
@@ -474,4 +481,9 @@ pub fn count(text: &str) -> Result<usize, String> {
 /// A body size in bytes, 1 KiB to 1 GiB.
 pub fn body_bytes(text: &str) -> Result<usize, String> {
     bounded(text, 1024, 1 << 30, "a size in bytes").map(|v| v as usize)
+}
+
+/// A number of connections, 1 to 1,000,000.
+pub fn connections(text: &str) -> Result<usize, String> {
+    bounded(text, 1, 1_000_000, "a number of connections").map(|v| v as usize)
 }

@@ -32,6 +32,7 @@ pub mod registry;
 pub mod scan;
 pub mod server;
 pub mod terminal;
+pub mod tracking;
 
 use cli::{Cli, Command, ImagesCommand, RegistryCommand, ScanType};
 use exit::ExitCode;
