@@ -11,7 +11,9 @@
 //! * `deployments`: `POST /api/v1/deployments` (the Atomist body), through [`crate::records::Store`].
 //! * `queries`: the `GET` endpoints over the records.
 //! * `admission`: the Kubernetes `AdmissionReview` v1 webhook for Pods.
-//! * `auth` (Bearer API keys), `limits` (body size, content type, request timeout), `tls`,
+//! * `auth` (Bearer API keys, checked from the headers before any body is read), `limits`
+//!   (body size, content type, the time to receive a request, the connection limit and the
+//!   in-flight body budget), `tls`,
 //!   `reference` (image references pinned by digest), `error` (the JSON error answer).
 
 mod admission;

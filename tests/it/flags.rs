@@ -50,9 +50,21 @@ fn flags(state: &str) -> Vec<(Vec<String>, &'static str, &'static str, bool)> {
             false,
         ),
         (
-            serve,
+            serve.clone(),
             "--max-body-bytes",
             "IMAGETRAIL_MAX_BODY_BYTES",
+            false,
+        ),
+        (
+            serve.clone(),
+            "--max-connections",
+            "IMAGETRAIL_MAX_CONNECTIONS",
+            false,
+        ),
+        (
+            serve,
+            "--max-pending-body-bytes",
+            "IMAGETRAIL_MAX_PENDING_BODY_BYTES",
             false,
         ),
         (prune, "--keep", "", true),
