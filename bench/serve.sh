@@ -8,6 +8,7 @@
 #   DURATION=5 SOAK=20 bench/serve.sh
 #   BASELINE_BIN=/tmp/imagetrail-old bench/serve.sh   # also an earlier build, same run
 #   FLOOD_CONNS=400 FLOOD_HOLD=5 bench/serve.sh       # the unauthenticated flood (below)
+#   FLASK=0 bench/serve.sh                            # without the Flask/gunicorn baselines
 #
 # The flood: FLOOD_CONNS connections each send the headers of a 1 MiB POST /api/v1/deployments
 # without an API key and half of its body, and hold the connection FLOOD_HOLD s; the server's
@@ -31,8 +32,9 @@ WRK=(wrk -t2 -c16 --latency)
 FLOOD_CONNS=${FLOOD_CONNS:-400}
 FLOOD_HOLD=${FLOOD_HOLD:-5}
 
+FLASK=${FLASK:-1}
 [ -x "$BIN" ] || cargo build --release
-if [ ! -x "$VENV/bin/gunicorn" ]; then
+if [ "$FLASK" = 1 ] && [ ! -x "$VENV/bin/gunicorn" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q flask gunicorn
 fi
@@ -71,6 +73,7 @@ echo
 echo "| server | req/s | p50 | p99 | non-2xx |"
 echo "|---|---:|---:|---:|---:|"
 
+if [ "$FLASK" = 1 ]; then
 # --- baseline 1: the original Flask mock, Flask's own threaded server
 PORT=$(free_port)
 "$VENV/bin/python" bench/flask_mock.py "$PORT" >"$WORK/flask.log" 2>&1 &
@@ -86,6 +89,7 @@ PIDS+=($!)
 wait_port "$PORT"
 measure "Flask mock (gunicorn -w 2)" "http://127.0.0.1:$PORT" bench/wrk/register.lua "$DURATION"
 kill "${PIDS[-1]}"
+fi
 
 # --- imagetrail serve: start BINARY on a state dir of its own; sets SERVE (pid) and URL.
 export BENCH_KEY=bench-key-$RANDOM
