@@ -7,6 +7,12 @@
 #                               # deployments with RSS sampled every second
 #   DURATION=5 SOAK=20 bench/serve.sh
 #   BASELINE_BIN=/tmp/imagetrail-old bench/serve.sh   # also an earlier build, same run
+#   FLOOD_CONNS=400 FLOOD_HOLD=5 bench/serve.sh       # the unauthenticated flood (below)
+#   FLASK=0 bench/serve.sh                            # without the Flask/gunicorn baselines
+#
+# The flood: FLOOD_CONNS connections each send the headers of a 1 MiB POST /api/v1/deployments
+# without an API key and half of its body, and hold the connection FLOOD_HOLD s; the server's
+# peak RSS (sampled every 0.1 s) is printed, for BASELINE_BIN too when given.
 #
 # Needs: wrk (Debian), python3; Flask and gunicorn are installed into a venv under /tmp if missing
 # (PyPI). Durability: register callbacks are fdatasync'd per batch (group commit) before the
@@ -23,9 +29,12 @@ BIN=${BIN:-target/release/imagetrail}
 BASELINE_BIN=${BASELINE_BIN:-}
 VENV=${VENV:-/tmp/it-srv-venv}
 WRK=(wrk -t2 -c16 --latency)
+FLOOD_CONNS=${FLOOD_CONNS:-400}
+FLOOD_HOLD=${FLOOD_HOLD:-5}
 
+FLASK=${FLASK:-1}
 [ -x "$BIN" ] || cargo build --release
-if [ ! -x "$VENV/bin/gunicorn" ]; then
+if [ "$FLASK" = 1 ] && [ ! -x "$VENV/bin/gunicorn" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q flask gunicorn
 fi
@@ -64,6 +73,7 @@ echo
 echo "| server | req/s | p50 | p99 | non-2xx |"
 echo "|---|---:|---:|---:|---:|"
 
+if [ "$FLASK" = 1 ]; then
 # --- baseline 1: the original Flask mock, Flask's own threaded server
 PORT=$(free_port)
 "$VENV/bin/python" bench/flask_mock.py "$PORT" >"$WORK/flask.log" 2>&1 &
@@ -79,6 +89,7 @@ PIDS+=($!)
 wait_port "$PORT"
 measure "Flask mock (gunicorn -w 2)" "http://127.0.0.1:$PORT" bench/wrk/register.lua "$DURATION"
 kill "${PIDS[-1]}"
+fi
 
 # --- imagetrail serve: start BINARY on a state dir of its own; sets SERVE (pid) and URL.
 export BENCH_KEY=bench-key-$RANDOM
@@ -92,10 +103,58 @@ start_serve() {
   URL=$(sed -n 's/^listening on //p' "$WORK/$name.out")
 }
 
+# The unauthenticated flood against the server at $URL: prints a table row with the RSS before,
+# the peak during, and the RSS after (KiB).
+flood() {
+  local name=$1
+  local before peak r
+  before=$(ps -o rss= -p "$SERVE" | tr -d ' ')
+  peak=$before
+  python3 - "$URL" "$FLOOD_CONNS" "$FLOOD_HOLD" <<'PY' &
+import socket, sys, threading, time, urllib.parse
+url = urllib.parse.urlparse(sys.argv[1])
+conns, hold = int(sys.argv[2]), float(sys.argv[3])
+size = 1024 * 1024
+head = ("POST /api/v1/deployments HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {size}\r\n\r\n").encode()
+half = b"x" * (size // 2)
+socks = []
+def one():
+    try:
+        s = socket.create_connection((url.hostname, url.port), timeout=hold + 5)
+        socks.append(s)
+        s.sendall(head)
+        s.sendall(half)
+    except OSError:
+        pass  # answered 401 and closed, or refused: the server did not take the body
+for t in [threading.Thread(target=one, daemon=True) for _ in range(conns)]:
+    t.start()
+time.sleep(hold)
+for s in socks:
+    try:
+        s.close()
+    except OSError:
+        pass
+PY
+  local fpid=$!
+  while kill -0 "$fpid" 2>/dev/null; do
+    r=$(ps -o rss= -p "$SERVE" | tr -d ' ')
+    [ "$r" -gt "$peak" ] && peak=$r
+    sleep 0.1
+  done
+  wait "$fpid" || true
+  sleep 1
+  printf '| %-34s | %8s | %8s | %8s |\n' "$name" "$before" "$peak" "$(ps -o rss= -p "$SERVE" | tr -d ' ')"
+}
+FLOODS=()
+
 if [ -n "$BASELINE_BIN" ]; then
   start_serve "$BASELINE_BIN" baseline
+  measure "baseline build: register" "$URL" bench/wrk/register.lua "$DURATION"
   measure "baseline build: deployments, 1 env" "$URL" bench/wrk/deployments.lua "$DURATION"
   BENCH_ENVS=8 measure "baseline build: deployments, 8 envs" "$URL" bench/wrk/deployments.lua "$DURATION"
+  BENCH_IDEMPOTENCY=1 measure "baseline build: deployments, keyed" "$URL" bench/wrk/deployments.lua "$DURATION"
+  FLOODS+=("$(flood "baseline build")")
   kill "$SERVE"
 fi
 
@@ -103,6 +162,14 @@ start_serve "$BIN" state
 measure "imagetrail serve: register" "$URL" bench/wrk/register.lua "$DURATION"
 measure "imagetrail serve: deployments, 1 env" "$URL" bench/wrk/deployments.lua "$DURATION"
 BENCH_ENVS=8 measure "imagetrail serve: deployments, 8 envs" "$URL" bench/wrk/deployments.lua "$DURATION"
+BENCH_IDEMPOTENCY=1 measure "imagetrail serve: deployments, keyed" "$URL" bench/wrk/deployments.lua "$DURATION"
+FLOODS+=("$(flood "imagetrail serve")")
+echo
+echo "unauthenticated flood: $FLOOD_CONNS connections, each half of a 1 MiB body without a key, held ${FLOOD_HOLD}s; RSS of the server (KiB)"
+echo
+echo "| server | before | peak | after |"
+echo "|---|---:|---:|---:|"
+printf '%s\n' "${FLOODS[@]}"
 echo
 echo "callback log: $(wc -l <"$WORK/state/.analytics/callbacks.jsonl") lines; deployments recorded: $(cat "$WORK"/state/bench*/*/deploy-history.yml | grep -c '^- ')"
 # Every deploy-info.yml names its history's last entry once the paced replaces caught up (50 ms).

@@ -109,19 +109,19 @@ pub struct ScanOpts {
     #[arg(long, env = "IMAGETRAIL_FORMAT", value_enum, default_value_t = Format::Text)]
     pub format: Format,
     /// Exit with this code when any target failed (default: exit 0 once results are written).
-    #[arg(long, env = "IMAGETRAIL_EXIT_CODE", default_value_t = 0)]
+    #[arg(long, env = "IMAGETRAIL_EXIT_CODE", default_value_t = 0, value_parser = exit_code)]
     pub exit_code: u8,
     /// Seconds to wait for a connection to the server.
-    #[arg(long, env = "IMAGETRAIL_CONNECT_TIMEOUT", default_value_t = 5.0)]
+    #[arg(long, env = "IMAGETRAIL_CONNECT_TIMEOUT", default_value_t = 5.0, value_parser = seconds)]
     pub connect_timeout: f64,
     /// Seconds one whole request to the server may take.
-    #[arg(long, env = "IMAGETRAIL_TIMEOUT", default_value_t = 30.0)]
+    #[arg(long, env = "IMAGETRAIL_TIMEOUT", default_value_t = 30.0, value_parser = seconds)]
     pub timeout: f64,
     /// Attempts per request (connection errors, 408, 429 and 5xx are retried).
-    #[arg(long, env = "IMAGETRAIL_ATTEMPTS", default_value_t = 3)]
+    #[arg(long, env = "IMAGETRAIL_ATTEMPTS", default_value_t = 3, value_parser = attempts)]
     pub attempts: u32,
     /// Targets processed at once.
-    #[arg(long, env = "IMAGETRAIL_CONCURRENCY", default_value_t = 8)]
+    #[arg(long, env = "IMAGETRAIL_CONCURRENCY", default_value_t = 8, value_parser = concurrency)]
     pub concurrency: usize,
 }
 
@@ -349,7 +349,7 @@ pub struct PruneArgs {
     pub repository: String,
     /// How many of the newest tags to keep, by build time (a date alone is that day 00:00 UTC;
     /// a tag whose build time is unknown is always kept and takes none of the N places).
-    #[arg(long)]
+    #[arg(long, value_parser = count)]
     pub keep: usize,
     /// Really delete (without it, only print the plan).
     #[arg(long)]
@@ -426,10 +426,84 @@ pub struct ServeArgs {
     #[arg(long, env = "IMAGETRAIL_CALLBACKS_REQUIRE_KEY")]
     pub callbacks_require_key: bool,
     /// The largest request body accepted, in bytes (larger ones get 413).
-    #[arg(long, env = "IMAGETRAIL_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "IMAGETRAIL_MAX_BODY_BYTES", default_value_t = 1024 * 1024, value_parser = body_bytes)]
     pub max_body_bytes: usize,
     /// Seconds one request may take from its first byte to its answer; a client that never
     /// finishes its request is cut off after this.
-    #[arg(long, env = "IMAGETRAIL_REQUEST_TIMEOUT", default_value_t = 10.0)]
+    #[arg(long, env = "IMAGETRAIL_REQUEST_TIMEOUT", default_value_t = 10.0, value_parser = seconds)]
     pub request_timeout: f64,
+    /// The most connections open at once; more are answered 503 (Retry-After) and closed.
+    #[arg(long, env = "IMAGETRAIL_MAX_CONNECTIONS", default_value_t = 512, value_parser = connections)]
+    pub max_connections: usize,
+    /// The most request-body bytes all requests in flight may hold together; a request that
+    /// would go over is answered 503 (Retry-After) before its body is read.
+    #[arg(long, env = "IMAGETRAIL_MAX_PENDING_BODY_BYTES", default_value_t = 32 * 1024 * 1024, value_parser = body_bytes)]
+    pub max_pending_body_bytes: usize,
+}
+
+// Numeric flags. Each goes through one of these parsers, so a hostile value (`nan`, `inf`,
+// `1e400`, a negative, an overflow, empty text) is a usage error naming the flag (clap adds
+// "for '--flag <VALUE>'"), exit 2, and never reaches a conversion that could panic, such as
+// `Duration::from_secs_f64`.
+
+/// The longest duration any seconds flag accepts: a day. Longer is surely a mistake, and it
+/// keeps every later `Duration` arithmetic far from overflow.
+pub const MAX_SECONDS: f64 = 86_400.0;
+
+/// A number of seconds: finite, more than 0, at most [`MAX_SECONDS`]; fractions allowed.
+pub fn seconds(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds; give e.g. 10 or 2.5"))?;
+    if !value.is_finite() || value <= 0.0 || value > MAX_SECONDS {
+        return Err(format!(
+            "{text:?} is not a usable number of seconds; give more than 0 and at most {MAX_SECONDS}"
+        ));
+    }
+    Ok(value)
+}
+
+/// A whole number in `min..=max`, with a message that says the range.
+fn bounded(text: &str, min: u64, max: u64, what: &str) -> Result<u64, String> {
+    let value: u64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number; give {what} from {min} to {max}"))?;
+    if !(min..=max).contains(&value) {
+        return Err(format!(
+            "{value} is out of range; give {what} from {min} to {max}"
+        ));
+    }
+    Ok(value)
+}
+
+/// An exit code, 0 to 255.
+pub fn exit_code(text: &str) -> Result<u8, String> {
+    bounded(text, 0, 255, "an exit code").map(|v| v as u8)
+}
+
+/// Attempts per request, 1 to 100 (the scanner uses at most 10).
+pub fn attempts(text: &str) -> Result<u32, String> {
+    bounded(text, 1, 100, "a number of attempts").map(|v| v as u32)
+}
+
+/// Targets at once, 1 to 100,000 (the scanner uses at most 256).
+pub fn concurrency(text: &str) -> Result<usize, String> {
+    bounded(text, 1, 100_000, "a concurrency").map(|v| v as usize)
+}
+
+/// A count of things, 0 to 1,000,000.
+pub fn count(text: &str) -> Result<usize, String> {
+    bounded(text, 0, 1_000_000, "a count").map(|v| v as usize)
+}
+
+/// A body size in bytes, 1 KiB to 1 GiB.
+pub fn body_bytes(text: &str) -> Result<usize, String> {
+    bounded(text, 1024, 1 << 30, "a size in bytes").map(|v| v as usize)
+}
+
+/// A number of connections, 1 to 1,000,000.
+pub fn connections(text: &str) -> Result<usize, String> {
+    bounded(text, 1, 1_000_000, "a number of connections").map(|v| v as usize)
 }

@@ -39,6 +39,7 @@ pub mod scan;
 pub mod server;
 pub mod terminal;
 pub mod track;
+pub mod tracking;
 
 use cli::{Cli, Command, ImagesCommand, RegistryCommand, ScanType};
 use exit::ExitCode;

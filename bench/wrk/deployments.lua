@@ -1,8 +1,10 @@
 -- POST /api/v1/deployments with the Atomist body: 16 apps spread over BENCH_ENVS environments
 -- (default 1), a new digest on every request (each one is a real deployment: a history append
--- and a deploy-info.yml replace).
+-- and a deploy-info.yml replace). BENCH_IDEMPOTENCY=1: each request also carries an
+-- Idempotency-Key of its own (the server keeps it with the deployment).
 local n = 0
 local envs = tonumber(os.getenv("BENCH_ENVS") or "1")
+local keyed = os.getenv("BENCH_IDEMPOTENCY") == "1"
 local counter = 0
 setup = function(thread)
   counter = counter + 1
@@ -16,5 +18,11 @@ request = function()
   local body = string.format(
     '{"environment":{"name":"bench-%d"},"image":{"url":"registry.example.com/team/app-%d@sha256:%032x%032x"}}',
     n % envs, n % 16, tid or 0, n)
-  return wrk.format(nil, "/api/v1/deployments", nil, body)
+  local headers = nil
+  if keyed then
+    headers = {}
+    for k, v in pairs(wrk.headers) do headers[k] = v end
+    headers["Idempotency-Key"] = string.format("bench-%d-%d", tid or 0, n)
+  end
+  return wrk.format(nil, "/api/v1/deployments", headers, body)
 end

@@ -271,32 +271,17 @@ async fn deploy(ctx: &Context<'_>, out: &mut Outcome) {
         return;
     };
     let image = object.image.as_ref();
-    let mut platform = serde_json::Map::new();
-    platform.insert(
-        "os".into(),
-        image
-            .and_then(|i| i.os.clone())
-            .unwrap_or_else(|| "linux".into())
-            .into(),
-    );
-    platform.insert(
-        "architecture".into(),
-        image
-            .and_then(|i| i.architecture.clone())
-            .unwrap_or_else(|| "amd64".into())
-            .into(),
-    );
-    if let Some(v) = image
-        .and_then(|i| i.variant.clone())
-        .filter(|v| !v.is_empty())
-    {
-        platform.insert("variant".into(), v.into());
-    }
-    let body = json!({
-        "image": {"url": url},
-        "environment": {"name": ctx.settings.environment},
-        "platform": platform,
-    });
+    let body = crate::tracking::DeploymentBody::new(url.clone(), ctx.settings.environment.clone())
+        .with_platform(
+            image
+                .and_then(|i| i.os.clone())
+                .unwrap_or_else(|| "linux".into()),
+            image
+                .and_then(|i| i.architecture.clone())
+                .unwrap_or_else(|| "amd64".into()),
+            image.and_then(|i| i.variant.clone()),
+        );
+    let body = serde_json::to_value(&body).unwrap_or_default();
     let key = uuid::Uuid::new_v4().to_string();
     match client.post("deployments", &body, &key).await {
         Ok(answer) => {

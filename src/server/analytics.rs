@@ -349,16 +349,13 @@ fn required<'a>(body: &'a Map<String, Value>, key: &str) -> Result<&'a str, ApiE
     }
 }
 
-/// What every callback does first: check the key when callbacks require one, then read the
-/// body as a JSON object sent as exactly `application/json`.
+/// What every callback does first: read the body as a JSON object sent as exactly
+/// `application/json`. (The key, when callbacks require one, was checked from the headers
+/// before the body was read: [`super::auth::for_callbacks`].)
 fn callback_body(
-    state: &AppState,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Map<String, Value>, ApiError> {
-    if state.config.callbacks_require_key {
-        super::auth::require(state.config.api_keys.as_ref(), headers)?;
-    }
     object(json_body(headers, body, ContentType::Exact)?)
 }
 
@@ -368,7 +365,7 @@ pub async fn register(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let body = callback_body(&state, &headers, body)?;
+    let body = callback_body(&headers, body)?;
     let url = required(&body, "git-url")?.to_string();
     let sha = required(&body, "git-sha")?.to_string();
     let key = idempotency_key(&headers)?;
@@ -400,7 +397,7 @@ pub async fn scanner_error(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let body = callback_body(&state, &headers, body)?;
+    let body = callback_body(&headers, body)?;
     let errors = match body.get("error") {
         Some(Value::String(s)) if !s.trim().is_empty() => 1,
         Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_string) => a.len(),

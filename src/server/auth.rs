@@ -5,8 +5,13 @@
 
 use std::path::Path;
 
+use std::sync::Arc;
+
 use anyhow::Context;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
@@ -73,6 +78,41 @@ impl ApiKeys {
             .ok_or_else(|| {
                 unauthorized("the API key is not valid for this server; check the key you send")
             })
+    }
+}
+
+/// The label of the key a request was let in with, for its handler (`deployed_by`'s default).
+#[derive(Debug, Clone)]
+pub struct KeyLabel(pub String);
+
+/// The middleware of every endpoint that takes a key: check `Authorization` from the headers
+/// alone, before a byte of the body is read (an unauthenticated client cannot make the server
+/// hold its body), and answer a missing or wrong key with the same 401 everywhere.
+pub async fn required(
+    State(state): State<Arc<super::AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    match require(state.config.api_keys.as_ref(), req.headers()) {
+        Ok(label) => {
+            req.extensions_mut().insert(KeyLabel(label));
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// [`required`] for the analytics callbacks, which take a key only with
+/// `--callbacks-require-key`.
+pub async fn for_callbacks(
+    State(state): State<Arc<super::AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if state.config.callbacks_require_key {
+        required(State(state), req, next).await
+    } else {
+        next.run(req).await
     }
 }
 

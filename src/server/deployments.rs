@@ -14,26 +14,32 @@
 //! Extensions: `deployed_by` (default: the API key's label), and `Idempotency-Key` (a retry gets
 //! the first answer and is not recorded twice).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode};
 use chrono::Utc;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
 use super::AppState;
+use super::auth::KeyLabel;
 use super::error::ApiError;
 use super::limits::{ContentType, json_body};
 use super::reference::PinnedRef;
-use tokio::sync::oneshot;
+use crate::tracking::DeploymentBody;
 
 use crate::records::{
     Checks, Deployment, DeploymentRecord, InfoFiles, Platform, RecordsError, Stamp, Store, Written,
@@ -42,64 +48,245 @@ use crate::records::{
 /// The environment when the body names none (Atomist's default).
 pub const DEFAULT_ENVIRONMENT: &str = "deployed";
 
-#[derive(Debug, Deserialize)]
-struct Body {
-    image: Option<ImageBody>,
-    #[serde(default)]
-    environment: Option<NameBody>,
-    #[serde(default)]
-    platform: Option<PlatformBody>,
-    #[serde(default)]
-    deployed_by: Option<String>,
-}
+/// The file, under the callback log's directory, that keeps the deployments' idempotency keys
+/// across restarts: one JSON line per keyed deployment (`{"key", "deployment"}`), appended and
+/// synced by the writer thread in the same batch, before the deployment itself is written. At
+/// start a key is remembered only if its deployment's `event_id` is in that app's history: a
+/// crash between the two writes leaves a key whose deployment was never recorded nor answered,
+/// and its retry is then recorded (once). Entries past [`IDEMPOTENCY_KEYS`] are compacted away
+/// at start.
+pub const KEYS_FILE: &str = "deployment-keys.jsonl";
 
-#[derive(Debug, Deserialize)]
-struct ImageBody {
-    url: Option<String>,
-    #[serde(default)]
-    name: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct NameBody {
-    name: Option<String>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-struct PlatformBody {
-    os: Option<String>,
-    architecture: Option<String>,
-    variant: Option<String>,
-}
-
-/// Answers given to deployments that carried an `Idempotency-Key` (the scanner and
-/// `imagetrail deploy` retry with the same key), so a retry whose first attempt was stored but
-/// not answered is not recorded twice. Kept in memory for the newest [`IDEMPOTENCY_KEYS`] keys.
-#[derive(Default)]
-pub struct Idempotency {
-    inner: Mutex<(HashMap<String, Value>, std::collections::VecDeque<String>)>,
-}
-
-/// How many idempotency keys the server remembers.
+/// How many idempotency keys the server remembers (in memory, and across restarts).
 pub const IDEMPOTENCY_KEYS: usize = 100_000;
 
-impl Idempotency {
-    fn get(&self, key: &str) -> Option<Value> {
-        self.inner.lock().expect("idempotency").0.get(key).cloned()
-    }
+/// The longest `Idempotency-Key` accepted.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
 
-    fn put(&self, key: String, answer: Value) {
-        let mut guard = self.inner.lock().expect("idempotency");
-        let (map, order) = &mut *guard;
-        if map.insert(key.clone(), answer).is_none() {
-            order.push_back(key);
-            if order.len() > IDEMPOTENCY_KEYS
-                && let Some(old) = order.pop_front()
-            {
-                map.remove(&old);
+/// One line of [`KEYS_FILE`].
+#[derive(Serialize, Deserialize)]
+struct KeyEntry {
+    key: String,
+    deployment: Deployment,
+}
+
+/// What a request that waited for the first one with its key replays: its answer, or its error.
+type Replay = Result<Value, (StatusCode, &'static str, String)>;
+
+enum Slot {
+    /// The first request with the key is being recorded; its answer comes through this.
+    Pending(watch::Receiver<Option<Replay>>),
+    /// Recorded; this was the answer.
+    Done(Value),
+}
+
+/// The deployments' idempotency keys: a retry (or a concurrent duplicate) of a request with the
+/// same key gets the first request's answer and records nothing. Checking a key and claiming it
+/// are one step under one lock: the first request owns the key until its deployment is written,
+/// and every concurrent one waits for that answer.
+#[derive(Default)]
+pub struct Idempotency {
+    inner: Mutex<Keys>,
+}
+
+#[derive(Default)]
+struct Keys {
+    slots: HashMap<String, Slot>,
+    /// The recorded keys, oldest first, so only the newest [`IDEMPOTENCY_KEYS`] are kept.
+    order: VecDeque<String>,
+}
+
+impl Keys {
+    fn remember(&mut self, key: String, answer: Value) {
+        if !matches!(
+            self.slots.insert(key.clone(), Slot::Done(answer)),
+            Some(Slot::Done(_))
+        ) {
+            self.order.push_back(key);
+            while self.order.len() > IDEMPOTENCY_KEYS {
+                if let Some(old) = self.order.pop_front() {
+                    self.slots.remove(&old);
+                }
             }
         }
     }
+}
+
+/// What [`Idempotency::claim`] found.
+enum Claim {
+    /// Already recorded: the answer.
+    Answered(Value),
+    /// Being recorded by an earlier request: wait for its answer.
+    Wait(watch::Receiver<Option<Replay>>),
+    /// This request owns the key.
+    Owner(Owner),
+}
+
+/// The right to record under a key. Dropped without [`Owner::finish`] (a panic), it frees the
+/// key and tells the waiters.
+struct Owner {
+    state: Arc<AppState>,
+    key: String,
+    tx: watch::Sender<Option<Replay>>,
+    finished: bool,
+}
+
+impl Owner {
+    /// Remember a success under the key (an error frees it, so a retry tries again) and give
+    /// every waiting request the same outcome.
+    fn finish(mut self, outcome: Replay) {
+        self.finished = true;
+        {
+            let mut keys = self.state.idempotency.lock();
+            match &outcome {
+                Ok(answer) => keys.remember(self.key.clone(), answer.clone()),
+                Err(_) => {
+                    keys.slots.remove(&self.key);
+                }
+            }
+        }
+        self.tx.send_replace(Some(outcome));
+    }
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.state.idempotency.lock().slots.remove(&self.key);
+            self.tx.send_replace(Some(Err((
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the first request with this Idempotency-Key failed; try again".into(),
+            ))));
+        }
+    }
+}
+
+impl Idempotency {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Keys> {
+        // A panic while holding this lock cannot leave the map half-updated (every update is
+        // one insert or remove), so a poisoned lock is used as it is.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Look `key` up and, if it is free, claim it for this request: one step.
+    fn claim(state: &Arc<AppState>, key: &str) -> Claim {
+        let mut keys = state.idempotency.lock();
+        match keys.slots.get(key) {
+            Some(Slot::Done(answer)) => Claim::Answered(answer.clone()),
+            Some(Slot::Pending(rx)) => Claim::Wait(rx.clone()),
+            None => {
+                let (tx, rx) = watch::channel(None);
+                keys.slots.insert(key.to_string(), Slot::Pending(rx));
+                Claim::Owner(Owner {
+                    state: state.clone(),
+                    key: key.to_string(),
+                    tx,
+                    finished: false,
+                })
+            }
+        }
+    }
+
+    /// The keys of [`KEYS_FILE`] whose deployments are in their histories, and the file opened
+    /// for appending (compacted first when it holds many more keys than are remembered).
+    pub fn load(store: &Store, dir: &Path) -> anyhow::Result<(Idempotency, File)> {
+        let path = dir.join(KEYS_FILE);
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot read {}", path.display()));
+            }
+        };
+        let mut entries = Vec::new();
+        let mut lines = 0;
+        for (n, line) in text.split(|b| *b == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            lines += 1;
+            match serde_json::from_slice::<KeyEntry>(line) {
+                Ok(entry) => entries.push(entry),
+                Err(e) => tracing::warn!(
+                    "{}:{}: unreadable idempotency entry ({e}), probably torn by a crash; ignored",
+                    path.display(),
+                    n + 1
+                ),
+            }
+        }
+        let keep_from = entries.len().saturating_sub(IDEMPOTENCY_KEYS);
+        let entries = entries.split_off(keep_from);
+        // Each app's history is read once for all its keys. The answer is rebuilt from the
+        // recorded entry, not the journal's copy: the writer stamps `deployed_at` after the key
+        // was journaled.
+        let mut recorded: HashMap<(String, String), HashMap<Uuid, Deployment>> = HashMap::new();
+        let mut keys = Keys::default();
+        let mut kept = Vec::new();
+        for entry in entries {
+            let d = &entry.deployment;
+            let app = (d.deployment.workspace.clone(), d.app.clone());
+            let history = recorded.entry(app).or_insert_with(|| {
+                match store.history(&d.deployment.workspace, &d.app) {
+                    Ok(h) => h.into_iter().map(|d| (d.deployment.event_id, d)).collect(),
+                    Err(e) => {
+                        tracing::warn!(
+                            "{e}; the idempotency keys of its deployments are not remembered"
+                        );
+                        Default::default()
+                    }
+                }
+            });
+            if let Some(written) = history.get(&d.deployment.event_id) {
+                keys.remember(entry.key.clone(), answer(written));
+                kept.push(entry);
+            }
+        }
+        if lines > 2 * IDEMPOTENCY_KEYS || (lines > 0 && kept.len() * 2 < lines) {
+            compact(&path, &kept)?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        Ok((
+            Idempotency {
+                inner: Mutex::new(keys),
+            },
+            file,
+        ))
+    }
+}
+
+/// Rewrite [`KEYS_FILE`] with only `kept`, atomically.
+fn compact(path: &Path, kept: &[KeyEntry]) -> anyhow::Result<()> {
+    let mut buf = Vec::new();
+    for entry in kept {
+        serde_json::to_writer(&mut buf, entry)?;
+        buf.push(b'\n');
+    }
+    let tmp = path.with_extension("jsonl.tmp");
+    let mut file = File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    file.write_all(&buf)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// The answer to a recorded deployment (and to every retry of it).
+fn answer(d: &Deployment) -> Value {
+    json!({
+        "success": true,
+        "summary": format!(
+            "recorded {}@{} as {} in {}",
+            d.image.repo, d.image.digest, d.app, d.deployment.workspace
+        ),
+        "deployment": d,
+    })
 }
 
 /// The group-commit writer of deployments: one thread takes every deployment waiting and
@@ -123,6 +310,8 @@ enum Message {
 struct Job {
     deployment: Deployment,
     checks: Checks,
+    /// The idempotency key to keep with it in [`KEYS_FILE`].
+    key: Option<String>,
     done: oneshot::Sender<Result<Written, RecordsError>>,
 }
 
@@ -132,16 +321,21 @@ const MAX_BATCH: usize = 4096;
 
 impl Writer {
     /// Start the writer thread over `store`; it stops when the [`Writer`] is dropped.
-    pub fn start(store: Store) -> std::io::Result<Writer> {
+    pub fn start(store: Store, keys: File) -> std::io::Result<Writer> {
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("deployments-writer".into())
-            .spawn(move || write_batches(&store, &rx))?;
+            .spawn(move || write_batches(&store, keys, &rx))?;
         Ok(Writer { tx })
     }
 
     /// Queue one deployment and wait until its batch is written and synced.
-    async fn submit(&self, deployment: Deployment, checks: Checks) -> Result<Written, ApiError> {
+    async fn submit(
+        &self,
+        deployment: Deployment,
+        checks: Checks,
+        key: Option<String>,
+    ) -> Result<Written, ApiError> {
         let (done, wait) = oneshot::channel();
         let stopped = |_| {
             ApiError::internal(
@@ -153,6 +347,7 @@ impl Writer {
             .send(Message::Job(Box::new(Job {
                 deployment,
                 checks,
+                key,
                 done,
             })))
             .map_err(|_| stopped(()))?;
@@ -177,7 +372,7 @@ const INFO_EVERY: Duration = Duration::from_millis(50);
 
 /// The writer thread: group commit until every sender is gone. First it replaces any
 /// `deploy-info.yml` a crash left behind its history.
-fn write_batches(store: &Store, rx: &mpsc::Receiver<Message>) {
+fn write_batches(store: &Store, mut keys: File, rx: &mpsc::Receiver<Message>) {
     match store.infos_behind() {
         Ok(behind) if !behind.is_empty() => {
             tracing::info!(
@@ -215,6 +410,7 @@ fn write_batches(store: &Store, rx: &mpsc::Receiver<Message>) {
                 Err(_) => break,
             }
         }
+        let batch = journal_keys(&mut keys, batch);
         let items: Vec<(Deployment, Checks)> = batch
             .iter()
             .map(|j| (j.deployment.clone(), j.checks))
@@ -227,6 +423,49 @@ fn write_batches(store: &Store, rx: &mpsc::Receiver<Message>) {
         match closing {
             Some(done) => close(store, done),
             None => catch_up(store.replace_due_infos()),
+        }
+    }
+}
+
+/// Append and sync the keyed deployments' [`KEYS_FILE`] lines, before the deployments are
+/// written; the jobs to write (a failed append answers its jobs with the error: nothing of
+/// them is written, so a retry is recorded once).
+fn journal_keys(file: &mut File, batch: Vec<Job>) -> Vec<Job> {
+    let mut buf = Vec::new();
+    for job in &batch {
+        if let Some(key) = &job.key {
+            let entry = KeyEntry {
+                key: key.clone(),
+                deployment: job.deployment.clone(),
+            };
+            // Plain strings, times and ids: this always serialises.
+            let _ = serde_json::to_writer(&mut buf, &entry);
+            buf.push(b'\n');
+        }
+    }
+    if buf.is_empty() {
+        return batch;
+    }
+    let len = file.metadata().map(|m| m.len());
+    match file.write_all(&buf).and_then(|()| file.sync_data()) {
+        Ok(()) => batch,
+        Err(e) => {
+            tracing::error!(
+                "cannot append to {KEYS_FILE}: {e}; the keyed deployments of this batch are not recorded"
+            );
+            // Cut a partial line off, so the next append starts a fresh one.
+            if let Ok(len) = len {
+                let _ = file.set_len(len);
+            }
+            let (keyed, rest): (Vec<Job>, Vec<Job>) =
+                batch.into_iter().partition(|j| j.key.is_some());
+            for job in keyed {
+                let _ = job.done.send(Err(RecordsError::Io {
+                    path: KEYS_FILE.into(),
+                    source: std::io::Error::new(e.kind(), e.to_string()),
+                }));
+            }
+            rest
         }
     }
 }
@@ -249,39 +488,32 @@ fn non_empty(v: Option<String>) -> Option<String> {
     v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
 }
 
-/// `POST /api/v1/deployments`.
-pub async fn create(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    // Authentication first: an unauthenticated client learns nothing about the body rules.
-    let key_label = super::auth::require(state.config.api_keys.as_ref(), &headers)?;
-    let idempotency_key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|k| !k.is_empty() && k.len() <= 255)
-        .map(|k| format!("{key_label} {k}"));
-    if let Some(answer) = idempotency_key
-        .as_deref()
-        .and_then(|k| state.idempotency.get(k))
-    {
-        return Ok((StatusCode::CREATED, Json(answer)));
+/// The `Idempotency-Key` header: `None` when absent, a 400 when unusable.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str().map(str::trim) {
+        Ok(v) if !v.is_empty() && v.len() <= MAX_IDEMPOTENCY_KEY => Ok(Some(v.to_string())),
+        _ => Err(ApiError::bad_request(
+            "idempotency-key",
+            format!(
+                "the Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters"
+            ),
+        )),
     }
-    let body: Body = json_body(&headers, body, ContentType::Json)?;
-    let image = body.image.ok_or_else(|| {
+}
+
+/// The [`Deployment`] a body asks for, or the 400 that says what is wrong with it.
+fn deployment_of(body: DeploymentBody, key_label: String) -> Result<Deployment, ApiError> {
+    let missing = || {
         ApiError::bad_request(
             "missing-field",
             "image.url is required: {\"image\": {\"url\": \"host/repo@sha256:<digest>\"}}",
         )
-    })?;
-    let url = non_empty(image.url).ok_or_else(|| {
-        ApiError::bad_request(
-            "missing-field",
-            "image.url is required: {\"image\": {\"url\": \"host/repo@sha256:<digest>\"}}",
-        )
-    })?;
+    };
+    let image = body.image.ok_or_else(missing)?;
+    let url = non_empty(image.url).ok_or_else(missing)?;
     let pinned = PinnedRef::parse(&url)
         .map_err(|e| ApiError::bad_request("image-not-pinned", e.to_string()))?;
     let name = non_empty(image.name);
@@ -295,7 +527,7 @@ pub async fn create(
         variant: non_empty(platform.variant),
     };
     let app = name.clone().unwrap_or_else(|| pinned.path().to_string());
-    let deployment = Deployment {
+    Ok(Deployment {
         app,
         image: pinned.image_record(platform),
         deployment: DeploymentRecord {
@@ -305,29 +537,73 @@ pub async fn create(
             name,
             event_id: Uuid::now_v7(),
         },
+    })
+}
+
+/// `POST /api/v1/deployments`. The API key was checked from the headers before the body was
+/// read ([`super::auth::required`]).
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    Extension(KeyLabel(key_label)): Extension<KeyLabel>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    // Keys are per API key: two clients cannot see each other's answers.
+    let key = idempotency_key(&headers)?.map(|k| format!("{key_label} {k}"));
+    let body: DeploymentBody = json_body(&headers, body, ContentType::Json)?;
+    let deployment = deployment_of(body, key_label)?;
+    let Some(key) = key else {
+        let deployment = record(&state, deployment).await?;
+        return Ok((StatusCode::CREATED, Json(answer(&deployment))));
     };
-    let deployment = record(&state, deployment).await?;
-    let answer = json!({
-            "success": true,
-            "summary": format!(
-                "recorded {}@{} as {} in {}",
-                deployment.image.repo,
-                deployment.image.digest,
-                deployment.app,
-                deployment.deployment.workspace
-            ),
-            "deployment": deployment,
-    });
-    if let Some(key) = idempotency_key {
-        state.idempotency.put(key, answer.clone());
+    let owner = match Idempotency::claim(&state, &key) {
+        Claim::Answered(answer) => return Ok((StatusCode::CREATED, Json(answer))),
+        Claim::Wait(mut rx) => {
+            let replay = rx
+                .wait_for(Option::is_some)
+                .await
+                .map(|r| r.clone())
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| {
+                    Err((
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        "the first request with this Idempotency-Key failed; try again".into(),
+                    ))
+                });
+            return replayed(replay);
+        }
+        Claim::Owner(owner) => owner,
+    };
+    // Recorded and remembered in a task of its own, so a client that goes away cannot stop it
+    // between the two: the key always ends remembered with its deployment, or freed.
+    let state = state.clone();
+    let outcome = tokio::spawn(async move {
+        let outcome = match write(&state, deployment, false, Some(key)).await {
+            Ok(d) => Ok(answer(&d)),
+            Err(e) => Err((e.status, e.code, e.summary)),
+        };
+        owner.finish(outcome.clone());
+        outcome
+    })
+    .await
+    .map_err(|e| ApiError::internal("the deployment task failed", &e))?;
+    replayed(outcome)
+}
+
+/// The HTTP answer of a [`Replay`].
+fn replayed(replay: Replay) -> Result<(StatusCode, Json<Value>), ApiError> {
+    match replay {
+        Ok(answer) => Ok((StatusCode::CREATED, Json(answer))),
+        Err((status, code, summary)) => Err(ApiError::new(status, code, summary)),
     }
-    Ok((StatusCode::CREATED, Json(answer)))
 }
 
 /// Check the name rule and write `deployment`, one environment at a time. Shared with the
 /// admission webhook.
 pub async fn record(state: &Arc<AppState>, deployment: Deployment) -> Result<Deployment, ApiError> {
-    write(state, deployment, false).await
+    write(state, deployment, false, None).await
 }
 
 /// [`record`], unless the app's current deployment already runs the same digest (a Pod of a
@@ -336,13 +612,14 @@ pub async fn record_if_new(
     state: &Arc<AppState>,
     deployment: Deployment,
 ) -> Result<Deployment, ApiError> {
-    write(state, deployment, true).await
+    write(state, deployment, true, None).await
 }
 
 async fn write(
     state: &Arc<AppState>,
     deployment: Deployment,
     skip_if_current: bool,
+    key: Option<String>,
 ) -> Result<Deployment, ApiError> {
     // Atomist's rule has two halves: the store refuses a name another app uses for the same
     // repository; `name_required_for_named_instances` refuses a request without a name for a
@@ -353,7 +630,11 @@ async fn write(
         // deployed_at is taken by the writer, so racing requests are appended in time order.
         stamp: Stamp::WriteTime,
     };
-    match state.deployments.submit(deployment.clone(), checks).await? {
+    match state
+        .deployments
+        .submit(deployment.clone(), checks, key)
+        .await?
+    {
         Written::Recorded(r) => {
             let mut deployment = deployment;
             if let Some(t) = r.stamped {

@@ -11,7 +11,9 @@
 //! * `deployments`: `POST /api/v1/deployments` (the Atomist body), through [`crate::records::Store`].
 //! * `queries`: the `GET` endpoints over the records.
 //! * `admission`: the Kubernetes `AdmissionReview` v1 webhook for Pods.
-//! * `auth` (Bearer API keys), `limits` (body size, content type, request timeout), `tls`,
+//! * `auth` (Bearer API keys, checked from the headers before any body is read), `limits`
+//!   (body size, content type, the time to receive a request, the connection limit and the
+//!   in-flight body budget), `tls`,
 //!   `reference` (image references pinned by digest), `error` (the JSON error answer).
 
 mod admission;
@@ -42,6 +44,15 @@ pub use analytics::ANALYTICS_DIR;
 pub use auth::ApiKeys;
 pub use reference::{PinnedRef, ReferenceError};
 
+/// The default of `--max-connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+/// The default of `--max-pending-body-bytes` (32 MiB).
+pub const DEFAULT_MAX_PENDING_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// What hyper may buffer per connection (headers, and body bytes not yet taken by a handler).
+/// Its default is about 400 KiB; 64 KiB is plenty for any header this API needs, and it is
+/// what makes the memory ceiling (connections × this + the body budget) small.
+pub const MAX_CONNECTION_BUFFER: usize = 64 * 1024;
+
 /// Everything the server needs besides its listener.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -62,6 +73,11 @@ pub struct Config {
     /// How long one request may take, from its first byte to the answer (headers and body
     /// included): a client that never finishes is cut off after this.
     pub request_timeout: Duration,
+    /// The most connections open at once; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// The most request body bytes all requests in flight may hold together; a request that
+    /// would go over is answered 503 before its body is read.
+    pub max_pending_body_bytes: usize,
 }
 
 impl Config {
@@ -76,6 +92,8 @@ impl Config {
             cluster: "default".into(),
             max_body_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(10),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_pending_body_bytes: DEFAULT_MAX_PENDING_BODY_BYTES,
         }
     }
 }
@@ -104,7 +122,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         admission_mode: args.admission_mode,
         cluster: args.cluster.clone(),
         max_body_bytes: args.max_body_bytes,
+        // The CLI's value parser allows only finite seconds from 0 to a day.
         request_timeout: Duration::from_secs_f64(args.request_timeout),
+        max_connections: args.max_connections,
+        max_pending_body_bytes: args.max_pending_body_bytes,
     };
     // Check what can fail before the address is bound and announced, so a misconfigured server
     // never says "listening".
@@ -170,14 +191,18 @@ pub async fn run(
     };
     let request_timeout = config.request_timeout;
     let store = Store::new(&config.state_dir);
-    let deployments =
-        deployments::Writer::start(store.clone()).context("cannot start the deployments writer")?;
+    // The deployments' idempotency keys, rebuilt from their file and checked against the
+    // histories before the writer (which appends to that file) starts.
+    let (idempotency, keys_file) =
+        deployments::Idempotency::load(&store, &config.state_dir.join(ANALYTICS_DIR))?;
+    let deployments = deployments::Writer::start(store.clone(), keys_file)
+        .context("cannot start the deployments writer")?;
     let state = Arc::new(AppState {
         store,
         deployments,
         config,
         analytics,
-        idempotency: Default::default(),
+        idempotency,
     });
     let app = router(state.clone());
     let addr = listener.local_addr()?;
@@ -198,18 +223,21 @@ pub async fn run(
     server
         .http_builder()
         .http1()
-        .header_read_timeout(request_timeout);
+        .header_read_timeout(request_timeout)
+        .max_buf_size(MAX_CONNECTION_BUFFER);
+    let limit = limits::ConnectionLimit::new(state.config.max_connections, tls.is_none());
     match tls {
         Some(tls) => {
             server
                 .acceptor(
                     axum_server::tls_rustls::RustlsAcceptor::new(tls)
-                        .handshake_timeout(request_timeout),
+                        .handshake_timeout(request_timeout)
+                        .acceptor(limit),
                 )
                 .serve(make_service)
                 .await
         }
-        None => server.serve(make_service).await,
+        None => server.acceptor(limit).serve(make_service).await,
     }
     .context("the HTTP server stopped")?;
     state.deployments.close().await;
@@ -222,17 +250,43 @@ pub async fn run(
 /// `cluster/namespace` works both plain and percent-encoded (`cluster%2Fnamespace`).
 fn router(state: Arc<AppState>) -> Router {
     let timeout = state.config.request_timeout;
+    let budget = limits::BodyBudget::new(
+        state.config.max_pending_body_bytes,
+        state.config.max_body_bytes,
+    );
+    // Per route, the key is checked first (from the headers alone), then the body budget is
+    // taken, then the handler reads the body.
+    let budget =
+        axum::middleware::from_fn(move |req, next| limits::body_budget(budget.clone(), req, next));
+    let key = axum::middleware::from_fn_with_state(state.clone(), auth::required);
+    let callback_key = axum::middleware::from_fn_with_state(state.clone(), auth::for_callbacks);
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/api/v1/register", post(analytics::register))
-        .route("/api/v1/scanner-error", post(analytics::scanner_error))
+        .route(
+            "/api/v1/register",
+            post(analytics::register)
+                .route_layer(budget.clone())
+                .route_layer(callback_key.clone()),
+        )
+        .route(
+            "/api/v1/scanner-error",
+            post(analytics::scanner_error)
+                .route_layer(budget.clone())
+                .route_layer(callback_key),
+        )
         .route(
             "/api/v1/deployments",
-            post(deployments::create).get(queries::deployments),
+            post(deployments::create)
+                .route_layer(budget.clone())
+                .route_layer(key)
+                .get(queries::deployments),
         )
         .route("/api/v1/environments", get(queries::environments))
         .route("/api/v1/environments/{*env}", get(queries::environment))
-        .route("/api/v1/admission", post(admission::review))
+        .route(
+            "/api/v1/admission",
+            post(admission::review).route_layer(budget),
+        )
         .fallback(error::not_found)
         .layer(axum::extract::DefaultBodyLimit::max(
             state.config.max_body_bytes,

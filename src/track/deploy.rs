@@ -5,9 +5,6 @@
 //! index gives both its own digest and the platform manifest's), a digest is fetched and
 //! hashed, and an unknown one is refused.
 
-use std::collections::HashMap;
-use std::time::Duration;
-
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -183,11 +180,15 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
     print_deployed(&deployment);
 
     let mut failed = false;
+    let notifier = crate::tracking::Notifier::new(api_key)?;
+    // One Idempotency-Key per deployment, the same on every retry: its event id.
+    let key = deployment.deployment.event_id.to_string();
+    let body = crate::tracking::DeploymentBody::of(&deployment);
     for endpoint in &args.endpoints {
         if endpoint.is_empty() {
             continue;
         }
-        match notify(endpoint, api_key.as_deref(), &deployment).await {
+        match notifier.send(endpoint, &body, &key).await {
             Ok(status) => println!("notified {endpoint}: HTTP {status}"),
             Err(e) => {
                 failed = true;
@@ -239,56 +240,4 @@ fn print_deployed(d: &Deployment) {
         sanitize(&d.deployment.deployed_by),
         crate::output::time(&d.deployment.deployed_at)
     );
-}
-
-/// The Atomist-compatible body: `image.url` pinned by the digest that runs, the platform,
-/// the environment and the optional name.
-pub fn atomist_body(d: &Deployment) -> serde_json::Value {
-    let mut image = serde_json::json!({ "url": format!("{}@{}", d.image.repo, d.image.digest) });
-    if let Some(n) = &d.deployment.name {
-        image["name"] = n.clone().into();
-    }
-    let mut platform = serde_json::json!({
-        "os": d.image.platform.os,
-        "architecture": d.image.platform.architecture,
-    });
-    if let Some(v) = &d.image.platform.variant {
-        platform["variant"] = v.clone().into();
-    }
-    serde_json::json!({
-        "image": image,
-        "environment": { "name": d.deployment.workspace },
-        "platform": platform,
-    })
-}
-
-async fn notify(endpoint: &str, key: Option<&str>, d: &Deployment) -> anyhow::Result<u16> {
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30))
-        .user_agent(concat!("imagetrail/", env!("CARGO_PKG_VERSION")))
-        .build()?;
-    let mut rb = http
-        .post(endpoint)
-        .header("content-type", "application/json")
-        .body(atomist_body(d).to_string());
-    if let Some(k) = key.filter(|k| !k.is_empty()) {
-        rb = rb.header("authorization", format!("Bearer {k}"));
-    }
-    let resp = rb.send().await.context("the request failed")?;
-    let status = resp.status();
-    if status.is_success() {
-        return Ok(status.as_u16());
-    }
-    let body = resp.text().await.unwrap_or_default();
-    let said = serde_json::from_str::<HashMap<String, serde_json::Value>>(&body)
-        .ok()
-        .and_then(|m| {
-            ["error", "summary", "message"]
-                .iter()
-                .find_map(|k| m.get(*k).and_then(|v| v.as_str()).map(str::to_string))
-        })
-        .unwrap_or(body);
-    let (said, _) = crate::terminal::cap(said.trim(), 500);
-    anyhow::bail!("HTTP {status}: {}", sanitize(said))
 }

@@ -3,6 +3,7 @@
 //! the `docker-registry` from Debian and HTTP servers on loopback.
 
 mod deploy;
+mod flags;
 mod image;
 mod prune;
 mod reference;

@@ -871,3 +871,236 @@ async fn a_torn_history_entry_is_reported_beside_the_whole_ones() {
     let warning = answer["warnings"][0].as_str().unwrap();
     assert!(warning.contains("incomplete"), "{warning}");
 }
+
+/// POST a deployment of `n` with `key` as its Idempotency-Key; (status, body).
+async fn post_keyed(server: &TestServer, key: &str, n: u32) -> (u16, Value) {
+    let body = json!({"image": {"url": format!("registry.example.com/team/app@{}", digest(n))}});
+    let r = client()
+        .post(server.at("/api/v1/deployments"))
+        .bearer_auth(KEY)
+        .header("idempotency-key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_concurrent_requests_with_one_idempotency_key_record_one_deployment() {
+    let server = TestServer::start(|_| {}).await;
+    for round in 0..5u32 {
+        let key = format!("it-srv-race-{round}");
+        let answers =
+            futures_util::future::join_all((0..10).map(|_| post_keyed(&server, &key, 100 + round)))
+                .await;
+        for (status, answer) in &answers {
+            assert_eq!(*status, 201, "{answer}");
+            assert_eq!(
+                answer, &answers[0].1,
+                "every duplicate replays the one answer"
+            );
+        }
+    }
+    let history = server.store().history("deployed", "team/app").unwrap();
+    assert_eq!(history.len(), 5, "one entry per key: {history:#?}");
+}
+
+#[tokio::test]
+async fn an_idempotency_key_is_remembered_across_a_restart() {
+    let server = TestServer::start(|_| {}).await;
+    let (status, first) = post_keyed(&server, "it-srv-restart-1", 7).await;
+    assert_eq!(status, 201, "{first}");
+    let keep = tempfile::Builder::new()
+        .prefix("it-srv-")
+        .tempdir()
+        .unwrap();
+    let moved = keep.path().join("state");
+    server.stop_and_move(&moved).await;
+
+    let again = TestServer::start(|c| c.state_dir = moved.clone()).await;
+    let (status, replay) = post_keyed(&again, "it-srv-restart-1", 7).await;
+    assert_eq!(status, 201, "{replay}");
+    assert_eq!(replay, first, "the retry gets the first answer");
+    let (status, _) = post_keyed(&again, "it-srv-restart-2", 8).await;
+    assert_eq!(status, 201);
+    // (`again` serves the moved directory, not the fresh one of its own.)
+    let history = Store::new(&moved).history("deployed", "team/app").unwrap();
+    assert_eq!(history.len(), 2, "{history:#?}");
+    // A key whose deployment never reached the history (a crash between the two writes) is
+    // not remembered: its retry is recorded.
+    again.stop().await;
+    let moved_again = moved.clone();
+    let keys = moved_again.join(".analytics/deployment-keys.jsonl");
+    let mut text = std::fs::read_to_string(&keys).unwrap();
+    assert_eq!(text.lines().count(), 2, "{text}");
+    let mut lost: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    lost["key"] = "ci it-srv-lost".into();
+    lost["deployment"]["deployment"]["event_id"] = "01890000-0000-7000-8000-000000000000".into();
+    text.push_str(&format!("{lost}\n"));
+    std::fs::write(&keys, text).unwrap();
+    let third = TestServer::start(|c| c.state_dir = moved_again.clone()).await;
+    let (status, _) = post_keyed(&third, "it-srv-lost", 8).await;
+    assert_eq!(status, 201);
+    let (status, replay) = post_keyed(&third, "it-srv-restart-1", 7).await;
+    assert_eq!((status, &replay), (201, &first));
+    assert_eq!(
+        Store::new(&moved_again)
+            .history("deployed", "team/app")
+            .unwrap()
+            .len(),
+        3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_write_is_not_answered_408_and_its_retry_is_not_recorded_twice() {
+    let server = TestServer::start(|c| c.request_timeout = Duration::from_secs(1)).await;
+    // Hold the environment's lock the way a second writer would: the server's write waits.
+    let env = server.dir().join("deployed");
+    std::fs::create_dir_all(&env).unwrap();
+    let lock = std::fs::File::create(env.join(".lock")).unwrap();
+    lock.lock().unwrap();
+    let first = tokio::spawn({
+        let url = server.at("/api/v1/deployments");
+        async move {
+            let r = client()
+                .post(url)
+                .bearer_auth(KEY)
+                .header("idempotency-key", "it-srv-slow-1")
+                .json(&json!({"image": {"url": format!("registry.example.com/team/app@{}", digest(3))}}))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    });
+    // Past the request timeout with the whole request sent.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    lock.unlock().unwrap();
+    let (status, answer) = first.await.unwrap();
+    assert_eq!(status, 201, "{answer}");
+    let (status, retry) = post_keyed(&server, "it-srv-slow-1", 3).await;
+    assert_eq!((status, &retry), (201, &answer));
+    assert_eq!(
+        server
+            .store()
+            .history("deployed", "team/app")
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // A body that never completes is the 408, and it says that nothing was recorded.
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let text = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.write_all(
+            format!(
+                "POST /api/v1/deployments HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nIdempotency-Key: it-srv-slow-2\r\nContent-Length: 500\r\n\r\n{{\"image\""
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        read_to_close(&mut s)
+    })
+    .await
+    .unwrap();
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("nothing was recorded"), "{text}");
+    assert_eq!(
+        server
+            .store()
+            .history("deployed", "team/app")
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_key_is_refused_from_the_headers_before_the_body_is_read() {
+    let server = TestServer::start(|c| {
+        c.request_timeout = Duration::from_secs(30);
+        c.callbacks_require_key = true;
+    })
+    .await;
+    let addr = server.url.trim_start_matches("http://").to_string();
+    for (path, auth) in [
+        ("/api/v1/deployments", "Authorization: Bearer wrong-key\r\n"),
+        ("/api/v1/deployments", ""),
+        ("/api/v1/register", "Authorization: Bearer wrong-key\r\n"),
+        ("/api/v1/scanner-error", ""),
+    ] {
+        let addr = addr.clone();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: 1048576\r\n\r\n"
+        );
+        // Headers only: a server that waited for the promised MiB would never answer before
+        // its 30 s timeout, and then with a 408.
+        let answer = tokio::task::spawn_blocking(move || {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.write_all(head.as_bytes()).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = s.read(&mut buf).unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        })
+        .await
+        .unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 401"),
+            "{path} {auth:?}: {answer}"
+        );
+        assert!(
+            answer.contains("www-authenticate: Bearer realm=\"imagetrail\""),
+            "{answer}"
+        );
+    }
+    assert!(env_dirs(server.dir()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_past_the_budget_and_connections_past_the_limit_get_503_with_retry_after() {
+    let server = TestServer::start(|c| {
+        c.max_body_bytes = 64 * 1024;
+        c.max_pending_body_bytes = 100 * 1024;
+        c.max_connections = 4;
+    })
+    .await;
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let answers = tokio::task::spawn_blocking(move || {
+        let head = format!(
+            "POST /api/v1/deployments HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n{{"
+        );
+        // The first takes 60,000 of the 100 KiB budget and stalls; the second does not fit.
+        let mut held = TcpStream::connect(&addr).unwrap();
+        held.write_all(head.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let mut refused = TcpStream::connect(&addr).unwrap();
+        refused.write_all(head.as_bytes()).unwrap();
+        let over_budget = read_to_close(&mut refused);
+        // Three more connections fill the limit of 4; the next is refused.
+        let _open: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+        std::thread::sleep(Duration::from_millis(500));
+        let mut extra = TcpStream::connect(&addr).unwrap();
+        let over_limit = read_to_close(&mut extra);
+        drop(held);
+        (over_budget, over_limit)
+    })
+    .await
+    .unwrap();
+    for answer in [&answers.0, &answers.1] {
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.contains("retry-after: 1"), "{answer}");
+        assert!(answer.contains("server-busy"), "{answer}");
+    }
+    assert!(
+        answers.0.contains("--max-pending-body-bytes"),
+        "{}",
+        answers.0
+    );
+    assert!(answers.1.contains("--max-connections"), "{}", answers.1);
+}

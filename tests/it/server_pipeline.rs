@@ -126,3 +126,106 @@ async fn the_scanners_deploy_scan_records_on_the_server() {
     .unwrap();
     assert_eq!(legacy["Successful"], true);
 }
+
+/// What the fault-injecting proxy saw: each request's `Idempotency-Key` and the status it
+/// answered with.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(Option<String>, u16)>>>;
+
+/// A real HTTP server on 127.0.0.1 in front of `upstream`: it forwards every request, and
+/// answers the first `faults` of them 503 (with `Retry-After: 0`) whatever the upstream said,
+/// as a proxy that lost the answer would. Returns its URL and what it saw.
+async fn fault_proxy(upstream: String, faults: usize) -> (String, Seen) {
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, StatusCode};
+    let seen: Seen = Default::default();
+    let app = axum::Router::new().fallback({
+        let seen = seen.clone();
+        move |uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
+            let seen = seen.clone();
+            let upstream = upstream.clone();
+            async move {
+                let mut req = reqwest::Client::new()
+                    .post(format!("{upstream}{}", uri.path()))
+                    .body(body.to_vec());
+                for (name, value) in &headers {
+                    if name != "host" && name != "content-length" {
+                        req = req.header(name.as_str(), value.as_bytes());
+                    }
+                }
+                let answer = req.send().await.unwrap();
+                let status = answer.status().as_u16();
+                let text = answer.text().await.unwrap();
+                let key = headers
+                    .get("idempotency-key")
+                    .map(|v| v.to_str().unwrap().to_string());
+                let mut seen = seen.lock().unwrap();
+                let faulty = seen.len() < faults;
+                let status = if faulty { 503 } else { status };
+                seen.push((key, status));
+                (
+                    StatusCode::from_u16(status).unwrap(),
+                    [("retry-after", "0"), ("content-type", "application/json")],
+                    if faulty {
+                        r#"{"error":"injected"}"#.to_string()
+                    } else {
+                        text
+                    },
+                )
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_endpoint_retries_a_lost_answer_with_the_same_key_and_is_recorded_once() {
+    let server = TestServer::start(|_| {}).await;
+    let (proxy, seen) = fault_proxy(server.url.clone(), 2).await;
+    let (deploy, digest) = tokio::task::spawn_blocking(move || {
+        let reg = shared();
+        let repo = unique_repo("srvretry");
+        let digest = reg.push_ci_image(&repo, "v1", "2026-01-24T22:41:03Z", "46e443d", "x");
+        let local = tempfile::Builder::new()
+            .prefix("it-srv-")
+            .tempdir()
+            .unwrap();
+        let key = local.path().join("key");
+        std::fs::write(&key, format!("{KEY}\n")).unwrap();
+        let deploy = run(imagetrail()
+            .args([
+                "deploy",
+                "--env",
+                "production",
+                "--name",
+                "retried",
+                "--image",
+            ])
+            .arg(format!("{}/{repo}:v1", reg.addr))
+            .arg("--endpoint")
+            .arg(format!("{proxy}/api/v1/deployments"))
+            .arg("--api-key-file")
+            .arg(&key)
+            .arg("--state-dir")
+            .arg(local.path()));
+        (deploy, digest)
+    })
+    .await
+    .unwrap();
+    assert_eq!(deploy.status.code(), Some(0), "{}", stderr(&deploy));
+    assert!(stdout(&deploy).contains("HTTP 201"), "{}", stdout(&deploy));
+    let seen = seen.lock().unwrap().clone();
+    let statuses: Vec<u16> = seen.iter().map(|(_, s)| *s).collect();
+    assert_eq!(statuses, [503, 503, 201], "{seen:?}");
+    let key = seen[0].0.clone().expect("an Idempotency-Key is sent");
+    assert!(
+        seen.iter().all(|(k, _)| k.as_deref() == Some(key.as_str())),
+        "the same key on every attempt: {seen:?}"
+    );
+    // Every attempt reached the server; it recorded the deployment once.
+    let history = server.store().history("production", "retried").unwrap();
+    assert_eq!(history.len(), 1, "{history:#?}");
+    assert_eq!(history[0].image.digest, digest);
+}
