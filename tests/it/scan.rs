@@ -141,20 +141,21 @@ fn register_all_mixes_images_and_containers() {
   "Successful": "true",
   "CVE Feed Last Updated": "NA",
   "Custom": {{
-    "ID": "{container}",
     "Image": "it-scan-all-base:1",
-    "Labels": {{
-      "email-ids": "svc@example.com",
-      "git-sha": "abcdef0",
-      "git-url": "https://github.com/example/svc"
-    }},
     "Object": "container",
+    "ID": "{container}",
+    "Registered": "yes",
+    "Summary": "Registered repository for scan, report will be availble in next run after some time.",
     "Server": "{}/base",
     "Server answer": {{
       "success": true,
       "summary": "Repository https://github.com/example/app with commit hash 46e443d registered for scan"
     }},
-    "Summary": "Registered repository for scan, report will be availble in next run after some time."
+    "Labels": {{
+      "email-ids": "svc@example.com",
+      "git-sha": "abcdef0",
+      "git-url": "https://github.com/example/svc"
+    }}
   }},
   "Results": []
 }}
@@ -213,6 +214,7 @@ fn register_without_server_writes_files_and_says_nothing_was_registered() {
         "environment.json".to_string(),
         format!("{id}/analytics_scanner_results.json"),
         format!("{id}/json"),
+        format!("{id}/scanner-analytics-integration.json"),
     ];
     want.sort();
     assert_eq!(tree(&dest), want);
