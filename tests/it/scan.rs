@@ -184,6 +184,7 @@ fn register_all_mixes_images_and_containers() {
     for id in &ids {
         want.push(format!("{id}/analytics_scanner_results.json"));
         want.push(format!("{id}/json"));
+        want.push(format!("{id}/scanner-analytics-integration.json"));
     }
     want.sort();
     assert_eq!(files, want, "no temp files left behind, no stray targets");
