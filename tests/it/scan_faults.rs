@@ -926,3 +926,50 @@ fn environment_json_leaves_out_a_refused_huge_label() {
         "(left out by imagetrail: 1048576 bytes, over the 65536 byte limit for a label)"
     );
 }
+
+/// Run `imagetrail ARGS` with its stderr (and stdout) on a pseudo-terminal, as atomic's
+/// `docker run -t` gives it one; returns what the terminal received.
+fn on_a_terminal(args: &[&str], env: &[(&str, &str)]) -> String {
+    let bin = env!("CARGO_BIN_EXE_imagetrail");
+    let line = std::iter::once(bin)
+        .chain(args.iter().copied())
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-qec", &line, "/dev/null"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("TERM", "xterm");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run script");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// On a terminal: `scan` logs plain text unless asked (`--color always`); other commands
+/// follow NO_COLOR.
+#[test]
+fn scan_logs_plain_text_on_a_terminal_unless_asked() {
+    let id = build_image("it-scan-colour:1", &GOOD[1..]);
+    let dirs = ScanDirs::new();
+    dirs.target(&id);
+    let (scanin, scanout) = (
+        dirs.scanin.to_str().unwrap(),
+        dirs.scanout.to_str().unwrap(),
+    );
+    let scan = ["scan", "verify", "--scanin", scanin, "--scanout", scanout];
+    let text = on_a_terminal(&scan, &[]);
+    assert!(text.contains("WARN"), "{text}");
+    assert!(!text.contains('\u{1b}'), "plain under scan: {text:?}");
+    let text = on_a_terminal(&[&scan[..], &["--color", "always"]].concat(), &[]);
+    assert!(text.contains("\u{1b}["), "colour when asked: {text:?}");
+
+    let verify = ["verify", "it-scan-colour:1"];
+    let text = on_a_terminal(&verify, &[]);
+    assert!(text.contains("\u{1b}["), "a terminal gets colour: {text:?}");
+    let text = on_a_terminal(&verify, &[("NO_COLOR", "1")]);
+    assert!(text.contains("WARN"), "{text}");
+    assert!(!text.contains('\u{1b}'), "NO_COLOR: {text:?}");
+}
