@@ -146,11 +146,26 @@ async fn run(
         Some((dir, _)) => Some(outputs::ResultsDir::open(dir)?),
         None => None,
     };
+    // Many /scanin targets are read with two list requests instead of an inspect each; a
+    // deploy needs each image's platform, which only the inspect has.
+    let ids: Vec<String> = targets
+        .iter()
+        .filter_map(|t| match &t.source {
+            targets::Source::ScanDir(id) => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
+    let listed = if ids.len() >= 2 && settings.scan_type != ScanType::Deploy {
+        engine.list_targets(&ids).await
+    } else {
+        Default::default()
+    };
     let ctx = Context {
         settings: &settings,
         engine: &engine,
         client: client.as_ref(),
         image_name_id,
+        listed,
     };
     let stamp = chrono::Local::now();
     let claimed = std::sync::Mutex::new(std::collections::HashSet::new());
@@ -164,7 +179,26 @@ async fn run(
             if !claimed.lock().expect("not poisoned").insert(o.dir.clone()) {
                 return None;
             }
-            outcome::act(&ctx, &mut o).await;
+            // A target read from the lists still needs its inspects for environment.json;
+            // they are fetched while the server is called.
+            let inspect = o
+                .object
+                .as_ref()
+                .filter(|obj| obj.listed.is_some() && output.is_some())
+                .map(|obj| (obj.kind, obj.id.clone(), obj.image_id()));
+            let inspects = async {
+                match &inspect {
+                    Some((kind, id, image_id)) => {
+                        Some(engine.inspects(*kind, id, image_id.as_deref()).await)
+                    }
+                    None => None,
+                }
+            };
+            let (_, inspects) = tokio::join!(outcome::act(&ctx, &mut o), inspects);
+            if let (Some((container, image)), Some(obj)) = (inspects, o.object.as_mut()) {
+                obj.container = container;
+                obj.image = image;
+            }
             let staged = match (&results, &output) {
                 (Some(rd), Some((_, uuid_base))) => {
                     let files = [

@@ -109,6 +109,8 @@ pub struct Context<'a> {
     pub client: Option<&'a Client>,
     /// The id of `IMAGE_NAME`, when it is set and the engine knows it.
     pub image_name_id: Option<String>,
+    /// `/scanin` targets already read from the engine's list endpoints, by id.
+    pub listed: std::collections::HashMap<String, Object>,
 }
 
 /// Do one target's work. Never fails: every problem ends up in the outcome.
@@ -150,7 +152,10 @@ pub async fn read(ctx: &Context<'_>, target: Target) -> Outcome {
             todo: "Set IMAGE_NAME to the image the root filesystem belongs to, then scan again.".into(),
             message: "A --rootfs target has no image to read labels from; set IMAGE_NAME to the image the root filesystem belongs to.".into(),
         }),
-        Some((what, images_first)) => match ctx.engine.resolve(&what, images_first).await {
+        Some((what, images_first)) => match match ctx.listed.get(&what) {
+            Some(object) if !images_first => Ok(object.clone()),
+            _ => ctx.engine.resolve(&what, images_first).await,
+        } {
             Ok(object) => {
                 if out.dir.is_empty() {
                     out.dir = object.id.clone();
