@@ -228,8 +228,7 @@ async fn run(
     let mut outcomes: Vec<Done> = done.into_iter().flatten().collect();
     if let Some(rd) = &results {
         let info = info.expect("fetched when there is an output");
-        let bytes = environment_bytes(&outcomes, &settings, info);
-        let mut top_failure = rd.stage_top("environment.json", &bytes).err();
+        let mut top_failure = write_environment(rd, &outcomes, &settings, info).err();
         let stamp_for_commit = stamp;
         let failures = tokio::task::block_in_place(|| rd.commit(&stamp_for_commit));
         for (target, e) in failures {
@@ -370,12 +369,14 @@ fn omit_capped_labels(inspect: &mut serde_json::Value, capped: &[(String, usize)
     }
 }
 
-fn environment_bytes(
+/// Stage `environment.json`, written item by item.
+fn write_environment(
+    rd: &outputs::ResultsDir,
     outcomes: &[Done],
     settings: &Settings,
     info: Result<serde_json::Value, crate::engine::EngineError>,
-) -> Vec<u8> {
-    let info = match info {
+) -> Result<(), Error> {
+    let mut info = Some(match info {
         Ok(info) => info,
         Err(e) => {
             tracing::warn!(
@@ -384,7 +385,7 @@ fn environment_bytes(
             );
             serde_json::Value::Object(Default::default())
         }
-    };
+    });
     let mut seen = std::collections::HashSet::new();
     let images: Vec<&str> = outcomes
         .iter()
@@ -398,7 +399,15 @@ fn environment_bytes(
         .filter(|(id, _)| seen.insert(format!("c{id}")))
         .map(|(_, j)| j.as_str())
         .collect();
-    outputs::environment_json(info, &images, &containers, settings)
+    rd.stage_top("environment.json", &mut |w| {
+        outputs::write_environment_json(
+            w,
+            info.take().unwrap_or_default(),
+            &images,
+            &containers,
+            settings,
+        )
+    })
 }
 
 /// stdout: one status line per target (pipelines grep them), then a one-line summary; or one

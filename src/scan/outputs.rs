@@ -301,34 +301,43 @@ fn python_json<T: Serialize>(value: &T) -> Vec<u8> {
     out.into_bytes()
 }
 
-/// The bytes of `environment.json`: atomic's `{info, images, containers}` (inspects given as
-/// compact JSON with `sha256:` already stripped, parsed one at a time so memory stays flat),
-/// plus the `scanner` block.
-pub fn environment_json(
+/// Write `environment.json`: atomic's `{info, images, containers}` (inspects given as compact
+/// JSON with `sha256:` already stripped), plus the `scanner` block. Each inspect is parsed,
+/// pretty-printed and written one at a time, so memory holds one item, not the whole file.
+pub fn write_environment_json(
+    w: &mut dyn Write,
     mut info: Value,
     images: &[&str],
     containers: &[&str],
     settings: &Settings,
-) -> Vec<u8> {
+) -> std::io::Result<()> {
     strip_sha_fields(&mut info);
-    let indent_item = |compact: &str| -> String {
-        let v: Value = serde_json::from_str(compact).unwrap_or_default();
-        let text = String::from_utf8(python_json(&v)).expect("ASCII");
-        text.lines()
-            .map(|l| format!("        {l}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    let list = |items: &[&str]| -> String {
-        if items.is_empty() {
-            return "[]".into();
+    // Python's layout: every line after the first of a nested value gets the parent's indent.
+    let indented = |w: &mut dyn Write, v: &Value, pad: &[u8]| -> std::io::Result<()> {
+        let text = python_json(v);
+        for (i, line) in text.split(|b| *b == b'\n').enumerate() {
+            if i > 0 {
+                w.write_all(b"\n")?;
+                w.write_all(pad)?;
+            }
+            w.write_all(line)?;
         }
-        let body: Vec<String> = items.iter().map(|i| indent_item(i)).collect();
-        format!("[\n{}\n    ]", body.join(",\n"))
+        Ok(())
     };
-    let indent_value = |v: &Value| -> String {
-        let text = String::from_utf8(python_json(v)).expect("ASCII");
-        text.lines().collect::<Vec<_>>().join("\n    ")
+    let list = |w: &mut dyn Write, items: &[&str]| -> std::io::Result<()> {
+        if items.is_empty() {
+            return w.write_all(b"[]");
+        }
+        w.write_all(b"[\n")?;
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                w.write_all(b",\n")?;
+            }
+            let v: Value = serde_json::from_str(item).unwrap_or_default();
+            w.write_all(b"        ")?;
+            indented(w, &v, b"        ")?;
+        }
+        w.write_all(b"\n    ]")
     };
     let scanner = json!({
         "name": SCANNER_NAME,
@@ -336,14 +345,15 @@ pub fn environment_json(
         "scan type": scan_type_name(settings),
         "server": server_url(settings),
     });
-    format!(
-        "{{\n    \"info\": {},\n    \"images\": {},\n    \"containers\": {},\n    \"scanner\": {}\n}}",
-        indent_value(&info),
-        list(images),
-        list(containers),
-        indent_value(&scanner)
-    )
-    .into_bytes()
+    w.write_all(b"{\n    \"info\": ")?;
+    indented(w, &info, b"    ")?;
+    w.write_all(b",\n    \"images\": ")?;
+    list(w, images)?;
+    w.write_all(b",\n    \"containers\": ")?;
+    list(w, containers)?;
+    w.write_all(b",\n    \"scanner\": ")?;
+    indented(w, &scanner, b"    ")?;
+    w.write_all(b"\n}")
 }
 
 /// Check that results can be written under `dir` (creating it when `create`), before any work
@@ -457,6 +467,18 @@ impl ResultsDir {
         name: &'static str,
         bytes: &[u8],
     ) -> Result<(), Error> {
+        self.stage_with(target, dir, dir_path, name, &mut |w| w.write_all(bytes))
+    }
+
+    /// Write a file under a temporary name in `dir`, its contents produced by `fill`.
+    fn stage_with(
+        &self,
+        target: Option<&str>,
+        dir: &std::sync::Arc<OwnedFd>,
+        dir_path: &Path,
+        name: &'static str,
+        fill: &mut dyn FnMut(&mut dyn Write) -> std::io::Result<()>,
+    ) -> Result<(), Error> {
         let tmp = format!(".{name}.{}.tmp", random_suffix());
         let fd = rustix::fs::openat(
             &**dir,
@@ -465,8 +487,8 @@ impl ResultsDir {
             Mode::from_raw_mode(0o644),
         )
         .map_err(|e| output_error(dir_path.join(&tmp), e.into()))?;
-        let mut file = std::fs::File::from(fd);
-        if let Err(e) = file.write_all(bytes) {
+        let mut file = std::io::BufWriter::with_capacity(64 * 1024, std::fs::File::from(fd));
+        if let Err(e) = fill(&mut file).and_then(|()| file.flush()) {
             let _ = rustix::fs::unlinkat(&**dir, tmp.as_str(), AtFlags::empty());
             return Err(output_error(dir_path.join(&tmp), e));
         }
@@ -493,10 +515,14 @@ impl ResultsDir {
         Ok(())
     }
 
-    /// Stage a file directly in the results directory (`environment.json`).
-    pub fn stage_top(&self, name: &'static str, bytes: &[u8]) -> Result<(), Error> {
+    /// Stage a file directly in the results directory (`environment.json`), written by `fill`.
+    pub fn stage_top(
+        &self,
+        name: &'static str,
+        fill: &mut dyn FnMut(&mut dyn Write) -> std::io::Result<()>,
+    ) -> Result<(), Error> {
         let fd = self.fd.clone();
-        self.stage(None, &fd, &self.path.clone(), name, bytes)
+        self.stage_with(None, &fd, &self.path.clone(), name, fill)
     }
 
     /// Make every staged file durable and put it in place: one `syncfs`, then the renames
