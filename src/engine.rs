@@ -180,10 +180,11 @@ pub struct Object {
     pub id: String,
     /// The object's own labels (a container's config labels, or the image's).
     pub labels: HashMap<String, String>,
-    /// The container inspect, for a container.
-    pub container: Option<ContainerInspectResponse>,
+    /// The container inspect, for a container (boxed: a few KiB each, and many targets are
+    /// held before their inspects are fetched).
+    pub container: Option<Box<ContainerInspectResponse>>,
     /// The image inspect: the image itself, or the image a container runs (when still present).
-    pub image: Option<ImageInspect>,
+    pub image: Option<Box<ImageInspect>>,
     /// What the list endpoints said, for an object read from them (no inspect yet).
     pub listed: Option<Listed>,
 }
@@ -397,8 +398,8 @@ impl Engine {
                             kind,
                             id: strip_sha(c.id.as_deref().unwrap_or(what)),
                             labels,
-                            container: Some(c),
-                            image,
+                            container: Some(Box::new(c)),
+                            image: image.map(Box::new),
                             listed: None,
                         });
                     }
@@ -415,7 +416,7 @@ impl Engine {
                             id: strip_sha(i.id.as_deref().unwrap_or(what)),
                             labels,
                             container: None,
-                            image: Some(i),
+                            image: Some(Box::new(i)),
                             listed: None,
                         });
                     }

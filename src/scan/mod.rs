@@ -196,8 +196,8 @@ async fn run(
             };
             let (_, inspects) = tokio::join!(outcome::act(&ctx, &mut o), inspects);
             if let (Some((container, image)), Some(obj)) = (inspects, o.object.as_mut()) {
-                obj.container = container;
-                obj.image = image;
+                obj.container = container.map(Box::new);
+                obj.image = image.map(Box::new);
             }
             let staged = match (&results, &output) {
                 (Some(rd), Some((_, uuid_base))) => {
