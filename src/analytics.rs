@@ -24,6 +24,10 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 /// The most bytes of a server's answer quoted in a message.
 const QUOTE_BYTES: usize = 300;
 
+/// The most bytes of a server's answer read: plenty for a summary or a scan report, and a
+/// server answering with 100 MB cannot take the scanner's memory with it.
+pub const MAX_ANSWER_BYTES: usize = 256 * 1024;
+
 /// What can go wrong calling the analytics server.
 #[derive(Debug, Error)]
 pub enum AnalyticsError {
@@ -121,6 +125,9 @@ pub struct Answer {
     pub body: Option<serde_json::Value>,
     /// Attempts it took.
     pub attempts: u32,
+    /// The answer was longer than [`MAX_ANSWER_BYTES`]: only that much was read, and the
+    /// body (which could not be parsed whole) is `None`.
+    pub cut: bool,
 }
 
 impl Answer {
@@ -216,7 +223,14 @@ impl Client {
         body: &serde_json::Value,
         idempotency_key: &str,
     ) -> Result<Answer, AnalyticsError> {
-        let url = self.endpoint(name);
+        let mut url = self.endpoint(name);
+        if self.config.token.is_some() {
+            // reqwest turns a URL's user:password into `Authorization: Basic`; with a token
+            // that would be a second Authorization header, and servers read only one of them
+            // (most the first: Basic). The token wins; the URL's credentials are not sent.
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+        }
         let shown = redacted(&url);
         let bytes = serde_json::to_vec(body).expect("a JSON value serialises");
         let attempts = self.config.attempts.max(1);
@@ -277,8 +291,16 @@ impl Client {
                 Ok(resp) => {
                     let status = resp.status();
                     let wait_hint = retry_after(resp.headers());
-                    let text = match resp.text().await {
-                        Ok(t) => t,
+                    let (text, cut) = match read_capped(resp).await {
+                        Ok((_, true)) if status.is_success() => {
+                            return Ok(Answer {
+                                status: status.as_u16(),
+                                body: None,
+                                attempts: attempt,
+                                cut: true,
+                            });
+                        }
+                        Ok(read) => read,
                         Err(e) => {
                             let err = AnalyticsError::Unreachable {
                                 url: shown.clone(),
@@ -307,7 +329,15 @@ impl Client {
                         AnalyticsError::Rejected {
                             url: shown.clone(),
                             status: status.as_u16(),
-                            message: server_message(&text),
+                            message: if cut {
+                                format!(
+                                    "{} (the answer was longer than {} KiB and was cut there)",
+                                    server_message(&text),
+                                    MAX_ANSWER_BYTES / 1024
+                                )
+                            } else {
+                                server_message(&text)
+                            },
                             attempts: attempt,
                         },
                     )
@@ -335,6 +365,23 @@ impl Client {
     }
 }
 
+/// Read at most [`MAX_ANSWER_BYTES`] of an answer; says whether there was more (the rest is
+/// not read: the connection is dropped).
+async fn read_capped(mut resp: reqwest::Response) -> Result<(String, bool), reqwest::Error> {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut cut = false;
+    while let Some(chunk) = resp.chunk().await? {
+        let room = MAX_ANSWER_BYTES - buf.len();
+        if chunk.len() > room {
+            buf.extend_from_slice(&chunk[..room]);
+            cut = true;
+            break;
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok((String::from_utf8_lossy(&buf).into_owned(), cut))
+}
+
 fn parse_success(
     url: &str,
     status: StatusCode,
@@ -346,6 +393,7 @@ fn parse_success(
             status: status.as_u16(),
             body: None,
             attempts,
+            cut: false,
         });
     }
     match serde_json::from_str::<serde_json::Value>(text) {
@@ -353,6 +401,7 @@ fn parse_success(
             status: status.as_u16(),
             body: Some(body),
             attempts,
+            cut: false,
         }),
         Err(_) => Err(AnalyticsError::NotJson {
             url: url.to_string(),

@@ -29,6 +29,21 @@ pub struct GlobalOpts {
     /// Only errors on stderr.
     #[arg(short, long, global = true, env = "IMAGETRAIL_QUIET")]
     pub quiet: bool,
+    /// Colour in the log on stderr: auto (a terminal, unless NO_COLOR is set or the command is
+    /// `scan`, whose terminal is atomic's `docker run -t`), always, never.
+    #[arg(long, global = true, env = "IMAGETRAIL_COLOR", value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+}
+
+/// When the log on stderr carries colour codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    /// On a terminal, unless `NO_COLOR` is set or the command is `scan`.
+    Auto,
+    /// Always (even into a pipe or a file).
+    Always,
+    /// Never.
+    Never,
 }
 
 /// The subcommands.

@@ -180,45 +180,66 @@ pub struct Object {
     pub id: String,
     /// The object's own labels (a container's config labels, or the image's).
     pub labels: HashMap<String, String>,
-    /// The container inspect, for a container.
-    pub container: Option<ContainerInspectResponse>,
+    /// The container inspect, for a container (boxed: a few KiB each, and many targets are
+    /// held before their inspects are fetched).
+    pub container: Option<Box<ContainerInspectResponse>>,
     /// The image inspect: the image itself, or the image a container runs (when still present).
-    pub image: Option<ImageInspect>,
+    pub image: Option<Box<ImageInspect>>,
+    /// What the list endpoints said, for an object read from them (no inspect yet).
+    pub listed: Option<Listed>,
+}
+
+/// One target as the engine's list endpoints describe it (`GET /containers/json`,
+/// `GET /images/json`): enough to register it; `environment.json` still needs the inspect.
+#[derive(Debug, Clone, Default)]
+pub struct Listed {
+    /// The image id without `sha256:` (for a container, its image's).
+    pub image_id: Option<String>,
+    /// The image's `RepoTags`.
+    pub repo_tags: Vec<String>,
+    /// The image's `RepoDigests`.
+    pub repo_digests: Vec<String>,
+    /// The image name a container was created with.
+    pub image_name: Option<String>,
 }
 
 impl Object {
     /// The image's id without `sha256:` (for a container, the image it was created from).
     pub fn image_id(&self) -> Option<String> {
-        match (&self.image, &self.container) {
-            (Some(i), _) => i.id.as_deref().map(strip_sha),
-            (None, Some(c)) => c.image.as_deref().map(strip_sha),
+        match (&self.image, &self.container, &self.listed) {
+            (Some(i), _, _) => i.id.as_deref().map(strip_sha),
+            (None, Some(c), _) => c.image.as_deref().map(strip_sha),
+            (None, None, Some(l)) => l.image_id.clone(),
             _ => None,
         }
     }
 
     /// `RepoTags` of the image.
     pub fn repo_tags(&self) -> Vec<String> {
-        self.image
-            .as_ref()
-            .and_then(|i| i.repo_tags.clone())
-            .unwrap_or_default()
+        match (&self.image, &self.listed) {
+            (Some(i), _) => i.repo_tags.clone().unwrap_or_default(),
+            (None, Some(l)) => l.repo_tags.clone(),
+            _ => vec![],
+        }
     }
 
     /// `RepoDigests` of the image (`repo@sha256:...`).
     pub fn repo_digests(&self) -> Vec<String> {
-        self.image
-            .as_ref()
-            .and_then(|i| i.repo_digests.clone())
-            .unwrap_or_default()
+        match (&self.image, &self.listed) {
+            (Some(i), _) => i.repo_digests.clone().unwrap_or_default(),
+            (None, Some(l)) => l.repo_digests.clone(),
+            _ => vec![],
+        }
     }
 
     /// The image name a container was created with (`Config.Image`).
     pub fn container_image_name(&self) -> Option<String> {
-        self.container
-            .as_ref()
-            .and_then(|c| c.config.as_ref())
-            .and_then(|c| c.image.clone())
-            .filter(|s| !s.is_empty())
+        match (&self.container, &self.listed) {
+            (Some(c), _) => c.config.as_ref().and_then(|c| c.image.clone()),
+            (None, Some(l)) if self.kind == Kind::Container => l.image_name.clone(),
+            _ => None,
+        }
+        .filter(|s| !s.is_empty())
     }
 }
 
@@ -377,8 +398,9 @@ impl Engine {
                             kind,
                             id: strip_sha(c.id.as_deref().unwrap_or(what)),
                             labels,
-                            container: Some(c),
-                            image,
+                            container: Some(Box::new(c)),
+                            image: image.map(Box::new),
+                            listed: None,
                         });
                     }
                 }
@@ -394,7 +416,8 @@ impl Engine {
                             id: strip_sha(i.id.as_deref().unwrap_or(what)),
                             labels,
                             container: None,
-                            image: Some(i),
+                            image: Some(Box::new(i)),
+                            listed: None,
                         });
                     }
                 }
@@ -404,6 +427,125 @@ impl Engine {
             what: what.to_string(),
             endpoint: self.endpoint.to_string(),
         })
+    }
+}
+
+impl Engine {
+    /// Read many targets (full ids) with the list endpoints instead of one inspect each: the
+    /// containers in chunks of ids (`GET /containers/json?all=1&filters={"id":[...]}`), and
+    /// `GET /images/json` once. A container id wins over an image id, as in [`Engine::resolve`].
+    /// Ids the lists do not answer are left out (the caller inspects them); a list the engine
+    /// refuses or answers in a shape we cannot read only means every target is inspected.
+    pub async fn list_targets(&self, ids: &[String]) -> HashMap<String, Object> {
+        let mut found = HashMap::new();
+        if ids.is_empty() {
+            return found;
+        }
+        let chunks = ids.chunks(100).map(|chunk| {
+            let filters = HashMap::from([("id".to_string(), chunk.to_vec())]);
+            self.docker
+                .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+                    all: true,
+                    filters: Some(filters),
+                    ..Default::default()
+                }))
+        });
+        let images = self
+            .docker
+            .list_images(Some(bollard::query_parameters::ListImagesOptions::default()));
+        let (containers, images) = tokio::join!(futures_util::future::join_all(chunks), images);
+        let images: HashMap<String, bollard::models::ImageSummary> = match images {
+            Ok(list) => list.into_iter().map(|i| (strip_sha(&i.id), i)).collect(),
+            Err(e) => {
+                tracing::debug!(error = %e, "GET /images/json failed; targets are inspected");
+                return found;
+            }
+        };
+        let wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+        for answer in containers {
+            let list = match answer {
+                Ok(list) => list,
+                Err(e) => {
+                    tracing::debug!(error = %e, "GET /containers/json failed; targets are inspected");
+                    return HashMap::new();
+                }
+            };
+            for c in list {
+                let Some(id) = c.id.as_deref().map(strip_sha) else {
+                    continue;
+                };
+                // The engine's id filter matches prefixes: keep exact ids only.
+                if !wanted.contains(id.as_str()) {
+                    continue;
+                }
+                let image_id = c.image_id.as_deref().map(strip_sha);
+                let image = image_id.as_ref().and_then(|i| images.get(i));
+                let listed = Listed {
+                    image_id: image_id.clone(),
+                    repo_tags: image.map(|i| i.repo_tags.clone()).unwrap_or_default(),
+                    repo_digests: image.map(|i| i.repo_digests.clone()).unwrap_or_default(),
+                    image_name: c.image.clone(),
+                };
+                found.insert(
+                    id.clone(),
+                    Object {
+                        kind: Kind::Container,
+                        id,
+                        labels: c.labels.unwrap_or_default(),
+                        container: None,
+                        image: None,
+                        listed: Some(listed),
+                    },
+                );
+            }
+        }
+        for id in ids {
+            if found.contains_key(id) {
+                continue;
+            }
+            if let Some(i) = images.get(id) {
+                found.insert(
+                    id.clone(),
+                    Object {
+                        kind: Kind::Image,
+                        id: id.clone(),
+                        labels: i.labels.clone(),
+                        container: None,
+                        image: None,
+                        listed: Some(Listed {
+                            image_id: Some(id.clone()),
+                            repo_tags: i.repo_tags.clone(),
+                            repo_digests: i.repo_digests.clone(),
+                            image_name: None,
+                        }),
+                    },
+                );
+            }
+        }
+        found
+    }
+
+    /// The inspects of an object read from the lists, for `environment.json`: the container's
+    /// and its image's, or the image's. `None` where the engine no longer has it.
+    pub async fn inspects(
+        &self,
+        kind: Kind,
+        id: &str,
+        image_id: Option<&str>,
+    ) -> (Option<ContainerInspectResponse>, Option<ImageInspect>) {
+        match kind {
+            Kind::Container => {
+                let image = async {
+                    match image_id {
+                        Some(i) => self.image_by_id(i).await.ok().flatten(),
+                        None => None,
+                    }
+                };
+                let (c, i) = tokio::join!(self.container(id), image);
+                (c.ok().flatten(), i)
+            }
+            Kind::Image => (None, self.image_by_id(id).await.ok().flatten()),
+        }
     }
 }
 

@@ -141,6 +141,17 @@ impl Labels {
             );
         }
         if let Some(url) = &self.git_url
+            && url.chars().any(is_hidden)
+        {
+            // A URL parser drops tabs and newlines and percent-encodes U+202E, so such a
+            // value would pass as a URL while showing something else on a terminal.
+            add(
+                "git-url",
+                format!(
+                    "label git-url {url:?} holds control or invisible characters (such as U+202E, which reverses the text shown); use the repository's plain clone URL"
+                ),
+            );
+        } else if let Some(url) = &self.git_url
             && !is_git_url(url)
         {
             add(
@@ -222,6 +233,13 @@ impl Labels {
         }
         map
     }
+}
+
+/// A control character, or one that changes how text is shown without being seen
+/// (bidirectional overrides and isolates, zero-width characters, non-characters).
+fn is_hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}' | '\u{FFFE}' | '\u{FFFF}')
 }
 
 /// An absolute URL with a scheme and a host.
@@ -320,6 +338,29 @@ mod tests {
                 "org.opencontainers.image.created"
             ]
         );
+    }
+
+    #[test]
+    fn flags_hidden_characters_in_git_url() {
+        for url in [
+            "https://github.com/example/app\u{202E}ppa",
+            "https://github.com/exa\tmple/app",
+            "https://github.com/example/app\u{1b}[2J",
+        ] {
+            let l = labels(&[
+                ("git-url", url),
+                ("git-sha", "46e443d"),
+                ("email-ids", "a@example.com"),
+            ]);
+            let problems = l.verify();
+            assert_eq!(problems.len(), 1, "{url:?}: {problems:?}");
+            assert!(
+                problems[0]
+                    .message
+                    .contains("control or invisible characters"),
+                "{problems:?}"
+            );
+        }
     }
 
     #[test]

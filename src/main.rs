@@ -7,7 +7,12 @@ use imagetrail::exit::ExitCode;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    imagetrail::logging::init(cli.global.verbose, cli.global.quiet);
+    imagetrail::logging::init_with_color(
+        cli.global.verbose,
+        cli.global.quiet,
+        cli.global.color,
+        matches!(cli.command, imagetrail::cli::Command::Scan(_)),
+    );
     match imagetrail::run(cli) {
         Ok(code) => code.into(),
         Err(err) => {

@@ -88,8 +88,12 @@ async fn connect(settings: &Settings) -> Result<Engine, Error> {
 /// What is kept of one target once its files are written: enough for stdout, the log, the
 /// exit code and `environment.json`, so memory stays flat however many targets there are.
 struct Done {
+    /// The output directory name.
+    dir: String,
     successful: bool,
     problems: usize,
+    /// Its result files could not be written (the reason is in `log`).
+    unwritten: bool,
     /// The log line and the problem lines, already capped and escaped.
     log: Vec<String>,
     /// The `--format json` entry.
@@ -98,6 +102,25 @@ struct Done {
     image: Option<(String, String)>,
     /// Compact inspect JSON of the container, keyed by id.
     container: Option<(String, String)>,
+}
+
+impl Done {
+    /// This target's files could not be written: that is its failure (the others' results
+    /// and `environment.json` are still written).
+    fn unwritten(&mut self, e: &Error) {
+        self.successful = false;
+        self.unwritten = true;
+        let name = self
+            .log
+            .first()
+            .and_then(|l| l.split_once(": "))
+            .map(|(n, _)| n.to_string())
+            .unwrap_or_else(|| escape_name(&self.dir));
+        self.log.push(format!(
+            "{name}: its result files could not be written: {}",
+            escape_name(&e.to_string())
+        ));
+    }
 }
 
 async fn run(
@@ -119,30 +142,81 @@ async fn run(
             .map(|id| crate::engine::strip_sha(&id)),
         None => None,
     };
+    let results = match &output {
+        Some((dir, _)) => Some(outputs::ResultsDir::open(dir)?),
+        None => None,
+    };
+    // Many /scanin targets are read with two list requests instead of an inspect each; a
+    // deploy needs each image's platform, which only the inspect has.
+    let ids: Vec<String> = targets
+        .iter()
+        .filter_map(|t| match &t.source {
+            targets::Source::ScanDir(id) => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
+    let listed = if ids.len() >= 2 && settings.scan_type != ScanType::Deploy {
+        engine.list_targets(&ids).await
+    } else {
+        Default::default()
+    };
     let ctx = Context {
         settings: &settings,
         engine: &engine,
         client: client.as_ref(),
         image_name_id,
+        listed,
     };
     let stamp = chrono::Local::now();
     let claimed = std::sync::Mutex::new(std::collections::HashSet::new());
-    // Each target writes its own files as soon as its work is done, so file-system latency
+    // Each target stages its files as soon as its work is done, so file-system latency
     // overlaps with the network; `buffered` keeps the order of the results.
     let work = futures_util::stream::iter(targets)
         .map(|t| async {
-            let o = outcome::process(&ctx, t).await;
-            // Two names for one image make one target (the first one named).
+            let mut o = outcome::read(&ctx, t).await;
+            // Two names for one image (full id, short id, `sha256:` id...) make one target,
+            // claimed before anything is sent, so it is registered once.
             if !claimed.lock().expect("not poisoned").insert(o.dir.clone()) {
-                return Ok(None);
+                return None;
             }
-            if let Some((dir, uuid_base)) = &output {
-                write_target(dir, uuid_base, &o, &settings, stamp).await?;
+            // A target read from the lists still needs its inspects for environment.json;
+            // they are fetched while the server is called.
+            let inspect = o
+                .object
+                .as_ref()
+                .filter(|obj| obj.listed.is_some() && output.is_some())
+                .map(|obj| (obj.kind, obj.id.clone(), obj.image_id()));
+            let inspects = async {
+                match &inspect {
+                    Some((kind, id, image_id)) => {
+                        Some(engine.inspects(*kind, id, image_id.as_deref()).await)
+                    }
+                    None => None,
+                }
+            };
+            let (_, inspects) = tokio::join!(outcome::act(&ctx, &mut o), inspects);
+            if let (Some((container, image)), Some(obj)) = (inspects, o.object.as_mut()) {
+                obj.container = container.map(Box::new);
+                obj.image = image.map(Box::new);
             }
-            Ok(Some(finish(o, &settings)))
+            let staged = match (&results, &output) {
+                (Some(rd), Some((_, uuid_base))) => {
+                    let files = [
+                        ("json", outputs::atomic_json(&o, &settings, uuid_base)),
+                        (outputs::LEGACY_FILE, outputs::legacy_json(&o, &settings)),
+                    ];
+                    rd.stage_target(&o.dir, &files)
+                }
+                _ => Ok(()),
+            };
+            let mut done = finish(o, &settings);
+            if let Err(e) = staged {
+                done.unwritten(&e);
+            }
+            Some(done)
         })
         .buffered(settings.concurrency)
-        .collect::<Vec<Result<Option<Done>, Error>>>();
+        .collect::<Vec<Option<Done>>>();
     // `GET /info` is slow on some engines; it runs while the targets are processed.
     let info = async {
         match output {
@@ -151,22 +225,37 @@ async fn run(
         }
     };
     let (done, info) = tokio::join!(work, info);
-    let mut outcomes = Vec::with_capacity(done.len());
-    for d in done {
-        if let Some(d) = d? {
-            outcomes.push(d);
+    let mut outcomes: Vec<Done> = done.into_iter().flatten().collect();
+    if let Some(rd) = &results {
+        let info = info.expect("fetched when there is an output");
+        let mut top_failure = write_environment(rd, &outcomes, &settings, info).err();
+        let stamp_for_commit = stamp;
+        let failures = tokio::task::block_in_place(|| rd.commit(&stamp_for_commit));
+        for (target, e) in failures {
+            match target {
+                Some(t) => {
+                    if let Some(d) = outcomes.iter_mut().find(|d| d.dir == t) {
+                        d.unwritten(&e);
+                    }
+                }
+                None => top_failure = Some(e),
+            }
+        }
+        if let Some(e) = top_failure {
+            tracing::error!(
+                "{}; the targets' own result files were still written",
+                sanitize(&e.to_string())
+            );
+            print_report(&outcomes, &settings, Some(rd.path()));
+            return Ok(ExitCode::Failure);
         }
     }
-    if let Some((dir, _)) = &output {
-        let info = info.expect("fetched when there is an output");
-        write_environment(dir, &outcomes, &settings, info, stamp)?;
-    }
-    print_report(
-        &outcomes,
-        &settings,
-        output.as_ref().map(|(d, _)| d.as_path()),
-    );
+    print_report(&outcomes, &settings, results.as_ref().map(|r| r.path()));
 
+    // Not every result file could be written: that is an operational failure (exit 1).
+    if outcomes.iter().any(|o| o.unwritten) {
+        return Ok(ExitCode::Failure);
+    }
     let failed = outcomes.iter().any(|o| !o.successful)
         || (settings.scan_type == ScanType::Verify && outcomes.iter().any(|o| o.problems > 0));
     Ok(if failed && settings.exit_code != 0 {
@@ -176,19 +265,36 @@ async fn run(
     })
 }
 
+/// A target name for stderr: control characters (newlines included, so a name cannot split a
+/// log line) and invisible formatting characters (U+202E...) escaped, long names cut.
+fn escape_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in cap_line(name).chars() {
+        if c.is_control() || is_invisible(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Bidirectional overrides, zero-width and non-characters: they change what a terminal shows.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}' | '\u{FFFE}' | '\u{FFFF}')
+}
+
 /// Keep what is needed of an outcome once its files are written.
 fn finish(o: Outcome, settings: &Settings) -> Done {
-    let name = sanitize(&cap_line(
-        &o.image_name.clone().unwrap_or_else(|| o.dir.clone()),
-    ));
+    let name = escape_name(&o.image_name.clone().unwrap_or_else(|| o.dir.clone()));
     let mut log = vec![format!(
         "{name}: {}",
-        sanitize(&cap_line(&outputs::full_summary(&o)))
+        escape_name(&outputs::full_summary(&o))
     )];
     log.extend(
         o.problems
             .iter()
-            .map(|p| format!("{name}: {}", sanitize(&cap_line(&p.message)))),
+            .map(|p| format!("{name}: {}", escape_name(&p.message))),
     );
     let json = (settings.format == Format::Json).then(|| {
         serde_json::json!({
@@ -203,9 +309,16 @@ fn finish(o: Outcome, settings: &Settings) -> Done {
             "server answer": o.answer,
         })
     });
+    // A label cut at the cap is not copied whole into environment.json either.
+    let capped: Vec<(String, usize)> = o
+        .labels
+        .as_ref()
+        .map(|l| l.capped.clone())
+        .unwrap_or_default();
     let compact = |v: serde_json::Result<serde_json::Value>| {
         let mut v = v.unwrap_or_default();
         crate::engine::strip_sha_fields(&mut v);
+        omit_capped_labels(&mut v, &capped);
         v.to_string()
     };
     let (image, container) = match &o.object {
@@ -223,8 +336,10 @@ fn finish(o: Outcome, settings: &Settings) -> Done {
         None => (None, None),
     };
     Done {
+        dir: o.dir,
         successful: o.successful,
         problems: o.problems.len(),
+        unwritten: false,
         log,
         json,
         image,
@@ -232,47 +347,36 @@ fn finish(o: Outcome, settings: &Settings) -> Done {
     }
 }
 
-/// Write one target's `json` and legacy file (on a blocking thread: file-system calls).
-async fn write_target(
-    dir: &Path,
-    uuid_base: &str,
-    o: &Outcome,
-    settings: &Settings,
-    stamp: chrono::DateTime<chrono::Local>,
-) -> Result<(), Error> {
-    let target_dir = dir.join(&o.dir);
-    let files = [
-        ("json", outputs::atomic_json(o, settings, uuid_base)),
-        (outputs::LEGACY_FILE, outputs::legacy_json(o, settings)),
-    ];
-    tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&target_dir).map_err(|source| Error::Output {
-            path: target_dir.clone(),
-            source,
-        })?;
-        for (name, bytes) in files {
-            if let Some(kept) = outputs::write_atomic(&target_dir, name, &bytes, &stamp)? {
-                tracing::warn!(
-                    "{} already held results; the old file was kept as {}",
-                    target_dir.join(name).display(),
-                    kept.display()
-                );
+/// Replace each capped label's value in an inspect's `Config.Labels` with a note saying it was
+/// left out: the target was refused for it, and a 1 MiB label has no place in the record.
+fn omit_capped_labels(inspect: &mut serde_json::Value, capped: &[(String, usize)]) {
+    if capped.is_empty() {
+        return;
+    }
+    if let Some(labels) = inspect
+        .get_mut("Config")
+        .and_then(|c| c.get_mut("Labels"))
+        .and_then(|l| l.as_object_mut())
+    {
+        for (key, len) in capped {
+            if let Some(v) = labels.get_mut(key) {
+                *v = serde_json::Value::from(format!(
+                    "(left out by imagetrail: {len} bytes, over the {} byte limit for a label)",
+                    crate::terminal::MAX_VALUE_BYTES
+                ));
             }
         }
-        Ok(())
-    })
-    .await
-    .expect("the writer thread does not panic")
+    }
 }
 
+/// Stage `environment.json`, written item by item.
 fn write_environment(
-    dir: &Path,
+    rd: &outputs::ResultsDir,
     outcomes: &[Done],
     settings: &Settings,
     info: Result<serde_json::Value, crate::engine::EngineError>,
-    stamp: chrono::DateTime<chrono::Local>,
 ) -> Result<(), Error> {
-    let info = match info {
+    let mut info = Some(match info {
         Ok(info) => info,
         Err(e) => {
             tracing::warn!(
@@ -281,7 +385,7 @@ fn write_environment(
             );
             serde_json::Value::Object(Default::default())
         }
-    };
+    });
     let mut seen = std::collections::HashSet::new();
     let images: Vec<&str> = outcomes
         .iter()
@@ -295,15 +399,15 @@ fn write_environment(
         .filter(|(id, _)| seen.insert(format!("c{id}")))
         .map(|(_, j)| j.as_str())
         .collect();
-    let bytes = outputs::environment_json(info, &images, &containers, settings);
-    if let Some(kept) = outputs::write_atomic(dir, "environment.json", &bytes, &stamp)? {
-        tracing::warn!(
-            "{} already existed; the old file was kept as {}",
-            dir.join("environment.json").display(),
-            kept.display()
-        );
-    }
-    Ok(())
+    rd.stage_top("environment.json", &mut |w| {
+        outputs::write_environment_json(
+            w,
+            info.take().unwrap_or_default(),
+            &images,
+            &containers,
+            settings,
+        )
+    })
 }
 
 /// stdout: one status line per target (pipelines grep them), then a one-line summary; or one

@@ -19,6 +19,21 @@ pub const REGISTERED: &str =
 /// The original scanner's success sentence when the server sent a `last_scan_report`.
 pub const LAST_REPORT: &str = "Last scan report available in 'Scan Results' field.";
 
+/// One reason a target was not registered (or recorded), in the fields atomic prints under
+/// `Results`: what failed, the server's answer or the connection error, and what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// What failed, e.g. "Registration with http://h/api/v1/register".
+    pub failed: String,
+    /// The evidence, as atomic prints it: `("Server answer", "401 ...")`,
+    /// `("Connection error", ...)`, `("Label", "git-url")`, `("Problem", ...)`, `("Error", ...)`.
+    pub details: Vec<(&'static str, String)>,
+    /// What the operator should do about it.
+    pub todo: String,
+    /// The whole story as one sentence (the legacy `Summary`, the log, `/scanner-error`).
+    pub message: String,
+}
+
 /// What happened to one target.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -40,8 +55,10 @@ pub struct Outcome {
     pub problems: Vec<Problem>,
     /// Whether the scan did its job for this target.
     pub successful: bool,
-    /// What went wrong, one full sentence each.
+    /// What went wrong, one full sentence each (the `message` of each of `failures`).
     pub errors: Vec<String>,
+    /// What went wrong, in atomic's `Results` fields.
+    pub failures: Vec<Failure>,
     /// One readable sentence about the outcome.
     pub summary: String,
     /// The server's parsed answer on success.
@@ -51,6 +68,18 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Record a failure (its sentence also goes to `errors`).
+    pub fn fail(&mut self, failure: Failure) {
+        self.errors.push(failure.message.clone());
+        self.failures.push(failure);
+    }
+
+    /// Whether the target could be read at all (its labels were found): atomic's
+    /// `Successful` is `"false"` only when it could not.
+    pub fn readable(&self) -> bool {
+        self.labels.is_some()
+    }
+
     /// The digest the image is known by in a registry (`sha256:...`), from `RepoDigests`.
     pub fn image_digest(&self) -> Option<String> {
         self.object.as_ref().and_then(|o| {
@@ -80,10 +109,20 @@ pub struct Context<'a> {
     pub client: Option<&'a Client>,
     /// The id of `IMAGE_NAME`, when it is set and the engine knows it.
     pub image_name_id: Option<String>,
+    /// `/scanin` targets already read from the engine's list endpoints, by id.
+    pub listed: std::collections::HashMap<String, Object>,
 }
 
 /// Do one target's work. Never fails: every problem ends up in the outcome.
 pub async fn process(ctx: &Context<'_>, target: Target) -> Outcome {
+    let mut out = read(ctx, target).await;
+    act(ctx, &mut out).await;
+    out
+}
+
+/// Resolve a target through the engine and read its labels; nothing is sent anywhere yet, so
+/// two names of one image can be recognised (by `dir`) before either is registered.
+pub async fn read(ctx: &Context<'_>, target: Target) -> Outcome {
     let started = Local::now();
     let mut out = Outcome {
         dir: target.dir.clone().unwrap_or_default(),
@@ -96,6 +135,7 @@ pub async fn process(ctx: &Context<'_>, target: Target) -> Outcome {
         problems: vec![],
         successful: false,
         errors: vec![],
+        failures: vec![],
         summary: String::new(),
         answer: None,
         error_report: None,
@@ -106,11 +146,16 @@ pub async fn process(ctx: &Context<'_>, target: Target) -> Outcome {
         Source::Rootfs(_) => ctx.settings.image_name.clone().map(|n| (n, true)),
     };
     match lookup {
-        None => out.errors.push(
-            "A --rootfs target has no image to read labels from; set IMAGE_NAME to the image the root filesystem belongs to."
-                .to_string(),
-        ),
-        Some((what, images_first)) => match ctx.engine.resolve(&what, images_first).await {
+        None => out.fail(Failure {
+            failed: "Reading the target's labels".into(),
+            details: vec![("Error", "a --rootfs target has no image to read labels from".into())],
+            todo: "Set IMAGE_NAME to the image the root filesystem belongs to, then scan again.".into(),
+            message: "A --rootfs target has no image to read labels from; set IMAGE_NAME to the image the root filesystem belongs to.".into(),
+        }),
+        Some((what, images_first)) => match match ctx.listed.get(&what) {
+            Some(object) if !images_first => Ok(object.clone()),
+            _ => ctx.engine.resolve(&what, images_first).await,
+        } {
             Ok(object) => {
                 if out.dir.is_empty() {
                     out.dir = object.id.clone();
@@ -121,7 +166,12 @@ pub async fn process(ctx: &Context<'_>, target: Target) -> Outcome {
                 out.labels = Some(labels);
                 out.object = Some(object);
             }
-            Err(e) => out.errors.push(sentence(e.to_string())),
+            Err(e) => out.fail(Failure {
+                failed: "Reading the target from the container engine".into(),
+                details: vec![("Error", e.to_string())],
+                todo: "Check that the engine socket is mounted into the scanner and that the image or container still exists, then scan again.".into(),
+                message: sentence(e.to_string()),
+            }),
         },
     }
     if out.dir.is_empty() {
@@ -131,19 +181,99 @@ pub async fn process(ctx: &Context<'_>, target: Target) -> Outcome {
             _ => "unknown".into(),
         };
     }
+    if out.dir.is_empty() || out.dir == "." || out.dir == ".." {
+        out.dir = format!("_{}", out.dir);
+    }
+    out
+}
+
+/// The scan type's work for a target that was read, then the `/scanner-error` report of a
+/// failure.
+pub async fn act(ctx: &Context<'_>, out: &mut Outcome) {
     if out.errors.is_empty() {
         match ctx.settings.scan_type {
-            ScanType::Verify => verify(&mut out),
-            ScanType::Register => register(ctx, &mut out).await,
-            ScanType::Deploy => deploy(ctx, &mut out).await,
+            ScanType::Verify => verify(out),
+            ScanType::Register => register(ctx, out).await,
+            ScanType::Deploy => deploy(ctx, out).await,
         }
     }
     if !out.errors.is_empty() {
         out.successful = false;
-        report_failure(ctx, &mut out).await;
+        report_failure(ctx, out).await;
     }
     out.finished = Local::now();
-    out
+}
+
+/// A failed call to the server, in atomic's `Results` fields: the server's answer (or the
+/// connection error) and what to do about it.
+fn server_failure(what: &str, e: &AnalyticsError) -> Failure {
+    let message = sentence(format!("{what} failed: {e}"));
+    let (details, todo) = match e {
+        AnalyticsError::Unreachable {
+            reason,
+            attempts,
+            url,
+        } => (
+            vec![(
+                "Connection error",
+                format!("{reason} ({attempts} attempt(s))"),
+            )],
+            format!(
+                "Check that the server at {url} is running and reachable from the scanner container (SERVER), then scan again."
+            ),
+        ),
+        AnalyticsError::Rejected {
+            status, message, ..
+        } => {
+            let answer = if message.is_empty() {
+                status.to_string()
+            } else {
+                format!("{status}: {message}")
+            };
+            let todo = match status {
+                401 | 403 => {
+                    "Check the server token (SERVER_TOKEN or --token-file) with the server's operators, then scan again."
+                }
+                404 | 405 => {
+                    "Check the server URL and the API prefix (SERVER, --api-prefix), then scan again."
+                }
+                400..=499 => {
+                    "The server refused the request; see its answer, fix what it names, then scan again."
+                }
+                _ => {
+                    "The server failed; scan again later, and tell the server's operators if it keeps failing."
+                }
+            };
+            (vec![("Server answer", answer)], todo.to_string())
+        }
+        AnalyticsError::NotJson {
+            status, excerpt, ..
+        } => (
+            vec![("Server answer", format!("{status}, not JSON: {excerpt}"))],
+            "Check that SERVER points at the analytics API and not at a web page, then scan again."
+                .to_string(),
+        ),
+        other => (
+            vec![("Error", other.to_string())],
+            "Check the server settings (SERVER, SERVER_TOKEN), then scan again.".to_string(),
+        ),
+    };
+    Failure {
+        failed: format!("{what} with {}", e_url(e)),
+        details,
+        todo,
+        message,
+    }
+}
+
+/// The URL an error names, or "the server".
+fn e_url(e: &AnalyticsError) -> String {
+    match e {
+        AnalyticsError::Unreachable { url, .. }
+        | AnalyticsError::Rejected { url, .. }
+        | AnalyticsError::NotJson { url, .. } => url.clone(),
+        _ => "the server".into(),
+    }
 }
 
 /// `IMAGE_NAME` when it is this very image, else the image's first tag, else its id.
@@ -175,33 +305,46 @@ fn verify(out: &mut Outcome) {
 }
 
 /// Labels that must be right before anything is sent: missing or cut required labels.
-fn blocking_label_errors(out: &Outcome) -> Vec<String> {
+fn blocking_label_failures(out: &Outcome) -> Vec<Failure> {
     let Some(labels) = &out.labels else {
         return vec![];
     };
     let image = out.image_name.clone().unwrap_or_default();
-    let mut errors: Vec<String> = labels
+    let mut failures: Vec<Failure> = labels
         .missing()
         .into_iter()
-        .map(|k| {
-            format!(
+        .map(|k| Failure {
+            failed: "Reading the required labels".into(),
+            details: vec![("Label", k.into()), ("Problem", "missing or empty".into())],
+            todo: format!("Add `LABEL {k}=...` to the image's Dockerfile and rebuild it."),
+            message: format!(
                 "Image {image} does not have {k} label configured; add `LABEL {k}=...` to its Dockerfile and rebuild."
-            )
+            ),
         })
         .collect();
     for k in labels.capped_required() {
-        errors.push(format!(
-            "Image {image} has a {k} label longer than {} bytes, which cannot be right; fix the label and rebuild.",
-            crate::terminal::MAX_VALUE_BYTES
-        ));
+        let cap = crate::terminal::MAX_VALUE_BYTES;
+        failures.push(Failure {
+            failed: "Reading the required labels".into(),
+            details: vec![
+                ("Label", k.to_string()),
+                ("Problem", format!("longer than {cap} bytes")),
+            ],
+            todo: "Fix the label in the image's Dockerfile and rebuild it.".into(),
+            message: format!(
+                "Image {image} has a {k} label longer than {cap} bytes, which cannot be right; fix the label and rebuild."
+            ),
+        });
     }
-    errors
+    failures
 }
 
 async fn register(ctx: &Context<'_>, out: &mut Outcome) {
-    let errors = blocking_label_errors(out);
-    if !errors.is_empty() {
-        out.errors = errors;
+    let failures = blocking_label_failures(out);
+    if !failures.is_empty() {
+        for f in failures {
+            out.fail(f);
+        }
         return;
     }
     let Some(client) = ctx.client else {
@@ -232,19 +375,25 @@ async fn register(ctx: &Context<'_>, out: &mut Outcome) {
             } else {
                 REGISTERED.to_string()
             };
+            if answer.cut {
+                out.summary.push(' ');
+                out.summary.push_str(&cut_note());
+            }
             out.answer = answer.body;
         }
-        Err(e) => out
-            .errors
-            .push(sentence(format!("Registration failed: {e}"))),
+        Err(e) => out.fail(server_failure("Registration", &e)),
     }
 }
 
 async fn deploy(ctx: &Context<'_>, out: &mut Outcome) {
     let Some(client) = ctx.client else {
-        out.errors.push(
-            "No server was given to record the deployment with; set SERVER or --server.".into(),
-        );
+        out.fail(Failure {
+            failed: "Recording the deployment".into(),
+            details: vec![("Error", "no server was given".into())],
+            todo: "Set SERVER or --server, then scan again.".into(),
+            message: "No server was given to record the deployment with; set SERVER or --server."
+                .into(),
+        });
         return;
     };
     let object = out.object.as_ref().expect("object was resolved");
@@ -264,10 +413,19 @@ async fn deploy(ctx: &Context<'_>, out: &mut Outcome) {
         .or_else(|| digests.first())
         .cloned()
     else {
-        out.errors.push(format!(
+        let message = format!(
             "Image {} has no registry digest (RepoDigests is empty), and deployments are recorded by digest; push the image (docker push) or pull it by digest, then scan again.",
             out.image_name.clone().unwrap_or_default()
-        ));
+        );
+        out.fail(Failure {
+            failed: "Recording the deployment".into(),
+            details: vec![(
+                "Error",
+                "the image has no registry digest (RepoDigests is empty)".into(),
+            )],
+            todo: "Push the image (docker push) or pull it by digest, then scan again.".into(),
+            message,
+        });
         return;
     };
     let image = object.image.as_ref();
@@ -290,12 +448,22 @@ async fn deploy(ctx: &Context<'_>, out: &mut Outcome) {
                 "Recorded {url} as deployed in {}.",
                 ctx.settings.environment
             );
+            if answer.cut {
+                out.summary.push(' ');
+                out.summary.push_str(&cut_note());
+            }
             out.answer = answer.body;
         }
-        Err(e) => out
-            .errors
-            .push(sentence(format!("Recording the deployment failed: {e}"))),
+        Err(e) => out.fail(server_failure("Recording the deployment", &e)),
     }
+}
+
+/// What a result says when the server's answer was too long to keep.
+fn cut_note() -> String {
+    format!(
+        "The server's answer was longer than {} KiB; it was cut there and not kept.",
+        crate::analytics::MAX_ANSWER_BYTES / 1024
+    )
 }
 
 /// `host/repo:tag` → `host/repo` (a `:` after the last `/` starts the tag).

@@ -10,12 +10,16 @@
 //! them: each old file is hard-linked to `<name>.previous-<time>` before the new one replaces it.
 
 use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, Mode, OFlags};
 
 use chrono::{DateTime, Local};
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
+use crate::cli::ScanType;
 use crate::engine::strip_sha_fields;
 use crate::error::Error;
 use crate::scan::outcome::Outcome;
@@ -36,13 +40,35 @@ const ATOMIC_TIME: &str = "%Y-%m-%dT%H:%M:%S";
 /// The original scanner's time format (local time, microseconds).
 const LEGACY_TIME: &str = "%Y-%m-%d-%H-%M-%S-%6f";
 
+/// A JSON object whose keys keep the order they were added in: atomic prints `Custom` in the
+/// file's order, so the order is part of what the operator reads.
+#[derive(Debug, Default)]
+struct Fields(Vec<(String, Value)>);
+
+impl Fields {
+    fn add(&mut self, key: &str, value: impl Into<Value>) {
+        self.0.push((key.to_string(), value.into()));
+    }
+}
+
+impl Serialize for Fields {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
 /// One entry of atomic's `Results`.
 #[derive(Debug, Serialize)]
 struct ResultEntry {
     #[serde(rename = "Title")]
     title: String,
     #[serde(rename = "Custom")]
-    custom: Map<String, Value>,
+    custom: Fields,
 }
 
 /// atomic's `json` file, keys in the order of atomic's own template.
@@ -64,7 +90,7 @@ struct AtomicJson {
     #[serde(rename = "CVE Feed Last Updated")]
     cve_feed: &'static str,
     #[serde(rename = "Custom")]
-    custom: Map<String, Value>,
+    custom: Fields,
     #[serde(rename = "Results")]
     results: Vec<ResultEntry>,
 }
@@ -126,39 +152,72 @@ fn server_url(settings: &Settings) -> Option<String> {
 }
 
 /// The bytes of atomic's `json` for one outcome (`uuid_base` is the `/scanin` path).
+///
+/// `Successful` is `"false"` only for a target that could not be read at all: for `"false"`
+/// atomic prints nothing but "<target> is not supported for this scan". A target that was read
+/// but not registered is `"true"`, with `Registered: no` and each reason in `Results` (what
+/// failed, the server's answer or the connection error, what to do), which atomic prints.
 pub fn atomic_json(o: &Outcome, settings: &Settings, uuid_base: &str) -> Vec<u8> {
-    let mut custom = Map::new();
+    let mut custom = Fields::default();
     if let Some(name) = &o.image_name {
-        custom.insert("Image".into(), name.clone().into());
+        custom.add("Image", name.clone());
     }
     if let Some(obj) = &o.object {
-        custom.insert("Object".into(), obj.kind.as_str().into());
-        custom.insert("ID".into(), obj.id.clone().into());
+        custom.add("Object", obj.kind.as_str());
+        custom.add("ID", obj.id.clone());
+    }
+    match settings.scan_type {
+        ScanType::Register => custom.add(
+            "Registered",
+            if o.successful && settings.server.is_some() {
+                "yes"
+            } else {
+                "no"
+            },
+        ),
+        ScanType::Deploy => custom.add(
+            "Recorded as deployed",
+            if o.successful { "yes" } else { "no" },
+        ),
+        ScanType::Verify => {}
+    }
+    custom.add("Summary", full_summary(o));
+    if let Some(server) = server_url(settings) {
+        custom.add("Server", server);
+    }
+    if let Some(answer) = &o.answer {
+        custom.add("Server answer", answer.clone());
+    }
+    if let Some(report) = &o.error_report {
+        custom.add("Error report", report.clone());
     }
     if let Some(labels) = &o.labels {
-        custom.insert("Labels".into(), Value::Object(labels.to_json()));
-    }
-    if let Some(server) = server_url(settings) {
-        custom.insert("Server".into(), server.into());
-    }
-    custom.insert("Summary".into(), full_summary(o).into());
-    if let Some(answer) = &o.answer {
-        custom.insert("Server answer".into(), answer.clone());
+        custom.add("Labels", Value::Object(labels.to_json()));
     }
     let mut results: Vec<ResultEntry> = o
-        .errors
+        .failures
         .iter()
-        .map(|e| ResultEntry {
-            title: e.clone(),
-            custom: Map::from_iter([("Error".to_string(), Value::from(e.clone()))]),
+        .map(|f| {
+            let mut fields = Fields::default();
+            fields.add("Failed", f.failed.clone());
+            for (k, v) in &f.details {
+                fields.add(k, v.clone());
+            }
+            fields.add("What to do", f.todo.clone());
+            ResultEntry {
+                title: f.message.clone(),
+                custom: fields,
+            }
         })
         .collect();
-    results.extend(o.problems.iter().map(|p| ResultEntry {
-        title: p.message.clone(),
-        custom: Map::from_iter([
-            ("Label".to_string(), Value::from(p.label.clone())),
-            ("Problem".to_string(), Value::from(p.message.clone())),
-        ]),
+    results.extend(o.problems.iter().map(|p| {
+        let mut fields = Fields::default();
+        fields.add("Label", p.label.clone());
+        fields.add("Problem", p.message.clone());
+        ResultEntry {
+            title: p.message.clone(),
+            custom: fields,
+        }
     }));
     let doc = AtomicJson {
         scanner: SCANNER_NAME,
@@ -166,7 +225,7 @@ pub fn atomic_json(o: &Outcome, settings: &Settings, uuid_base: &str) -> Vec<u8>
         finished: o.finished.format(ATOMIC_TIME).to_string(),
         scan_type: scan_type_name(settings),
         uuid: format!("{}/{}", uuid_base.trim_end_matches('/'), o.dir),
-        successful: if o.successful { "true" } else { "false" },
+        successful: if o.readable() { "true" } else { "false" },
         cve_feed: "NA",
         custom,
         results,
@@ -242,34 +301,43 @@ fn python_json<T: Serialize>(value: &T) -> Vec<u8> {
     out.into_bytes()
 }
 
-/// The bytes of `environment.json`: atomic's `{info, images, containers}` (inspects given as
-/// compact JSON with `sha256:` already stripped, parsed one at a time so memory stays flat),
-/// plus the `scanner` block.
-pub fn environment_json(
+/// Write `environment.json`: atomic's `{info, images, containers}` (inspects given as compact
+/// JSON with `sha256:` already stripped), plus the `scanner` block. Each inspect is parsed,
+/// pretty-printed and written one at a time, so memory holds one item, not the whole file.
+pub fn write_environment_json(
+    w: &mut dyn Write,
     mut info: Value,
     images: &[&str],
     containers: &[&str],
     settings: &Settings,
-) -> Vec<u8> {
+) -> std::io::Result<()> {
     strip_sha_fields(&mut info);
-    let indent_item = |compact: &str| -> String {
-        let v: Value = serde_json::from_str(compact).unwrap_or_default();
-        let text = String::from_utf8(python_json(&v)).expect("ASCII");
-        text.lines()
-            .map(|l| format!("        {l}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    let list = |items: &[&str]| -> String {
-        if items.is_empty() {
-            return "[]".into();
+    // Python's layout: every line after the first of a nested value gets the parent's indent.
+    let indented = |w: &mut dyn Write, v: &Value, pad: &[u8]| -> std::io::Result<()> {
+        let text = python_json(v);
+        for (i, line) in text.split(|b| *b == b'\n').enumerate() {
+            if i > 0 {
+                w.write_all(b"\n")?;
+                w.write_all(pad)?;
+            }
+            w.write_all(line)?;
         }
-        let body: Vec<String> = items.iter().map(|i| indent_item(i)).collect();
-        format!("[\n{}\n    ]", body.join(",\n"))
+        Ok(())
     };
-    let indent_value = |v: &Value| -> String {
-        let text = String::from_utf8(python_json(v)).expect("ASCII");
-        text.lines().collect::<Vec<_>>().join("\n    ")
+    let list = |w: &mut dyn Write, items: &[&str]| -> std::io::Result<()> {
+        if items.is_empty() {
+            return w.write_all(b"[]");
+        }
+        w.write_all(b"[\n")?;
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                w.write_all(b",\n")?;
+            }
+            let v: Value = serde_json::from_str(item).unwrap_or_default();
+            w.write_all(b"        ")?;
+            indented(w, &v, b"        ")?;
+        }
+        w.write_all(b"\n    ]")
     };
     let scanner = json!({
         "name": SCANNER_NAME,
@@ -277,14 +345,15 @@ pub fn environment_json(
         "scan type": scan_type_name(settings),
         "server": server_url(settings),
     });
-    format!(
-        "{{\n    \"info\": {},\n    \"images\": {},\n    \"containers\": {},\n    \"scanner\": {}\n}}",
-        indent_value(&info),
-        list(images),
-        list(containers),
-        indent_value(&scanner)
-    )
-    .into_bytes()
+    w.write_all(b"{\n    \"info\": ")?;
+    indented(w, &info, b"    ")?;
+    w.write_all(b",\n    \"images\": ")?;
+    list(w, images)?;
+    w.write_all(b",\n    \"containers\": ")?;
+    list(w, containers)?;
+    w.write_all(b",\n    \"scanner\": ")?;
+    indented(w, &scanner, b"    ")?;
+    w.write_all(b"\n}")
 }
 
 /// Check that results can be written under `dir` (creating it when `create`), before any work
@@ -305,38 +374,326 @@ pub fn check_writable(dir: &Path, create: bool) -> Result<(), Error> {
     Ok(())
 }
 
-/// Write `bytes` to `dir/name` atomically; an existing file is kept as
-/// `name.previous-<stamp>` first. Returns the name the old file was kept under, if any.
-pub fn write_atomic(
-    dir: &Path,
-    name: &str,
-    bytes: &[u8],
-    stamp: &DateTime<Local>,
-) -> Result<Option<PathBuf>, Error> {
-    let path = dir.join(name);
-    let err = |p: &Path, source: std::io::Error| Error::Output {
-        path: p.to_path_buf(),
-        source,
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .tempfile_in(dir)
-        .map_err(|e| err(dir, e))?;
-    tmp.write_all(bytes).map_err(|e| err(tmp.path(), e))?;
-    tmp.as_file().sync_all().map_err(|e| err(tmp.path(), e))?;
-    let mut kept = None;
-    if path.exists() {
-        let backup = dir.join(format!(
-            "{name}.previous-{}",
-            stamp.format("%Y%m%dT%H%M%S%.6f")
-        ));
-        // A hard link keeps the old bytes under a second name; the rename below then swaps
-        // the new file in, so at every moment `name` is the old file or the new one.
-        std::fs::hard_link(&path, &backup).map_err(|e| err(&backup, e))?;
-        kept = Some(backup);
+/// The name the seed's README gives the legacy result file (the scanner's first versions wrote
+/// it): a hard link to [`LEGACY_FILE`], so the bytes are written once.
+pub const LEGACY_ALIAS: &str = "scanner-analytics-integration.json";
+
+/// Up to this many staged files are fsynced one by one; more are synced with one `syncfs`.
+const FSYNC_EACH_UP_TO: usize = 8;
+
+/// One file written to a temporary name, waiting for the run's single sync and its rename.
+struct Staged {
+    /// The target directory name (`None` for a file directly in the results directory).
+    target: Option<String>,
+    /// The directory it lives in.
+    dir: std::sync::Arc<OwnedFd>,
+    /// The temporary name.
+    tmp: String,
+    /// The final name.
+    name: &'static str,
+}
+
+/// The results directory (`/scanout`), opened once: everything is created relative to it with
+/// `*at` calls, and a target directory that is a symlink or not a directory is never followed.
+///
+/// Durability costs one sync for the whole run: every file is first written under a
+/// temporary name, then [`ResultsDir::commit`] syncs the file system once (or fsyncs each file
+/// when there are only a few), renames each file
+/// into place and syncs the directories. A crash leaves each result file old, new or absent,
+/// never empty or half-written.
+pub struct ResultsDir {
+    path: PathBuf,
+    fd: std::sync::Arc<OwnedFd>,
+    staged: std::sync::Mutex<Vec<Staged>>,
+}
+
+/// A target's files could not be written (they belong to that target only).
+fn output_error(path: PathBuf, source: std::io::Error) -> Error {
+    Error::Output { path, source }
+}
+
+fn random_suffix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
+}
+
+impl ResultsDir {
+    /// Open `path` (it must be a directory).
+    pub fn open(path: &Path) -> Result<ResultsDir, Error> {
+        let fd = rustix::fs::open(
+            path,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| output_error(path.to_path_buf(), e.into()))?;
+        Ok(ResultsDir {
+            path: path.to_path_buf(),
+            fd: std::sync::Arc::new(fd),
+            staged: Default::default(),
+        })
     }
-    tmp.persist(&path).map_err(|e| err(&path, e.error))?;
-    Ok(kept)
+
+    /// The results directory's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Open (creating it if needed) the target directory `name`, refusing a symlink or a
+    /// non-directory: results are never written through a link planted in `/scanout`.
+    fn target_dir(&self, name: &str) -> Result<OwnedFd, Error> {
+        let path = self.path.join(name);
+        match rustix::fs::mkdirat(&*self.fd, name, Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(output_error(path, e.into())),
+        }
+        rustix::fs::openat(
+            &*self.fd,
+            name,
+            OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| {
+            let source = match e {
+                rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => std::io::Error::other(
+                    "it is a symlink or not a directory, and is not followed; remove it and scan again",
+                ),
+                e => e.into(),
+            };
+            output_error(path, source)
+        })
+    }
+
+    /// Write `bytes` under a temporary name in `dir`.
+    fn stage(
+        &self,
+        target: Option<&str>,
+        dir: &std::sync::Arc<OwnedFd>,
+        dir_path: &Path,
+        name: &'static str,
+        bytes: &[u8],
+    ) -> Result<(), Error> {
+        self.stage_with(target, dir, dir_path, name, &mut |w| w.write_all(bytes))
+    }
+
+    /// Write a file under a temporary name in `dir`, its contents produced by `fill`.
+    fn stage_with(
+        &self,
+        target: Option<&str>,
+        dir: &std::sync::Arc<OwnedFd>,
+        dir_path: &Path,
+        name: &'static str,
+        fill: &mut dyn FnMut(&mut dyn Write) -> std::io::Result<()>,
+    ) -> Result<(), Error> {
+        let tmp = format!(".{name}.{}.tmp", random_suffix());
+        let fd = rustix::fs::openat(
+            &**dir,
+            tmp.as_str(),
+            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )
+        .map_err(|e| output_error(dir_path.join(&tmp), e.into()))?;
+        let mut file = std::io::BufWriter::with_capacity(64 * 1024, std::fs::File::from(fd));
+        if let Err(e) = fill(&mut file).and_then(|()| file.flush()) {
+            let _ = rustix::fs::unlinkat(&**dir, tmp.as_str(), AtFlags::empty());
+            return Err(output_error(dir_path.join(&tmp), e));
+        }
+        self.staged.lock().expect("not poisoned").push(Staged {
+            target: target.map(str::to_string),
+            dir: dir.clone(),
+            tmp,
+            name,
+        });
+        Ok(())
+    }
+
+    /// Stage a target's files (`json`, the legacy file) in its directory.
+    pub fn stage_target(
+        &self,
+        target: &str,
+        files: &[(&'static str, Vec<u8>)],
+    ) -> Result<(), Error> {
+        let dir = std::sync::Arc::new(self.target_dir(target)?);
+        let dir_path = self.path.join(target);
+        for (name, bytes) in files {
+            self.stage(Some(target), &dir, &dir_path, name, bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Stage a file directly in the results directory (`environment.json`), written by `fill`.
+    pub fn stage_top(
+        &self,
+        name: &'static str,
+        fill: &mut dyn FnMut(&mut dyn Write) -> std::io::Result<()>,
+    ) -> Result<(), Error> {
+        let fd = self.fd.clone();
+        self.stage_with(None, &fd, &self.path.clone(), name, fill)
+    }
+
+    /// Make every staged file durable and put it in place: one `syncfs`, then the renames
+    /// (an existing file is first kept as `<name>.previous-<stamp>`, and the legacy file gets
+    /// its second name), then one fsync per directory. Returns the failures, each with the
+    /// target it belongs to (`None`: a file of the results directory itself).
+    pub fn commit(&self, stamp: &DateTime<Local>) -> Vec<(Option<String>, Error)> {
+        let staged = std::mem::take(&mut *self.staged.lock().expect("not poisoned"));
+        let mut failures = vec![];
+        if let Err(e) = self.sync(&staged) {
+            // Without the sync a crash could leave empty files: nothing is renamed.
+            for s in &staged {
+                let _ = rustix::fs::unlinkat(&*s.dir, s.tmp.as_str(), AtFlags::empty());
+            }
+            let err = output_error(self.path.clone(), e.into());
+            return vec![(None, err)];
+        }
+        let mut synced: Vec<std::sync::Arc<OwnedFd>> = vec![];
+        let mut failed_targets = std::collections::HashSet::new();
+        for s in &staged {
+            let dir_path = match &s.target {
+                Some(t) => self.path.join(t),
+                None => self.path.clone(),
+            };
+            let result = self.put(s, &dir_path, stamp).and_then(|mut kept| {
+                if s.name == LEGACY_FILE {
+                    kept.extend(self.alias(s, &dir_path, kept.first(), stamp)?);
+                }
+                Ok(kept)
+            });
+            match result {
+                Ok(kept) => {
+                    for k in kept {
+                        tracing::warn!(
+                            "{} already held results; the old file was kept as {}",
+                            crate::terminal::sanitize(&dir_path.join(s.name).display().to_string()),
+                            crate::terminal::sanitize(&dir_path.join(k).display().to_string())
+                        );
+                    }
+                }
+                Err(e) => {
+                    let _ = rustix::fs::unlinkat(&*s.dir, s.tmp.as_str(), AtFlags::empty());
+                    // One failure per target is enough to say.
+                    if failed_targets.insert(s.target.clone()) {
+                        failures.push((s.target.clone(), e));
+                    }
+                }
+            }
+            if !synced.iter().any(|d| std::sync::Arc::ptr_eq(d, &s.dir)) {
+                synced.push(s.dir.clone());
+            }
+        }
+        synced.push(self.fd.clone());
+        // The renames made durable: many directories with a second `syncfs` (an fsync per
+        // target directory cost 40-200 ms for 200 targets), a few with an fsync each. A lost
+        // directory sync only risks a rename; the files themselves are synced.
+        let result = if staged.len() > FSYNC_EACH_UP_TO {
+            rustix::fs::syncfs(&*self.fd)
+        } else {
+            synced.iter().try_for_each(|dir| rustix::fs::fsync(&**dir))
+        };
+        if let Err(e) = result {
+            tracing::warn!("could not sync the results directories: {e}");
+        }
+        failures
+    }
+
+    /// Make the staged files durable. Many files: one `syncfs`, far cheaper than an fsync
+    /// each. A few files (a single-target run): an fsync each, because `syncfs` also flushes
+    /// whatever else is dirty on that file system, which on a busy host costs more than a
+    /// handful of fsyncs.
+    fn sync(&self, staged: &[Staged]) -> rustix::io::Result<()> {
+        if staged.len() > FSYNC_EACH_UP_TO {
+            return rustix::fs::syncfs(&*self.fd);
+        }
+        for s in staged {
+            let fd = rustix::fs::openat(
+                &*s.dir,
+                s.tmp.as_str(),
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            rustix::fs::fsync(&fd)?;
+        }
+        Ok(())
+    }
+
+    /// Keep an existing `name` as `name.previous-<stamp>` (a hard link, so `name` stays in
+    /// place until the rename swaps it), then rename `tmp` to `name`.
+    fn rename_into_place(
+        &self,
+        dir: &OwnedFd,
+        dir_path: &Path,
+        tmp: &str,
+        name: &str,
+        stamp: &DateTime<Local>,
+    ) -> Result<Option<String>, Error> {
+        let mut kept = None;
+        match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(_) => {
+                let backup = format!("{name}.previous-{}", stamp.format("%Y%m%dT%H%M%S%.6f"));
+                rustix::fs::linkat(dir, name, dir, backup.as_str(), AtFlags::empty())
+                    .map_err(|e| output_error(dir_path.join(name), e.into()))?;
+                kept = Some(backup);
+            }
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(output_error(dir_path.join(name), e.into())),
+        }
+        rustix::fs::renameat(dir, tmp, dir, name)
+            .map_err(|e| output_error(dir_path.join(name), e.into()))?;
+        Ok(kept)
+    }
+
+    fn put(
+        &self,
+        s: &Staged,
+        dir_path: &Path,
+        stamp: &DateTime<Local>,
+    ) -> Result<Vec<String>, Error> {
+        Ok(self
+            .rename_into_place(&s.dir, dir_path, &s.tmp, s.name, stamp)?
+            .into_iter()
+            .collect())
+    }
+
+    /// The legacy file's second name: a hard link made under a temporary name, then renamed
+    /// over the alias, so the alias is always a whole file (and the same inode). An old alias
+    /// that was a link to the old legacy file (kept as `kept_legacy`) needs no copy of its own.
+    fn alias(
+        &self,
+        s: &Staged,
+        dir_path: &Path,
+        kept_legacy: Option<&String>,
+        stamp: &DateTime<Local>,
+    ) -> Result<Vec<String>, Error> {
+        let same = |a: &rustix::fs::Stat, b: &rustix::fs::Stat| {
+            a.st_dev == b.st_dev && a.st_ino == b.st_ino
+        };
+        let old_alias = rustix::fs::statat(&*s.dir, LEGACY_ALIAS, AtFlags::SYMLINK_NOFOLLOW).ok();
+        let old_is_kept = match (&old_alias, kept_legacy) {
+            (Some(a), Some(k)) => {
+                rustix::fs::statat(&*s.dir, k.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+                    .is_ok_and(|k| same(a, &k))
+            }
+            _ => false,
+        };
+        let tmp = format!(".{LEGACY_ALIAS}.{}.tmp", random_suffix());
+        rustix::fs::linkat(
+            &*s.dir,
+            LEGACY_FILE,
+            &*s.dir,
+            tmp.as_str(),
+            AtFlags::empty(),
+        )
+        .map_err(|e| output_error(dir_path.join(LEGACY_ALIAS), e.into()))?;
+        let kept = if old_is_kept {
+            rustix::fs::renameat(&*s.dir, tmp.as_str(), &*s.dir, LEGACY_ALIAS)
+                .map_err(|e| output_error(dir_path.join(LEGACY_ALIAS), e.into()))
+                .map(|()| None)
+        } else {
+            self.rename_into_place(&s.dir, dir_path, &tmp, LEGACY_ALIAS, stamp)
+        }
+        .inspect_err(|_| {
+            let _ = rustix::fs::unlinkat(&*s.dir, tmp.as_str(), AtFlags::empty());
+        })?;
+        Ok(kept.into_iter().collect())
+    }
 }
 
 #[cfg(test)]

@@ -93,6 +93,14 @@ impl Settings {
                 "the server token holds a line break; give the token alone".into(),
             ));
         }
+        if token.is_some()
+            && let Some(url) = &server
+            && (!url.username().is_empty() || url.password().is_some())
+        {
+            tracing::warn!(
+                "SERVER carries a user name or password and a token is given too; only the token is sent (Authorization: Bearer), not the URL's credentials"
+            );
+        }
         let concurrency = if opts.concurrency == 0 {
             return Err(Error::Usage(
                 "--concurrency 0 would process nothing; give 1 or more".into(),

@@ -141,20 +141,21 @@ fn register_all_mixes_images_and_containers() {
   "Successful": "true",
   "CVE Feed Last Updated": "NA",
   "Custom": {{
-    "ID": "{container}",
     "Image": "it-scan-all-base:1",
-    "Labels": {{
-      "email-ids": "svc@example.com",
-      "git-sha": "abcdef0",
-      "git-url": "https://github.com/example/svc"
-    }},
     "Object": "container",
+    "ID": "{container}",
+    "Registered": "yes",
+    "Summary": "Registered repository for scan, report will be availble in next run after some time.",
     "Server": "{}/base",
     "Server answer": {{
       "success": true,
       "summary": "Repository https://github.com/example/app with commit hash 46e443d registered for scan"
     }},
-    "Summary": "Registered repository for scan, report will be availble in next run after some time."
+    "Labels": {{
+      "email-ids": "svc@example.com",
+      "git-sha": "abcdef0",
+      "git-url": "https://github.com/example/svc"
+    }}
   }},
   "Results": []
 }}
@@ -183,6 +184,7 @@ fn register_all_mixes_images_and_containers() {
     for id in &ids {
         want.push(format!("{id}/analytics_scanner_results.json"));
         want.push(format!("{id}/json"));
+        want.push(format!("{id}/scanner-analytics-integration.json"));
     }
     want.sort();
     assert_eq!(files, want, "no temp files left behind, no stray targets");
@@ -213,6 +215,7 @@ fn register_without_server_writes_files_and_says_nothing_was_registered() {
         "environment.json".to_string(),
         format!("{id}/analytics_scanner_results.json"),
         format!("{id}/json"),
+        format!("{id}/scanner-analytics-integration.json"),
     ];
     want.sort();
     assert_eq!(tree(&dest), want);
@@ -375,6 +378,10 @@ fn engine_sees_only_get_requests() {
         format!("/containers/{container}/json"),
         format!("/images/{image}/json"),
         "/info".to_string(),
+        // Several targets: their labels come from the list endpoints (inspects are still
+        // made, for environment.json).
+        "/containers/json?all=true&size=false&filters=".to_string(),
+        "/images/json".to_string(),
     ] {
         assert!(joined.contains(&want), "{want} not requested:\n{joined}");
     }
@@ -386,9 +393,12 @@ fn register_against_podman() {
     let podman = crate::support::podman::podman();
     let id = build_image("it-scan-podman:1", GOOD);
     podman.load_from_docker("it-scan-podman:1");
+    // A second target, so the labels are read through Podman's list endpoints.
+    let other = build_image("it-scan-podman-b:1", GOOD);
+    podman.load_from_docker("it-scan-podman-b:1");
     let server = RecordingServer::analytics_ok();
     let dirs = ScanDirs::new();
-    dirs.target(&id);
+    dirs.target(&id).target(&other);
     let out = run(dirs
         .command("register")
         // Podman's own variable in Podman's spelling (bollard does not read it); an empty
@@ -402,13 +412,17 @@ fn register_against_podman() {
         .env("IMAGE_NAME", "it-scan-podman:1"));
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(
-        stdout(&out).lines().next(),
-        Some("Scanner execution status: True")
+        stdout(&out).lines().take(2).collect::<Vec<_>>(),
+        ["Scanner execution status: True"; 2]
     );
     let requests = server.requests();
-    assert_eq!(requests.len(), 1);
-    assert_eq!(requests[0].path, "/api/v1/register");
-    let body = requests[0].json();
+    assert_eq!(requests.len(), 2);
+    assert!(requests.iter().all(|r| r.path == "/api/v1/register"));
+    let body = requests
+        .iter()
+        .map(|r| r.json())
+        .find(|b| b["image-id"] == format!("sha256:{id}"))
+        .expect("the first image registered");
     assert_eq!(body["git-url"], "https://github.com/example/app");
     assert_eq!(body["git-sha"], "46e443d");
     assert_eq!(body["email-ids"], "dev@example.com");
@@ -422,9 +436,15 @@ fn register_against_podman() {
     // names it localhost/<name>.
     let env: serde_json::Value =
         serde_json::from_str(&read(&dirs.scanout.join("environment.json"))).unwrap();
-    assert_eq!(
-        env["images"][0]["RepoTags"],
-        serde_json::json!(["localhost/it-scan-podman:1"])
+    let tags: Vec<&serde_json::Value> = env["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| &i["RepoTags"])
+        .collect();
+    assert!(
+        tags.contains(&&serde_json::json!(["localhost/it-scan-podman:1"])),
+        "{tags:?}"
     );
 }
 

@@ -282,3 +282,146 @@ pub fn scan_argv(
     env.insert("NAME".into(), String::new());
     shlex_split(&sub_env_strings(&cmd.join(" "), &env))
 }
+
+/// A JSON value with object keys in file order: atomic 1.22 on Python 3 loads `json` with
+/// `json.load`, whose dicts keep the file's order, and prints them in that order.
+#[derive(Debug, Clone)]
+pub enum Ordered {
+    /// An object, keys in file order.
+    Object(Vec<(String, Ordered)>),
+    /// A list.
+    List(Vec<Ordered>),
+    /// A scalar, as Python's `str()` prints it (`True`, `None`, `3`, the string itself).
+    Scalar(String),
+}
+
+impl<'de> Deserialize<'de> for Ordered {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Ordered;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Ordered, E> {
+                Ok(Ordered::Scalar(if v { "True" } else { "False" }.into()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Ordered, E> {
+                Ok(Ordered::Scalar(v.to_string()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Ordered, E> {
+                Ok(Ordered::Scalar(v.to_string()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Ordered, E> {
+                Ok(Ordered::Scalar(v.to_string()))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Ordered, E> {
+                Ok(Ordered::Scalar(v.to_string()))
+            }
+            fn visit_unit<E>(self) -> Result<Ordered, E> {
+                Ok(Ordered::Scalar("None".into()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Ordered, A::Error> {
+                let mut items = vec![];
+                while let Some(x) = a.next_element()? {
+                    items.push(x);
+                }
+                Ok(Ordered::List(items))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Ordered, A::Error> {
+                let mut items = vec![];
+                while let Some((k, v)) = a.next_entry::<String, Ordered>()? {
+                    items.push((k, v));
+                }
+                Ok(Ordered::Object(items))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Ordered {
+    fn get(&self, key: &str) -> Option<&Ordered> {
+        match self {
+            Ordered::Object(items) => items.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    fn is_nonempty_list(&self) -> bool {
+        matches!(self, Ordered::List(l) if !l.is_empty())
+    }
+}
+
+/// `_output_custom(value, indent)` of `Atomic/scan.py`: a dict prints `key: value`, or `key:`
+/// and its children at indent + 2 for a dict or a list; a list prints its items; anything else
+/// prints itself. Each `util.write_out` is one line.
+fn output_custom(value: &Ordered, indent: usize, out: &mut String) {
+    let pad = " ".repeat(indent);
+    match value {
+        Ordered::Object(items) => {
+            for (k, v) in items {
+                match v {
+                    Ordered::Object(_) => {
+                        out.push_str(&format!("{pad}{k}:\n"));
+                        output_custom(v, indent + 2, out);
+                    }
+                    Ordered::List(l) => {
+                        out.push_str(&format!("{pad}{k}:\n"));
+                        for z in l {
+                            output_custom(z, indent + 2, out);
+                        }
+                    }
+                    Ordered::Scalar(s) => out.push_str(&format!("{pad}{k}: {s}\n")),
+                }
+            }
+        }
+        Ordered::List(l) => {
+            for x in l {
+                output_custom(x, indent, out);
+            }
+        }
+        Ordered::Scalar(s) => out.push_str(&format!("{pad}{s}\n")),
+    }
+}
+
+/// What `atomic scan` prints for one target's `json` (`output_results` in `Atomic/scan.py`),
+/// `name1` being the target as typed and `name2` its short id or tags: for `Successful`
+/// "true" the `Custom` block at indent 3, then each `Results` entry's `Custom` at indent 7
+/// (or "passed the scan"); for anything else only "<name1> is not supported for this scan.".
+pub fn output_results(json_text: &str, name1: &str, name2: &str) -> String {
+    let doc: Ordered = serde_json::from_str(json_text).expect("atomic's json.load");
+    let successful = match doc.get("Successful") {
+        Some(Ordered::Scalar(s)) => s.to_uppercase() == "TRUE",
+        other => panic!("'Successful' must be a string, got {other:?}"),
+    };
+    let mut out = format!("\n{name1} ({name2})\n\n");
+    if !successful {
+        out.push_str(&format!("     {name1} is not supported for this scan.\n"));
+        return out;
+    }
+    if let Some(custom) = doc.get("Custom") {
+        output_custom(custom, 3, &mut out);
+        out.push('\n');
+    }
+    match (doc.get("Vulnerabilities"), doc.get("Results")) {
+        (Some(v), _) if v.is_nonempty_list() => panic!("this scanner writes no Vulnerabilities"),
+        (_, Some(Ordered::List(results))) if !results.is_empty() => {
+            out.push_str("The following results were found:\n\n");
+            for r in results {
+                if let Some(custom) = r.get("Custom") {
+                    output_custom(custom, 7, &mut out);
+                    out.push('\n');
+                }
+            }
+        }
+        _ => out.push_str(&format!("{name1} passed the scan\n")),
+    }
+    out
+}
