@@ -253,6 +253,9 @@ pub struct HistoryArgs {
     /// Only deployments at or before this time.
     #[arg(long)]
     pub until: Option<String>,
+    /// Only the newest N deployments (after --since/--until), read from the end of each history.
+    #[arg(long, value_name = "N")]
+    pub last: Option<usize>,
 }
 
 /// `imagetrail at TIME`.

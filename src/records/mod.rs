@@ -14,6 +14,7 @@ mod history;
 mod info;
 mod names;
 pub mod query;
+mod range;
 mod yaml;
 
 use std::fs::File;
@@ -94,6 +95,7 @@ pub enum RecordsError {
 pub use batch::{Checks, Written};
 pub use history::TornTail;
 pub use info::InfoFiles;
+pub use range::{HistoryCursor, HistoryRange};
 
 /// A history as read: the whole entries, and the torn last entry if an append was cut off.
 #[derive(Debug, Clone)]

@@ -266,57 +266,110 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
         .transpose()
         .map_err(Error::Usage)?;
     let store = Store::new(&args.query.state.state_dir);
-    let mut all = Vec::new();
-    for (env, app) in selected(&store, args.query.env.as_deref(), args.query.app.as_deref())? {
-        let read = store.read_history_range(&env, &app, since, until)?;
-        if let Some(t) = &read.torn {
-            warn_torn(t);
-        }
-        all.extend(read.entries.into_iter().map(|mut d| {
-            d.deployment.workspace = env.clone();
-            d
-        }));
-    }
-    all.retain(|d| {
-        since.is_none_or(|s| d.deployment.deployed_at >= s)
-            && until.is_none_or(|u| d.deployment.deployed_at <= u)
-    });
-    all.sort_by_key(|d| d.deployment.deployed_at);
+    let pairs = selected(&store, args.query.env.as_deref(), args.query.app.as_deref())?;
+    let range = super::HistoryRange {
+        since,
+        until,
+        last: args.last,
+    };
+    // Streamed (see records::range): memory stays flat in the histories' length. Text output
+    // reads twice, once for the column widths and once to print.
+    let each = |warn: bool, f: &mut dyn FnMut(&Deployment) -> anyhow::Result<()>| {
+        super::range::for_each_merged(&store, &pairs, range, warn.then_some(warn_torn), f)
+    };
     if args.query.format == Format::Json {
-        print_json(&all)?;
-        return Ok(ExitCode::Success);
+        return print_json_stream(|f| each(true, f)).map(|()| ExitCode::Success);
     }
-    let table: Vec<[String; 7]> = all
-        .iter()
-        .map(|d| {
-            [
-                show_time(&d.deployment.deployed_at),
-                sanitize(&d.deployment.workspace),
-                sanitize(&d.app),
-                dash(d.image.tag.as_deref()),
-                short(&d.image.digest),
-                sanitize(&d.deployment.deployed_by),
-                d.image
-                    .description
-                    .as_deref()
-                    .map(sanitize)
-                    .unwrap_or_default(),
-            ]
-        })
-        .collect();
-    print_table(
+    const HEAD: [&str; 7] = [
+        "DEPLOYED",
+        "ENV",
+        "APP",
+        "TAG",
+        "DIGEST",
+        "BY",
+        "DESCRIPTION",
+    ];
+    let row = |d: &Deployment| -> [String; 7] {
         [
-            "DEPLOYED",
-            "ENV",
-            "APP",
-            "TAG",
-            "DIGEST",
-            "BY",
-            "DESCRIPTION",
-        ],
-        &table,
-    );
-    Ok(ExitCode::Success)
+            show_time(&d.deployment.deployed_at),
+            sanitize(&d.deployment.workspace),
+            sanitize(&d.app),
+            dash(d.image.tag.as_deref()),
+            short(&d.image.digest),
+            sanitize(&d.deployment.deployed_by),
+            d.image
+                .description
+                .as_deref()
+                .map(sanitize)
+                .unwrap_or_default(),
+        ]
+    };
+    let mut w = HEAD.map(|h| h.chars().count());
+    each(true, &mut |d| {
+        for (i, c) in row(d).iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+        Ok(())
+    })?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut line = |cells: &[String]| -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<width$}  ", width = w[i]));
+            }
+        }
+        match writeln!(out, "{}", s.trim_end()) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+            _ => Ok(()),
+        }
+    };
+    line(&HEAD.map(String::from))?;
+    each(false, &mut |d| line(&row(d)))?;
+    use std::io::Write as _;
+    match out.flush() {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(ExitCode::Success),
+    }
+}
+
+/// Print a JSON array as `serde_json::to_string_pretty` would, one element at a time.
+fn print_json_stream(
+    items: impl FnOnce(&mut dyn FnMut(&Deployment) -> anyhow::Result<()>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut n = 0usize;
+    let mut write = |out: &mut std::io::BufWriter<std::io::StdoutLock<'_>>, d: &Deployment| {
+        let text = serde_json::to_string_pretty(d)?;
+        out.write_all(if n == 0 { b"[\n" } else { b",\n" })?;
+        for (k, l) in text.lines().enumerate() {
+            if k > 0 {
+                out.write_all(b"\n")?;
+            }
+            out.write_all(b"  ")?;
+            out.write_all(l.as_bytes())?;
+        }
+        n += 1;
+        anyhow::Ok(())
+    };
+    let result = items(&mut |d| write(&mut out, d)).and_then(|()| {
+        out.write_all(if n == 0 { b"[]\n" } else { b"\n]\n" })?;
+        out.flush()?;
+        Ok(())
+    });
+    match result {
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            Ok(())
+        }
+        r => r,
+    }
 }
 
 /// `imagetrail at TIME`.
