@@ -20,6 +20,7 @@
 
 pub mod analytics;
 pub mod cli;
+pub mod delivery;
 pub mod deploy;
 pub mod engine;
 pub mod error;
