@@ -135,7 +135,7 @@ pub struct Report {
 
 /// Whether each entry of `h` is a rollback, and for a rollback the time the replaced
 /// deployment ran before it.
-fn rollbacks(h: &AppHistory) -> Vec<Option<Duration>> {
+pub fn rollbacks(h: &AppHistory) -> Vec<Option<Duration>> {
     let mut seen: HashSet<&str> = h.earlier_digests.iter().map(String::as_str).collect();
     let mut out = Vec::with_capacity(h.entries.len());
     let mut prev: Option<&Deployment> = None;
@@ -268,7 +268,8 @@ pub fn collect(
     Ok(out)
 }
 
-fn collect_one(
+/// Read what [`compute`] needs for one app in one environment over `window`.
+pub fn collect_one(
     store: &Store,
     env: &str,
     app: &str,
@@ -375,6 +376,103 @@ pub fn parse_since(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Stri
     crate::records::query::parse_time(t).map_err(|e| {
         format!("{e}; a window start may also be a duration back from now: 30d, 12h, 2w")
     })
+}
+
+fn hours(secs: Option<i64>) -> String {
+    secs.map(|s| format!("{:.1}h", s as f64 / 3600.0))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// `imagetrail metrics`.
+pub fn run(args: crate::cli::MetricsArgs) -> anyhow::Result<crate::exit::ExitCode> {
+    use crate::terminal::sanitize;
+    let now = Utc::now();
+    let since = parse_since(&args.since, now).map_err(crate::error::Error::Usage)?;
+    if since > now {
+        return Err(crate::error::Error::Usage(format!(
+            "--since {:?} is in the future; give a start before now, e.g. 30d",
+            args.since
+        ))
+        .into());
+    }
+    let window = Window { since, until: now };
+    let store = Store::new(&args.state.state_dir);
+    let envs = match &args.env {
+        Some(e) => {
+            store
+                .info_path(e, "x")
+                .map_err(crate::deploy::usage_if_name)?;
+            Some(vec![e.clone()])
+        }
+        None => None,
+    };
+    let report = compute(&collect(&store, envs.as_deref(), window)?, window);
+    if args.format == crate::cli::Format::Json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(crate::exit::ExitCode::Success);
+    }
+    println!(
+        "{} to {} ({:.1} days)",
+        crate::records::query::show_time(&window.since),
+        crate::records::query::show_time(&window.until),
+        window.days()
+    );
+    if report.environments.is_empty() {
+        println!(
+            "no deployments recorded under {}",
+            args.state.state_dir.display()
+        );
+        return Ok(crate::exit::ExitCode::Success);
+    }
+    let head = [
+        "ENV",
+        "DEPLOYS",
+        "PER-DAY",
+        "PER-WEEK",
+        "LEAD-P50",
+        "LEAD-P90",
+        "ROLLBACKS",
+        "RATE",
+        "RESTORE-P50",
+    ];
+    let rows: Vec<[String; 9]> = report
+        .environments
+        .iter()
+        .map(|m| {
+            [
+                sanitize(&m.environment),
+                m.deployments.to_string(),
+                format!("{:.2}", m.per_day),
+                format!("{:.1}", m.per_week),
+                hours(m.lead_time.p50_seconds),
+                hours(m.lead_time.p90_seconds),
+                m.rollbacks.to_string(),
+                m.rollback_rate
+                    .map(|r| format!("{:.1}%", r * 100.0))
+                    .unwrap_or_else(|| "-".into()),
+                hours(m.time_to_restore.p50_seconds),
+            ]
+        })
+        .collect();
+    let mut w = head.map(str::len);
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let s: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = w[i]))
+            .collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(head.to_vec());
+    for r in &rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+    Ok(crate::exit::ExitCode::Success)
 }
 
 #[cfg(test)]

@@ -56,6 +56,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Registry(RegistryCommand::Overview(args)) => overview::registry(args).await,
             Command::Registry(RegistryCommand::Prune(args)) => overview::prune(args).await,
             Command::Images(ImagesCommand::Overview(args)) => overview::images(args).await,
+            Command::Metrics(args) => delivery::run(args),
             Command::Serve(args) => server::serve(args).await,
         }
     })

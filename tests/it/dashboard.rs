@@ -92,3 +92,237 @@ fn history_reads_the_last_entries_and_time_bounds_of_a_long_history() {
     .unwrap();
     assert_eq!(none, serde_json::json!([]));
 }
+
+use crate::server::{KEY, TestServer, client, digest, post_deployment};
+use crate::support::browser::Browser;
+use serde_json::json;
+
+/// Record `repo@digest(n)` as `app` in `env` through the real API, deployed by `by`.
+async fn deploy(server: &TestServer, env: &str, tag: &str, n: u32, by: &str) -> serde_json::Value {
+    let (status, answer) = post_deployment(
+        server,
+        json!({
+            "image": {"url": format!("reg.example/team/web:{tag}@{}", digest(n)), "name": "web"},
+            "environment": {"name": env},
+            "deployed_by": by,
+        }),
+    )
+    .await;
+    assert_eq!(status, 201, "{answer}");
+    answer
+}
+
+async fn deploy_api(server: &TestServer, env: &str, n: u32) {
+    let (status, answer) = post_deployment(
+        server,
+        json!({
+            "image": {"url": format!("reg.example/team/api:1.0@{}", digest(n)), "name": "api"},
+            "environment": {"name": env},
+        }),
+    )
+    .await;
+    assert_eq!(status, 201, "{answer}");
+}
+
+const HOSTILE: &str = "<script>alert(1)</script>";
+
+fn short(n: u32) -> String {
+    digest(n)[..19].to_string()
+}
+
+#[tokio::test]
+async fn a_person_sees_the_matrix_timeline_search_scans_and_delivery_in_chromium() {
+    let server = TestServer::start(|_| {}).await;
+    // staging: web 1 -> 2 -> 1 (a rollback) -> 3; prod: web 2, by a hostile name; api 4 in both.
+    deploy(&server, "staging", "v1", 1, "alice").await;
+    let second = deploy(&server, "staging", "v2", 2, "bob").await;
+    deploy(&server, "staging", "v1", 1, "carol").await;
+    deploy(&server, "staging", "v3", 3, "dave").await;
+    deploy(&server, "prod", "v2", 2, HOSTILE).await;
+    deploy_api(&server, "staging", 4).await;
+    deploy_api(&server, "prod", 4).await;
+    // One register and one scanner-error callback, the error last (so first on the page).
+    for (path, body) in [
+        (
+            "/api/v1/register",
+            json!({"git-url": "https://git.example/web", "git-sha": "46e443d", "image-name": "team/web:v3"}),
+        ),
+        (
+            "/api/v1/scanner-error",
+            json!({"image-name": "team/web:v9", "error": ["label org.opencontainers.image.revision is missing"]}),
+        ),
+    ] {
+        let r = client()
+            .post(server.at(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
+    let b = Browser::start().await;
+
+    // The matrix: one row per app, one column per environment, and the drift column.
+    b.goto(&server.at("/")).await;
+    assert_eq!(
+        b.texts("table.matrix thead th").await,
+        ["App", "prod", "staging", "Drift"]
+    );
+    assert_eq!(b.texts("table.matrix tbody th").await, ["api", "web"]);
+    let web_cells = b.texts("table.matrix tbody tr:nth-child(2) td").await;
+    assert!(
+        web_cells[0].contains(&format!("≠ {}", short(2))),
+        "{web_cells:?}"
+    );
+    assert!(web_cells[0].contains("v2"), "{web_cells:?}");
+    // The hostile deployer is shown as the text it is, and ran no script.
+    assert!(
+        web_cells[0].contains(&format!("by {HOSTILE}")),
+        "{web_cells:?}"
+    );
+    assert!(
+        web_cells[1].contains(&format!("≠ {}", short(3))),
+        "{web_cells:?}"
+    );
+    assert!(web_cells[1].contains("by dave"), "{web_cells:?}");
+    assert_eq!(web_cells[2], "⚠ drift: 2 different digests");
+    let api_cells = b.texts("table.matrix tbody tr:nth-child(1) td").await;
+    assert_eq!(api_cells[2], "✓ same digest in 2 environments");
+    assert_eq!(b.alert_text().await, None);
+    assert!(b.find_all("main script").await.is_empty());
+    b.screenshot("matrix").await;
+
+    // What ran at the time of the second deployment: web 2 in staging, nothing in prod yet.
+    let at = second["deployment"]["deployment"]["deployed_at"]
+        .as_str()
+        .unwrap();
+    b.goto(&server.at(&format!("/?at={}", urlencode(at)))).await;
+    let web_then = b.texts("table.matrix tbody tr:nth-child(2) td").await;
+    assert_eq!(web_then[0], "— not deployed");
+    assert!(web_then[1].contains(&short(2)), "{web_then:?}");
+    assert!(web_then[1].contains("by bob"), "{web_then:?}");
+    b.screenshot("matrix-at").await;
+
+    // The timeline: the matrix links to it; 5 points, one a rollback to digest 1.
+    b.goto(&server.at("/")).await;
+    let link = b.find("table.matrix tbody tr:nth-child(2) th a").await;
+    b.click(&link).await;
+    b.wait_for("svg.timeline").await;
+    assert!(
+        b.url().await.ends_with("/apps?app=web"),
+        "{}",
+        b.url().await
+    );
+    assert_eq!(b.find_all("svg.timeline g.point").await.len(), 5);
+    let rollbacks = b.find_all("svg.timeline g.point.rollback").await;
+    assert_eq!(rollbacks.len(), 1);
+    assert_eq!(b.texts("svg.timeline g.rollback text").await, ["↺"]);
+    let rows = b.texts("table.history tbody tr").await;
+    assert_eq!(rows.len(), 5);
+    let marked: Vec<&String> = rows.iter().filter(|r| r.contains("↺ rollback")).collect();
+    assert_eq!(marked.len(), 1, "{rows:?}");
+    assert!(
+        marked[0].contains("carol") && marked[0].contains(&short(1)),
+        "{marked:?}"
+    );
+    b.screenshot("timeline").await;
+
+    // Search: typed into the box and submitted, as a person would.
+    b.goto(&server.at("/search")).await;
+    let input = b.find("input[name=q]").await;
+    b.type_into(&input, &digest(3)).await;
+    b.click(&b.find("form[role=search] button").await).await;
+    let result = b.text(&b.wait_for("p.result").await).await;
+    assert_eq!(result, format!("{} runs in 1 place:", digest(3)));
+    let hit = b.texts("table.hits tbody tr").await;
+    assert_eq!(hit.len(), 1);
+    assert!(hit[0].starts_with("staging web v3"), "{hit:?}");
+    b.screenshot("search").await;
+
+    // Scans: newest first, the failure marked in text.
+    b.goto(&server.at("/scans")).await;
+    let scans = b.texts("table.scans tbody tr").await;
+    assert_eq!(scans.len(), 2);
+    assert!(scans[0].contains("✗ scanner error"), "{scans:?}");
+    assert!(scans[0].contains("label org.opencontainers.image.revision is missing"));
+    assert!(
+        scans[1].contains("✓ register") && scans[1].contains("46e443d"),
+        "{scans:?}"
+    );
+    b.screenshot("scans").await;
+
+    // Delivery: staging had 4 deployments, 1 rollback (25 %); prod 2, none.
+    b.goto(&server.at("/delivery")).await;
+    let metrics = b.texts("table.metrics tbody tr").await;
+    assert_eq!(metrics.len(), 2);
+    assert!(metrics[0].starts_with("prod 2 "), "{metrics:?}");
+    assert!(metrics[1].starts_with("staging 5 "), "{metrics:?}");
+    assert!(metrics[1].contains(" 1 20.0 % "), "{metrics:?}");
+    assert_eq!(b.find_all("svg.bars").await.len(), 6);
+    b.screenshot("delivery").await;
+
+    b.close().await;
+}
+
+fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+#[tokio::test]
+async fn with_read_keys_pages_ask_for_a_key_and_the_api_needs_one() {
+    let keys = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(keys.path(), "viewer r3ad-k3y\n").unwrap();
+    let server = TestServer::start(|c| {
+        c.read_keys = Some(imagetrail::server::ApiKeys::load(keys.path()).unwrap());
+    })
+    .await;
+    deploy(&server, "prod", "v1", 1, "alice").await;
+
+    // The API: 401 without a key, 200 with a read key or an API key.
+    let get = |key: Option<&'static str>| {
+        let mut r = client().get(server.at("/api/v1/environments"));
+        if let Some(k) = key {
+            r = r.bearer_auth(k);
+        }
+        r.send()
+    };
+    assert_eq!(get(None).await.unwrap().status(), 401);
+    assert_eq!(get(Some("wrong")).await.unwrap().status(), 401);
+    assert_eq!(get(Some("r3ad-k3y")).await.unwrap().status(), 200);
+    assert_eq!(get(Some(KEY)).await.unwrap().status(), 200);
+    let metrics = client()
+        .get(server.at("/api/v1/metrics/delivery?since=1d"))
+        .bearer_auth("r3ad-k3y")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+    let m: serde_json::Value = metrics.json().await.unwrap();
+    assert_eq!(m["environments"][0]["environment"], "prod");
+    assert_eq!(m["environments"][0]["deployments"], 1);
+
+    // A person: the page asks for the key, then shows what was asked for.
+    let b = Browser::start().await;
+    b.goto(&server.at("/apps?app=web")).await;
+    assert_eq!(b.title().await, "Key needed · imagetrail");
+    assert!(b.find_all("table").await.is_empty());
+    b.type_into(&b.find("input[name=key]").await, "wrong").await;
+    b.click(&b.find("form button").await).await;
+    b.wait_for("p.bad").await;
+    assert_eq!(b.texts("p.bad").await, ["✗ That key is not accepted here."]);
+    b.type_into(&b.find("input[name=key]").await, "r3ad-k3y")
+        .await;
+    b.click(&b.find("form button").await).await;
+    b.wait_for("svg.timeline").await;
+    assert!(
+        b.url().await.ends_with("/apps?app=web"),
+        "{}",
+        b.url().await
+    );
+    assert_eq!(b.find_all("svg.timeline g.point").await.len(), 1);
+    b.goto(&server.at("/")).await;
+    assert_eq!(b.texts("table.matrix tbody th").await, ["web"]);
+    b.screenshot("login-then-matrix").await;
+    b.close().await;
+}
