@@ -326,3 +326,130 @@ async fn with_read_keys_pages_ask_for_a_key_and_the_api_needs_one() {
     b.screenshot("login-then-matrix").await;
     b.close().await;
 }
+
+/// A deployment of `reg.example/web@digest(n)` built at `built`, deployed at `at`.
+fn record_at(
+    store: &imagetrail::records::Store,
+    n: u32,
+    built: chrono::DateTime<chrono::Utc>,
+    at: chrono::DateTime<chrono::Utc>,
+) {
+    use imagetrail::records::{Deployment, DeploymentRecord, ImageRecord, Platform};
+    store
+        .record(&Deployment {
+            app: "web".into(),
+            image: ImageRecord {
+                repo: "reg.example/web".into(),
+                tag: Some(format!("v{n}")),
+                digest: digest(n),
+                index_digest: None,
+                platform: Platform::default(),
+                description: None,
+                built_at: Some(built.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                revision: None,
+                source: None,
+                title: None,
+            },
+            deployment: DeploymentRecord {
+                deployed_at: at,
+                deployed_by: "alice".into(),
+                workspace: "prod".into(),
+                name: None,
+                event_id: uuid::Uuid::now_v7(),
+            },
+        })
+        .unwrap();
+}
+
+#[test]
+fn metrics_prints_frequency_lead_time_rollbacks_and_restore_per_environment() {
+    use chrono::{Duration, Utc};
+    let st = tempfile::tempdir().unwrap();
+    let store = imagetrail::records::Store::new(st.path());
+    let now = Utc::now();
+    let h = Duration::hours;
+    // Outside the 30-day window: digest 9, 60 days ago.
+    record_at(
+        &store,
+        9,
+        now - Duration::days(61),
+        now - Duration::days(60),
+    );
+    // Lead 1h; lead 3h; then back to digest 1 (a rollback after digest 2 ran 2h), lead 29h.
+    record_at(
+        &store,
+        1,
+        now - Duration::days(3),
+        now - Duration::days(3) + h(1),
+    );
+    record_at(
+        &store,
+        2,
+        now - Duration::days(2),
+        now - Duration::days(2) + h(3),
+    );
+    record_at(
+        &store,
+        1,
+        now - Duration::days(3),
+        now - Duration::days(2) + h(5),
+    );
+
+    let out = run(imagetrail()
+        .args(["metrics", "--since", "30d", "--state-dir"])
+        .arg(st.path()));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>(),
+        [
+            "ENV",
+            "DEPLOYS",
+            "PER-DAY",
+            "PER-WEEK",
+            "LEAD-P50",
+            "LEAD-P90",
+            "ROLLBACKS",
+            "RATE",
+            "RESTORE-P50"
+        ]
+    );
+    // 3 deployments in 30 days: 0.10/day, 0.7/week; leads 1h, 3h, 29h: p50 3h, p90 29h;
+    // 1 rollback of 3 (33.3 %), restored after 2h.
+    assert_eq!(
+        lines[2].split_whitespace().collect::<Vec<_>>(),
+        [
+            "prod", "3", "0.10", "0.7", "3.0h", "29.0h", "1", "33.3%", "2.0h"
+        ]
+    );
+
+    let out = run(imagetrail()
+        .args([
+            "metrics",
+            "--env",
+            "prod",
+            "--since",
+            "7d",
+            "--format",
+            "json",
+            "--state-dir",
+        ])
+        .arg(st.path()));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let prod = &v["environments"][0];
+    assert_eq!(prod["environment"], "prod");
+    assert_eq!(prod["deployments"], 3);
+    assert_eq!(prod["lead_time"]["p50_seconds"], 3 * 3600);
+    assert_eq!(prod["lead_time"]["p90_seconds"], 29 * 3600);
+    assert_eq!(prod["rollbacks"], 1);
+    assert_eq!(prod["time_to_restore"]["p50_seconds"], 2 * 3600);
+    assert_eq!(prod["days"].as_array().unwrap().len(), 8);
+
+    let bad = run(imagetrail()
+        .args(["metrics", "--since", "soon", "--state-dir"])
+        .arg(st.path()));
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("30d"), "{}", stderr(&bad));
+}
