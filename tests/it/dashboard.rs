@@ -4,6 +4,10 @@
 
 use std::path::Path;
 
+use serde_json::json;
+
+use crate::server::{KEY, TestServer, client, post_deployment};
+use crate::support::browser::Browser;
 use crate::support::{imagetrail, run, stderr, stdout};
 
 /// A history of `n` entries (one every 10 minutes from 2020-01-01T00:00:00Z, tag = index in
@@ -93,9 +97,11 @@ fn history_reads_the_last_entries_and_time_bounds_of_a_long_history() {
     assert_eq!(none, serde_json::json!([]));
 }
 
-use crate::server::{KEY, TestServer, client, digest, post_deployment};
-use crate::support::browser::Browser;
-use serde_json::json;
+/// A realistic-looking digest for test image `n` (distinct from its first hex digits on).
+fn digest(n: u32) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{:x}", sha2::Sha256::digest(n.to_le_bytes()))
+}
 
 /// Record `repo@digest(n)` as `app` in `env` through the real API, deployed by `by`.
 async fn deploy(server: &TestServer, env: &str, tag: &str, n: u32, by: &str) -> serde_json::Value {
@@ -231,10 +237,12 @@ async fn a_person_sees_the_matrix_timeline_search_scans_and_delivery_in_chromium
     // Search: typed into the box and submitted, as a person would.
     b.goto(&server.at("/search")).await;
     let input = b.find("input[name=q]").await;
-    b.type_into(&input, &digest(3)).await;
+    // The short digest a person copies from the matrix.
+    let wanted = short(3);
+    b.type_into(&input, &wanted).await;
     b.click(&b.find("form[role=search] button").await).await;
     let result = b.text(&b.wait_for("p.result").await).await;
-    assert_eq!(result, format!("{} runs in 1 place:", digest(3)));
+    assert_eq!(result, format!("{wanted} runs in 1 place:"));
     let hit = b.texts("table.hits tbody tr").await;
     assert_eq!(hit.len(), 1);
     assert!(hit[0].starts_with("staging web v3"), "{hit:?}");
