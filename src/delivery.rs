@@ -259,13 +259,37 @@ pub fn collect(
         Some(e) => e.to_vec(),
         None => store.environments()?,
     };
-    let mut out = Vec::new();
+    let mut pairs = Vec::new();
     for env in envs {
         for app in store.apps(&env)? {
-            out.push(collect_one(store, &env, &app, window)?);
+            pairs.push((env.clone(), app));
         }
     }
-    Ok(out)
+    // Each history is read on its own; spread them over the cores.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, pairs.len().max(1));
+    let chunk = pairs.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = pairs
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|(env, app)| collect_one(store, env, app, window))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(pairs.len());
+        for h in handles {
+            match h.join() {
+                Ok(part) => out.extend(part?),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        Ok(out)
+    })
 }
 
 /// Read what [`compute`] needs for one app in one environment over `window`.
