@@ -67,7 +67,12 @@ pub fn timeline(
             .text(&t.format("%Y-%m-%d %H:%M UTC").to_string())
             .raw("</text>");
     }
-    for p in points {
+    // Rollbacks last, so no later point hides their mark.
+    let ordered = points
+        .iter()
+        .filter(|p| !p.rollback)
+        .chain(points.iter().filter(|p| p.rollback));
+    for p in ordered {
         let (cx, cy) = (x(p.at), TOP + LANE * p.lane as f64 + LANE / 2.0);
         if p.rollback {
             // A diamond with a "↺" above it: shape and text, not colour alone.
