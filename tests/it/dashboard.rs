@@ -310,6 +310,28 @@ async fn with_read_keys_pages_ask_for_a_key_and_the_api_needs_one() {
     assert_eq!(m["environments"][0]["environment"], "prod");
     assert_eq!(m["environments"][0]["deployments"], 1);
 
+    // The login form never redirects off this server, and its cookie is HttpOnly, SameSite.
+    let no_follow = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = no_follow
+        .post(server.at("/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("key=r3ad-k3y&next=%2F%2Fevil.example%2F")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/");
+    let cookie = r.headers()["set-cookie"].to_str().unwrap();
+    assert!(
+        cookie.starts_with("imagetrail_read=r3ad-k3y;")
+            && cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+
     // A person: the page asks for the key, then shows what was asked for.
     let b = Browser::start().await;
     b.goto(&server.at("/apps?app=web")).await;
