@@ -73,6 +73,8 @@ pub enum Command {
     /// Look at one repository's images with the deployed digest marked.
     #[command(subcommand)]
     Images(ImagesCommand),
+    /// Delivery metrics per environment: deployment frequency, lead time, rollback rate, time to restore.
+    Metrics(MetricsArgs),
     /// Run the tracking server: analytics callbacks, deployments API, queries, admission webhook.
     Serve(ServeArgs),
 }
@@ -287,6 +289,26 @@ pub struct HistoryArgs {
     /// Only deployments at or before this time.
     #[arg(long)]
     pub until: Option<String>,
+    /// Only the newest N deployments (after --since/--until), read from the end of each history.
+    #[arg(long, value_name = "N")]
+    pub last: Option<usize>,
+}
+
+/// `imagetrail metrics`.
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    /// Only this environment.
+    #[arg(long = "env", env = "IMAGETRAIL_ENV")]
+    pub env: Option<String>,
+    /// The window's start: a duration back from now (30d, 2w, 12h) or a time.
+    #[arg(long, default_value = "30d")]
+    pub since: String,
+    /// Output format.
+    #[arg(long, env = "IMAGETRAIL_FORMAT", value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Where the records live.
+    #[command(flatten)]
+    pub state: StateOpts,
 }
 
 /// `imagetrail at TIME`.
@@ -437,6 +459,10 @@ pub struct ServeArgs {
     /// Cluster name used in admission environments (`<cluster>/<namespace>`).
     #[arg(long, env = "IMAGETRAIL_CLUSTER", default_value = "default")]
     pub cluster: String,
+    /// File of read keys (one per line, as --api-keys-file): the dashboard and the `GET` API
+    /// then need one of them or an API key. Without it, reads are open.
+    #[arg(long, env = "IMAGETRAIL_READ_KEYS")]
+    pub read_keys: Option<PathBuf>,
     /// Also require an API key on the analytics callbacks (register, scanner-error).
     #[arg(long, env = "IMAGETRAIL_CALLBACKS_REQUIRE_KEY")]
     pub callbacks_require_key: bool,

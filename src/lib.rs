@@ -26,6 +26,7 @@
 
 pub mod analytics;
 pub mod cli;
+pub mod delivery;
 pub mod engine;
 pub mod error;
 pub mod exit;
@@ -65,6 +66,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Command::Registry(RegistryCommand::Prune(args)) => track::overview::prune(args).await,
             Command::Images(ImagesCommand::Overview(args)) => track::overview::images(args).await,
+            Command::Metrics(args) => delivery::run(args),
             Command::Serve(args) => server::serve(args).await,
         }
     })

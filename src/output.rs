@@ -221,6 +221,85 @@ pub fn print_table<const N: usize>(head: [&str; N], rows: &[[String; N]]) {
     let _ = out.flush();
 }
 
+/// A table printed in two passes over rows that are streamed, not held: [`StreamedTable::measure`]
+/// every row first, then [`StreamedTable::print`] each again. Same layout as [`print_table`].
+pub struct StreamedTable<const N: usize> {
+    head: [&'static str; N],
+    widths: [usize; N],
+}
+
+impl<const N: usize> StreamedTable<N> {
+    /// A table with these headings.
+    pub fn new(head: [&'static str; N]) -> StreamedTable<N> {
+        StreamedTable {
+            head,
+            widths: head.map(|h| h.chars().count()),
+        }
+    }
+
+    /// Grow the column widths to fit `cells` (already made safe with [`cell`]).
+    pub fn measure(&mut self, cells: &[String; N]) {
+        for (w, c) in self.widths.iter_mut().zip(cells) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+
+    /// The heading line.
+    pub fn head_line(&self) -> String {
+        row(&self.widths, self.head.iter().copied())
+    }
+
+    /// One row's line.
+    pub fn line(&self, cells: &[String; N]) -> String {
+        row(&self.widths, cells.iter().map(String::as_str))
+    }
+}
+
+/// Write `line` and a newline to `out`; a closed pipe is the reader's choice, not an error.
+pub fn write_line(out: &mut impl std::io::Write, line: &str) -> anyhow::Result<()> {
+    match writeln!(out, "{line}") {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Print a JSON array on stdout as [`print_json`] would print a `Vec`, one element at a time,
+/// so a long list is never held: `items` calls its argument on each element.
+pub fn print_json_stream<T: serde::Serialize, R: Default>(
+    items: impl FnOnce(&mut dyn FnMut(&T) -> anyhow::Result<()>) -> anyhow::Result<R>,
+) -> anyhow::Result<R> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut n = 0usize;
+    let mut write = |out: &mut std::io::BufWriter<std::io::StdoutLock<'_>>, v: &T| {
+        let text = serde_json::to_string_pretty(v)?;
+        out.write_all(if n == 0 { b"[\n" } else { b",\n" })?;
+        for (k, l) in text.lines().enumerate() {
+            if k > 0 {
+                out.write_all(b"\n")?;
+            }
+            out.write_all(b"  ")?;
+            out.write_all(l.as_bytes())?;
+        }
+        n += 1;
+        anyhow::Ok(())
+    };
+    let result = items(&mut |v| write(&mut out, v)).and_then(|r| {
+        out.write_all(if n == 0 { b"[]\n" } else { b"\n]\n" })?;
+        out.flush()?;
+        Ok(r)
+    });
+    match result {
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            // The reader went away: nothing more to say to it.
+            Ok(R::default())
+        }
+        r => r,
+    }
+}
+
 /// The lines [`print_table`] prints.
 pub fn table_lines<const N: usize>(head: [&str; N], rows: &[[String; N]]) -> Vec<String> {
     let w = widths(head, rows);

@@ -300,7 +300,9 @@ impl<'a> HistoryFile<'a> {
         let bytes = self.read(from, (end - from) as usize)?;
         let mut starts = Vec::new();
         let mut line_starts = Vec::new();
-        let mut line = self.line_of(from)?;
+        // Lines relative to `from`: the absolute line (a scan from the file's start) is only
+        // worked out for an error message, so reading a range costs its own bytes.
+        let mut line = 1usize;
         if bytes.starts_with(b"- ") {
             starts.push(0usize);
             line_starts.push(line);
@@ -317,7 +319,7 @@ impl<'a> HistoryFile<'a> {
             let e = starts.get(k + 1).copied().unwrap_or(bytes.len());
             let text = std::str::from_utf8(&bytes[s..e]).map_err(|_| RecordsError::Malformed {
                 path: self.path.to_path_buf(),
-                line: line_starts[k],
+                line: self.line_of(from).unwrap_or(1) + line_starts[k] - 1,
                 message: "the entry is not valid UTF-8".into(),
             })?;
             if let Some(e) = yaml::fast_history_entry(text) {
@@ -329,7 +331,7 @@ impl<'a> HistoryFile<'a> {
                 Err((l, message)) => {
                     return Err(RecordsError::Malformed {
                         path: self.path.to_path_buf(),
-                        line: line_starts[k] + l - 1,
+                        line: self.line_of(from)? + line_starts[k] - 1 + l - 1,
                         message,
                     });
                 }

@@ -15,6 +15,7 @@ mod history;
 mod info;
 mod names;
 pub mod protect;
+mod range;
 mod yaml;
 
 use std::fs::File;
@@ -122,6 +123,7 @@ pub use batch::{Checks, Stamp, Written};
 pub use fields::{MAX_LABEL, MAX_NAME, MAX_TOKEN};
 pub use history::TornTail;
 pub use info::InfoFiles;
+pub use range::{HistoryCursor, HistoryRange, MergeReport, for_each_merged};
 
 /// A history as read: the whole entries, and the torn last entry if an append was cut off.
 #[derive(Debug, Clone)]
@@ -151,8 +153,9 @@ pub struct HistoriesRead {
     pub entries: Vec<Deployment>,
     /// The torn last entries (each history's entries before it are in `entries`).
     pub torn: Vec<TornTail>,
-    /// The histories that could not be read (a hand-broken entry: [`RecordsError::Malformed`]
-    /// with its file and line), none of whose entries are in `entries`.
+    /// The histories that could not be read whole (a hand-broken entry:
+    /// [`RecordsError::Malformed`] with its file and line); a history broken at its tail
+    /// contributes no entries.
     pub broken: Vec<RecordsError>,
 }
 
@@ -337,26 +340,19 @@ impl Store {
         since: Option<DateTime<Utc>>,
         until: Option<DateTime<Utc>>,
     ) -> HistoriesRead {
-        let mut out = HistoriesRead::default();
-        for (env, app) in apps {
-            match self.read_history_range(env, app, since, until) {
-                Ok(read) => {
-                    out.torn.extend(read.torn);
-                    out.entries.extend(read.entries.into_iter().map(|mut d| {
-                        d.deployment.workspace = env.clone();
-                        d
-                    }));
-                }
-                Err(e) => out.broken.push(e),
-            }
+        let range = HistoryRange {
+            since,
+            until,
+            last: None,
+        };
+        let mut m = range::MergedHistory::open(self, apps, range);
+        let entries = std::iter::from_fn(|| m.next_entry()).collect();
+        let report = m.into_report();
+        HistoriesRead {
+            entries,
+            torn: report.torn,
+            broken: report.broken,
         }
-        out.entries.retain(|d| {
-            since.is_none_or(|s| d.deployment.deployed_at >= s)
-                && until.is_none_or(|u| d.deployment.deployed_at <= u)
-        });
-        // Stable: entries of one app at the same time stay in the order they were recorded.
-        out.entries.sort_by_key(|d| d.deployment.deployed_at);
-        out
     }
 
     /// The whole history of `app` in `env`, oldest first, with a torn last entry reported

@@ -19,6 +19,7 @@
 mod admission;
 mod analytics;
 mod auth;
+mod dashboard;
 mod deployments;
 mod error;
 mod limits;
@@ -60,6 +61,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Keys accepted as `Authorization: Bearer` on the deployments API. `None`: writes refused.
     pub api_keys: Option<ApiKeys>,
+    /// Keys accepted for reads (the dashboard and `GET /api/v1/...`), besides the API keys.
+    /// `None`: reads are open.
+    pub read_keys: Option<ApiKeys>,
     /// Whether the analytics callbacks also require an API key.
     pub callbacks_require_key: bool,
     /// PEM certificate chain and key: serve HTTPS instead of HTTP.
@@ -86,6 +90,7 @@ impl Config {
         Config {
             state_dir: state_dir.into(),
             api_keys: None,
+            read_keys: None,
             callbacks_require_key: false,
             tls: None,
             admission_mode: AdmissionMode::Record,
@@ -114,9 +119,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Some(path) => Some(ApiKeys::load(path)?),
         None => None,
     };
+    let read_keys = match &args.read_keys {
+        Some(path) => Some(ApiKeys::load(path)?),
+        None => None,
+    };
     let config = Config {
         state_dir: args.state.state_dir.clone(),
         api_keys,
+        read_keys,
         callbacks_require_key: args.callbacks_require_key,
         tls: args.tls_cert.clone().zip(args.tls_key.clone()),
         admission_mode: args.admission_mode,
@@ -153,6 +163,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             )
         })?;
     let addr = listener.local_addr()?;
+    if config.read_keys.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            "no --read-keys: anyone who reaches {addr} can read the dashboard and the records; give --read-keys FILE"
+        );
+    }
     let scheme = if config.tls.is_some() {
         "https"
     } else {
@@ -287,11 +302,16 @@ fn router(state: Arc<AppState>) -> Router {
             "/api/v1/admission",
             post(admission::review).route_layer(budget),
         )
+        .merge(dashboard::routes())
         .fallback(error::not_found)
         .layer(axum::extract::DefaultBodyLimit::max(
             state.config.max_body_bytes,
         ))
         .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            dashboard::read_guard,
+        ))
         .layer(axum::middleware::from_fn(move |req, next| {
             limits::request_timeout(timeout, req, next)
         }))

@@ -12,8 +12,11 @@ use chrono::{DateTime, Local};
 use crate::cli::{AtArgs, CompareArgs, Format, HistoryArgs, QueryArgs, WhereArgs};
 use crate::error::Error;
 use crate::exit::ExitCode;
-use crate::output::{cell, cell_or_dash, print_json, print_table, time, value};
-use crate::records::{Deployment, Store, TornTail};
+use crate::output::{
+    StreamedTable, cell, cell_or_dash, print_json, print_json_stream, print_table, short_digest,
+    time, value, write_line,
+};
+use crate::records::{Deployment, HistoryRange, Store, TornTail, for_each_merged};
 use crate::registry::Reference;
 use crate::track::deploy::usage_if_name;
 
@@ -151,44 +154,21 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
         .transpose()
         .map_err(Error::Usage)?;
     let store = Store::new(&args.query.state.state_dir);
-    let apps = selected(&store, args.query.env.as_deref(), args.query.app.as_deref())?;
-    // One broken history does not hide the others: they are shown, it is named on stderr.
-    let read = store.read_histories(&apps, since, until);
-    read.torn.iter().for_each(warn_torn);
-    for e in &read.broken {
-        eprintln!("imagetrail: error: {e}");
-    }
-    let all = read.entries;
-    let outcome = if read.broken.is_empty() {
-        ExitCode::Success
-    } else {
-        eprintln!(
-            "imagetrail: error: {} history file(s) could not be read (named above); the \
-             deployments of every other app are shown",
-            read.broken.len()
-        );
-        ExitCode::Failure
+    let pairs = selected(&store, args.query.env.as_deref(), args.query.app.as_deref())?;
+    let range = HistoryRange {
+        since,
+        until,
+        last: args.last,
     };
-    if args.query.format == Format::Json {
-        print_json(&all)?;
-        return Ok(outcome);
-    }
-    let table: Vec<[String; 7]> = all
-        .iter()
-        .map(|d| {
-            [
-                time(&d.deployment.deployed_at),
-                cell(&d.deployment.workspace),
-                cell(&d.app),
-                cell_or_dash(d.image.tag.as_deref()),
-                crate::output::short_digest(&d.image.digest),
-                cell(&d.deployment.deployed_by),
-                d.image.description.as_deref().map(cell).unwrap_or_default(),
-            ]
-        })
-        .collect();
-    print_table(
-        [
+    // Streamed (see records::range): memory stays flat in the histories' length. Text output
+    // reads twice, once for the column widths and once to print.
+    let each = |f: &mut dyn FnMut(&Deployment) -> anyhow::Result<()>| {
+        for_each_merged(&store, &pairs, range, f)
+    };
+    let report = if args.query.format == Format::Json {
+        print_json_stream(each)?
+    } else {
+        let mut table = StreamedTable::new([
             "DEPLOYED",
             "ENV",
             "APP",
@@ -196,10 +176,45 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
             "DIGEST",
             "BY",
             "DESCRIPTION",
-        ],
-        &table,
+        ]);
+        let row = |d: &Deployment| -> [String; 7] {
+            [
+                time(&d.deployment.deployed_at),
+                cell(&d.deployment.workspace),
+                cell(&d.app),
+                cell_or_dash(d.image.tag.as_deref()),
+                short_digest(&d.image.digest),
+                cell(&d.deployment.deployed_by),
+                d.image.description.as_deref().map(cell).unwrap_or_default(),
+            ]
+        };
+        let report = each(&mut |d| {
+            table.measure(&row(d));
+            Ok(())
+        })?;
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        write_line(&mut out, &table.head_line())?;
+        each(&mut |d| write_line(&mut out, &table.line(&row(d))))?;
+        std::io::Write::flush(&mut out).or_else(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => Ok(()),
+            _ => Err(e),
+        })?;
+        report
+    };
+    // One broken history does not hide the others: they are shown, it is named on stderr.
+    report.torn.iter().for_each(warn_torn);
+    for e in &report.broken {
+        eprintln!("imagetrail: error: {e}");
+    }
+    if report.broken.is_empty() {
+        return Ok(ExitCode::Success);
+    }
+    eprintln!(
+        "imagetrail: error: {} history file(s) could not be read (named above); the deployments \
+         of every other app are shown",
+        report.broken.len()
     );
-    Ok(outcome)
+    Ok(ExitCode::Failure)
 }
 
 /// `imagetrail at TIME`.

@@ -2,6 +2,7 @@
 //! library's server on 127.0.0.1:0) against real parts: the Docker engine, Podman's socket,
 //! the `docker-registry` from Debian and HTTP servers on loopback.
 
+mod dashboard;
 mod deploy;
 mod flags;
 mod image;

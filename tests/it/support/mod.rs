@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod atomic;
+pub mod browser;
 pub mod docker;
 pub mod http;
 pub mod podman;

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# The dashboard, delivery metrics and history range reads at real sizes:
+#
+#   * the matrix page (50 apps x 5 environments, each history 100,000 entries), now and ?at=;
+#   * one app's timeline page, last 90 days;
+#   * GET /api/v1/metrics/delivery for 30 days across all apps;
+#   * `imagetrail history --last 20` on a 100,000-entry history;
+#   * `imagetrail history` (the whole 100,000 entries) peak RSS, beside a baseline binary.
+#
+#   bench/dashboard.sh                       # target/release/imagetrail (built if missing)
+#   BASELINE=/path/to/main/imagetrail bench/dashboard.sh   # also measure main's build
+#   ENTRIES=100000 SPACING_MIN=60 APPS=50 ENVS=5 RUNS=20 bench/dashboard.sh
+#
+# Page times are curl's time_total over loopback, median of RUNS (server time plus a loopback
+# round trip). The 250 histories are hard links to one generated file (250 x 40 MB would be
+# 10 GB of disk): every read still goes through its own path, but the page cache is shared.
+# Needs: python3, curl, hyperfine, /usr/bin/time. Traffic stays on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ENTRIES=${ENTRIES:-100000}
+SPACING_MIN=${SPACING_MIN:-60}
+APPS=${APPS:-50}
+ENVS=${ENVS:-5}
+RUNS=${RUNS:-20}
+BIN=${IMAGETRAIL_BIN:-target/release/imagetrail}
+[ -x "$BIN" ] || cargo build -q --release --bin imagetrail
+W=$(mktemp -d /tmp/it-dash-bench.XXXXXX)
+cp "$BIN" "$W/imagetrail"
+BIN=$W/imagetrail
+SRV_PID=
+cleanup() { [ -n "$SRV_PID" ] && kill "$SRV_PID" 2>/dev/null; rm -rf "$W"; }
+trap cleanup EXIT
+
+echo "generating $ENTRIES entries, one every $SPACING_MIN min, ending now; $APPS apps x $ENVS envs" >&2
+python3 - "$W" "$ENTRIES" "$SPACING_MIN" "$APPS" "$ENVS" <<'EOF'
+import datetime, hashlib, os, sys, uuid
+w, n, spacing, apps, envs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+start = now - datetime.timedelta(minutes=spacing * n)
+tpl = os.path.join(w, "history.yml")
+last = None
+with open(tpl, "w") as f:
+    for i in range(n):
+        t = start + datetime.timedelta(minutes=spacing * i)
+        ts = t.strftime("%Y-%m-%dT%H:%M:%SZ")
+        built = (t - datetime.timedelta(minutes=40)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        # Every 50th deployment goes back to the digest two before it: a rollback.
+        k = i - 2 if i % 50 == 49 else i
+        digest = "sha256:" + hashlib.sha256(str(k).encode()).hexdigest()
+        ev = str(uuid.uuid4())
+        f.write(
+            f'- image:\n    repo: "reg.example/app"\n    tag: "{k:07x}"\n    digest: "{digest}"\n'
+            f'    platform:\n      os: "linux"\n      architecture: "amd64"\n'
+            f'    built_at: "{built}"\n    revision: "{k:07x}"\n\n'
+            f'  deployment:\n    deployed_at: "{ts}"\n    deployed_by: "alice"\n'
+            f'    workspace: "prod"\n    event_id: "{ev}"\n\n'
+        )
+        last = (k, digest, built, ts, ev)
+k, digest, built, ts, ev = last
+for e in range(envs):
+    env = f"env{e}"
+    for a in range(apps):
+        app = f"app{a:02d}"
+        d = os.path.join(w, "state", env, app)
+        os.makedirs(d)
+        os.link(tpl, os.path.join(d, "deploy-history.yml"))
+        with open(os.path.join(d, "deploy-info.yml"), "w") as f:
+            f.write(
+                f'app: "{app}"\nworkspace: "{env}"\n\nimage:\n  repo: "reg.example/app"\n'
+                f'  tag: "{k:07x}"\n  digest: "{digest}"\n  platform:\n    os: "linux"\n'
+                f'    architecture: "amd64"\n  built_at: "{built}"\n  revision: "{k:07x}"\n\n'
+                f'deployment:\n  deployed_at: "{ts}"\n  deployed_by: "alice"\n  event_id: "{ev}"\n'
+            )
+# One plain 100,000-entry history for the CLI.
+d = os.path.join(w, "one", "prod", "hello")
+os.makedirs(d)
+os.link(tpl, os.path.join(d, "deploy-history.yml"))
+EOF
+ls -la "$W/history.yml" >&2
+
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$BIN" serve --state-dir "$W/state" --listen "127.0.0.1:$PORT" >"$W/serve.log" 2>&1 &
+SRV_PID=$!
+for _ in $(seq 100); do curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done
+
+page() { # name path: median time_total in ms over RUNS (one warm-up)
+  local url="http://127.0.0.1:$PORT$2"
+  curl -fs -o /dev/null "$url"
+  for _ in $(seq "$RUNS"); do curl -fs -o /dev/null -w '%{time_total}\n' "$url"; done |
+    sort -n | awk -v name="$1" -v runs="$RUNS" '{a[NR]=$1} END {printf "%-44s median %7.1f ms  (min %.1f, max %.1f, %d runs)\n", name, a[int((NR+1)/2)]*1000, a[1]*1000, a[NR]*1000, runs}'
+}
+AT=$(python3 -c 'import datetime; print((datetime.datetime.now(datetime.timezone.utc)-datetime.timedelta(days=200)).strftime("%Y-%m-%dT%H:%M:%SZ"))')
+echo
+echo "== pages ($APPS apps x $ENVS envs, $ENTRIES-entry histories)"
+page "matrix /" "/"
+page "matrix /?at= (200 days ago)" "/?at=$AT"
+page "timeline /apps?app=app07&days=90" "/apps?app=app07&days=90"
+page "GET /api/v1/metrics/delivery?since=30d" "/api/v1/metrics/delivery?since=30d"
+page "delivery page /delivery?since=30d" "/delivery?since=30d"
+curl -fs -o "$W/timeline.html" "http://127.0.0.1:$PORT/apps?app=app07&days=90"
+echo "timeline points: $(grep -o 'class="point' "$W/timeline.html" | wc -l)"
+
+echo
+echo "== imagetrail history on one $ENTRIES-entry history"
+hyperfine -N --warmup 3 --runs "$RUNS" --export-markdown "$W/last.md" \
+  "$BIN history --state-dir $W/one --last 20" >/dev/null
+cat "$W/last.md"
+rss() { /usr/bin/time -f '%M' "$@" 2>&1 >/dev/null | tail -n1; }
+secs() { /usr/bin/time -f '%e' "$@" 2>&1 >/dev/null | tail -n1; }
+echo
+printf '%-12s %-28s %10s %8s\n' binary command "peak RSS" seconds
+for b in "$BIN" ${BASELINE:+"$BASELINE"}; do
+  label=this; [ "$b" = "$BIN" ] || label=baseline
+  for args in "history" "history --format json" "history --last 20"; do
+    [ "$label" = baseline ] && [[ "$args" == *--last* ]] && continue # main has no --last
+    # shellcheck disable=SC2086
+    printf '%-12s %-28s %7s KiB %8s\n' "$label" "$args" \
+      "$(rss "$b" $args --state-dir "$W/one")" "$(secs "$b" $args --state-dir "$W/one")"
+  done
+done

@@ -1,0 +1,488 @@
+//! Reads of a history by range, built on [`super::history::HistoryFile`]'s entry boundaries:
+//!
+//! * the last N entries, found by stepping back N entry starts from the end of the file (reads
+//!   a few kilobytes per entry returned, whatever the history's length);
+//! * `since`/`until` bounds, found by the same bisection over byte offsets as
+//!   [`Store::at`] (entries are appended in time order);
+//! * a whole range streamed entry by entry through a [`HistoryCursor`], which parses one window
+//!   of about [`WINDOW`] bytes at a time, so the memory of `imagetrail history` stays flat in
+//!   the history's length.
+//!
+//! A torn last entry is never returned: it is reported beside the entries (as
+//! [`Store::read_history`] does), and the bounds stop before it.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+
+use super::history::HistoryFile;
+use super::{Deployment, HistoryRead, RecordsError, Store, TornTail, open_existing, to_deployment};
+
+/// Which entries of one history to read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HistoryRange {
+    /// Only entries deployed at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only entries deployed at or before this time.
+    pub until: Option<DateTime<Utc>>,
+    /// Only the newest this many entries (of those within the time bounds).
+    pub last: Option<usize>,
+}
+
+/// How many bytes of history a [`HistoryCursor`] parses at once (rounded up to whole entries).
+/// A parsed entry takes a few times its bytes, so one window costs well under 1 MiB.
+pub const WINDOW: u64 = 128 * 1024;
+
+/// A history read lazily, oldest first: entries are parsed one window at a time.
+pub struct HistoryCursor {
+    app: String,
+    file: Option<File>,
+    path: PathBuf,
+    pos: u64,
+    end: u64,
+    window: u64,
+    ready: VecDeque<Deployment>,
+    torn: Option<TornTail>,
+}
+
+impl std::fmt::Debug for HistoryCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HistoryCursor")
+            .field("path", &self.path)
+            .field("pos", &self.pos)
+            .field("end", &self.end)
+            .finish()
+    }
+}
+
+impl HistoryCursor {
+    /// The torn last entry, if an append was cut off (reported once, not returned).
+    pub fn torn(&self) -> Option<&TornTail> {
+        self.torn.as_ref()
+    }
+
+    /// Parse at most this many bytes at once (at least one entry is always parsed).
+    pub fn with_window(mut self, bytes: u64) -> HistoryCursor {
+        self.window = bytes.max(1);
+        self
+    }
+
+    /// The next entry, oldest first; `Ok(None)` at the end of the range.
+    pub fn next_entry(&mut self) -> Result<Option<Deployment>, RecordsError> {
+        if let Some(d) = self.ready.pop_front() {
+            return Ok(Some(d));
+        }
+        let Some(file) = &self.file else {
+            return Ok(None);
+        };
+        while self.pos < self.end {
+            let h = HistoryFile::new(file, &self.path)?;
+            let stop = h
+                .next_start(self.pos.saturating_add(self.window))?
+                .unwrap_or(self.end)
+                .min(self.end);
+            let entries = h.range(self.pos, stop)?;
+            self.pos = stop;
+            self.ready
+                .extend(entries.into_iter().map(|e| to_deployment(&self.app, e)));
+            if let Some(d) = self.ready.pop_front() {
+                return Ok(Some(d));
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl Iterator for HistoryCursor {
+    type Item = Result<Deployment, RecordsError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.next_entry() {
+            Ok(Some(d)) => Some(Ok(d)),
+            Ok(None) => None,
+            Err(e) => {
+                // An error ends the iteration: the rest cannot be located reliably.
+                self.file = None;
+                self.ready.clear();
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+impl Store {
+    /// The entries of `app` in `env` within `range`, streamed oldest first. Only the bounds
+    /// are searched for up front (bisection and a backwards walk of `last` entries); the
+    /// entries themselves are parsed as the cursor advances.
+    pub fn history_cursor(
+        &self,
+        env: &str,
+        app: &str,
+        range: HistoryRange,
+    ) -> Result<HistoryCursor, RecordsError> {
+        let path = self.history_path(env, app)?;
+        let mut cursor = HistoryCursor {
+            app: app.to_string(),
+            file: None,
+            path,
+            pos: 0,
+            end: 0,
+            window: WINDOW,
+            ready: VecDeque::new(),
+            torn: None,
+        };
+        let Some(file) = open_existing(&cursor.path)? else {
+            return Ok(cursor);
+        };
+        let (from, end, torn) = {
+            let h = HistoryFile::new(&file, &cursor.path)?;
+            let torn = h.check_tail()?;
+            let whole_end = torn.as_ref().map_or(h.len(), |t| t.offset);
+            let (from, end) = bounds(&h, whole_end, range)?;
+            (from, end, torn)
+        };
+        cursor.file = Some(file);
+        cursor.pos = from;
+        cursor.end = end;
+        cursor.torn = torn;
+        Ok(cursor)
+    }
+
+    /// The entries of `app` in `env` within `range`, oldest first, held in memory: meant for
+    /// small ranges (`last`, a few days); use [`Store::history_cursor`] for a whole history.
+    pub fn read_history_window(
+        &self,
+        env: &str,
+        app: &str,
+        range: HistoryRange,
+    ) -> Result<HistoryRead, RecordsError> {
+        let mut cursor = self.history_cursor(env, app, range)?;
+        let mut entries = Vec::new();
+        while let Some(d) = cursor.next_entry()? {
+            entries.push(d);
+        }
+        Ok(HistoryRead {
+            entries,
+            torn: cursor.torn,
+        })
+    }
+}
+
+/// Several histories read together, merged by `deployed_at` (ties keep the order of the pairs
+/// given, then file order), each entry's `workspace` set to its environment. Memory is one
+/// window per history, so the budget is split between them.
+#[derive(Debug)]
+pub struct MergedHistory {
+    cursors: Vec<(String, HistoryCursor)>,
+    heads: std::collections::BinaryHeap<std::cmp::Reverse<(DateTime<Utc>, usize)>>,
+    pending: Vec<Option<Deployment>>,
+    torn: Vec<TornTail>,
+    broken: Vec<RecordsError>,
+}
+
+/// The memory budget of a [`MergedHistory`] for its windows, split between its histories.
+const MERGED_BUDGET: u64 = 4 * 1024 * 1024;
+
+impl MergedHistory {
+    /// Open the histories of `pairs` (environment, app) within `range` each. A history that
+    /// cannot be read (a hand-broken entry: [`RecordsError::Malformed`] with its file and line)
+    /// does not hide the others: it is left out and reported by [`MergedHistory::into_report`].
+    pub fn open(store: &Store, pairs: &[(String, String)], range: HistoryRange) -> MergedHistory {
+        let window = (MERGED_BUDGET / pairs.len().max(1) as u64).clamp(8 * 1024, WINDOW);
+        let mut m = MergedHistory {
+            cursors: Vec::with_capacity(pairs.len()),
+            heads: Default::default(),
+            pending: Vec::with_capacity(pairs.len()),
+            torn: Vec::new(),
+            broken: Vec::new(),
+        };
+        for (env, app) in pairs {
+            let opened = store.history_cursor(env, app, range).and_then(|c| {
+                let mut c = c.with_window(window);
+                let head = c.next_entry()?;
+                Ok((c, head))
+            });
+            let (c, head) = match opened {
+                Ok(opened) => opened,
+                Err(e) => {
+                    m.broken.push(e);
+                    continue;
+                }
+            };
+            m.torn.extend(c.torn.clone());
+            if let Some(d) = &head {
+                m.heads.push(std::cmp::Reverse((
+                    d.deployment.deployed_at,
+                    m.cursors.len(),
+                )));
+            }
+            m.pending.push(head);
+            m.cursors.push((env.clone(), c));
+        }
+        m
+    }
+
+    /// The next entry in time order across the histories; a history that breaks part way is
+    /// reported by [`MergedHistory::into_report`] and the others go on.
+    pub fn next_entry(&mut self) -> Option<Deployment> {
+        let std::cmp::Reverse((_, i)) = self.heads.pop()?;
+        let (env, cursor) = &mut self.cursors[i];
+        let next = cursor.next_entry().unwrap_or_else(|e| {
+            self.broken.push(e);
+            None
+        });
+        if let Some(d) = &next {
+            self.heads
+                .push(std::cmp::Reverse((d.deployment.deployed_at, i)));
+        }
+        let mut out = std::mem::replace(&mut self.pending[i], next);
+        if let Some(d) = &mut out {
+            d.deployment.workspace = env.clone();
+        }
+        out
+    }
+
+    /// What was met besides the entries: torn tails and broken histories.
+    pub fn into_report(self) -> MergeReport {
+        MergeReport {
+            torn: self.torn,
+            broken: self.broken,
+        }
+    }
+}
+
+/// What reading several histories met besides their entries.
+#[derive(Debug, Default)]
+pub struct MergeReport {
+    /// Torn last entries (the whole entries before each were read).
+    pub torn: Vec<TornTail>,
+    /// Histories that could not be read whole, each with its file and line.
+    pub broken: Vec<RecordsError>,
+}
+
+/// Call `f` on every entry of the histories of `pairs` within `range`, merged in time order;
+/// with `range.last`, only the newest `last` of the merged entries (held, so memory is
+/// `last` entries). Torn tails and broken histories come back in the report.
+pub fn for_each_merged<E>(
+    store: &Store,
+    pairs: &[(String, String)],
+    range: HistoryRange,
+    f: &mut dyn FnMut(&Deployment) -> Result<(), E>,
+) -> Result<MergeReport, E> {
+    let mut m = MergedHistory::open(store, pairs, range);
+    match range.last {
+        Some(n) => {
+            let mut tail = VecDeque::with_capacity(n.min(4096));
+            while let Some(d) = m.next_entry() {
+                if tail.len() == n {
+                    tail.pop_front();
+                }
+                if n > 0 {
+                    tail.push_back(d);
+                }
+            }
+            tail.iter().try_for_each(f)?;
+        }
+        None => {
+            while let Some(d) = m.next_entry() {
+                f(&d)?;
+            }
+        }
+    }
+    Ok(m.into_report())
+}
+
+impl Store {
+    /// The most recent entry of `app` in `env` deployed before `before` whose digest (or
+    /// index digest) is `digest`, by a reverse substring search bounded by a bisection.
+    pub fn last_with_digest_before(
+        &self,
+        env: &str,
+        app: &str,
+        digest: &str,
+        before: DateTime<Utc>,
+    ) -> Result<Option<Deployment>, RecordsError> {
+        let path = self.history_path(env, app)?;
+        let Some(file) = open_existing(&path)? else {
+            return Ok(None);
+        };
+        let h = HistoryFile::new(&file, &path)?;
+        let whole_end = h.check_tail()?.map_or(h.len(), |t| t.offset);
+        let (_, mut end) = bounds(
+            &h,
+            whole_end,
+            HistoryRange {
+                until: Some(before - chrono::Duration::nanoseconds(1)),
+                ..Default::default()
+            },
+        )?;
+        let needle = super::yaml::quote(digest);
+        while let Some(start) = h.last_containing(needle.as_bytes(), end)? {
+            let e = h.parse_entry(start)?;
+            if e.image.digest == digest || e.image.index_digest.as_deref() == Some(digest) {
+                return Ok(Some(to_deployment(app, e)));
+            }
+            end = start;
+        }
+        Ok(None)
+    }
+}
+
+/// The byte range `[from, end)` of the entries within `range`, among the whole entries before
+/// `whole_end`.
+fn bounds(
+    h: &HistoryFile<'_>,
+    whole_end: u64,
+    range: HistoryRange,
+) -> Result<(u64, u64), RecordsError> {
+    let mut from = match range.since {
+        // The first entry after the last one strictly before `since`.
+        Some(s) => match h.at(s - chrono::Duration::nanoseconds(1), whole_end)? {
+            Some(before) => h
+                .next_start(before + 1)?
+                .unwrap_or(whole_end)
+                .min(whole_end),
+            None => 0,
+        },
+        None => 0,
+    };
+    let end = match range.until {
+        Some(u) => match h.at(u, whole_end)? {
+            Some(last) => h.next_start(last + 1)?.unwrap_or(whole_end).min(whole_end),
+            None => 0,
+        },
+        None => whole_end,
+    };
+    if let Some(n) = range.last {
+        // Step back n entry starts from the end; each step reads backwards from the last.
+        let mut start = end;
+        for _ in 0..n {
+            match h.prev_start(start)? {
+                Some(s) if s >= from => start = s,
+                _ => {
+                    start = from;
+                    break;
+                }
+            }
+        }
+        from = from.max(start);
+        if n == 0 {
+            from = end;
+        }
+    }
+    Ok((from.min(end), end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::{DeploymentRecord, ImageRecord, Platform};
+    use chrono::TimeZone;
+
+    fn dep(i: u32) -> Deployment {
+        Deployment {
+            app: "web".into(),
+            image: ImageRecord {
+                repo: "reg.example/web".into(),
+                tag: Some(format!("v{i}")),
+                digest: format!("sha256:{i:064x}"),
+                index_digest: None,
+                platform: Platform::default(),
+                description: None,
+                built_at: None,
+                revision: None,
+                source: None,
+                title: None,
+            },
+            deployment: DeploymentRecord {
+                deployed_at: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+                    + chrono::Duration::hours(i64::from(i)),
+                deployed_by: "alice".into(),
+                workspace: "prod".into(),
+                name: None,
+                event_id: uuid::Uuid::now_v7(),
+            },
+        }
+    }
+
+    fn store_with(n: u32) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        for i in 0..n {
+            store.record(&dep(i)).unwrap();
+        }
+        (dir, store)
+    }
+
+    fn tags(read: &HistoryRead) -> Vec<String> {
+        read.entries
+            .iter()
+            .map(|d| d.image.tag.clone().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn last_n_from_the_end_within_time_bounds() {
+        let (_d, store) = store_with(10);
+        let r = |range| store.read_history_window("prod", "web", range).unwrap();
+        let last3 = r(HistoryRange {
+            last: Some(3),
+            ..Default::default()
+        });
+        assert_eq!(tags(&last3), ["v7", "v8", "v9"]);
+        let more_than_all = r(HistoryRange {
+            last: Some(50),
+            ..Default::default()
+        });
+        assert_eq!(more_than_all.entries.len(), 10);
+        let none = r(HistoryRange {
+            last: Some(0),
+            ..Default::default()
+        });
+        assert!(none.entries.is_empty());
+        // Hours 2..=5 are v2..v5; the last 2 of them are v4, v5.
+        let t = |h| Utc.with_ymd_and_hms(2026, 1, 1, h, 0, 0).unwrap();
+        let bounded = r(HistoryRange {
+            since: Some(t(2)),
+            until: Some(t(5)),
+            last: Some(2),
+        });
+        assert_eq!(tags(&bounded), ["v4", "v5"]);
+        let since_only = r(HistoryRange {
+            since: Some(t(8)),
+            ..Default::default()
+        });
+        assert_eq!(tags(&since_only), ["v8", "v9"]);
+        let before_all = r(HistoryRange {
+            until: Some(t(0) - chrono::Duration::seconds(1)),
+            ..Default::default()
+        });
+        assert!(before_all.entries.is_empty());
+    }
+
+    #[test]
+    fn a_cursor_with_a_tiny_window_returns_every_entry_once_in_order() {
+        let (_d, store) = store_with(25);
+        let cursor = store
+            .history_cursor("prod", "web", HistoryRange::default())
+            .unwrap()
+            .with_window(1);
+        let got: Vec<String> = cursor
+            .map(|d| d.unwrap().image.tag.unwrap())
+            .collect::<Vec<_>>();
+        let want: Vec<String> = (0..25).map(|i| format!("v{i}")).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_missing_history_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let mut c = store
+            .history_cursor("prod", "nothing", HistoryRange::default())
+            .unwrap();
+        assert!(c.next_entry().unwrap().is_none());
+    }
+}
