@@ -20,6 +20,7 @@
 
 pub mod analytics;
 pub mod cli;
+pub mod db;
 pub mod deploy;
 pub mod engine;
 pub mod error;
@@ -33,7 +34,7 @@ pub mod scan;
 pub mod server;
 pub mod terminal;
 
-use cli::{Cli, Command, ImagesCommand, RegistryCommand, ScanType};
+use cli::{Cli, Command, DbCommand, ImagesCommand, RegistryCommand, ScanType};
 use exit::ExitCode;
 
 /// Run one command to completion and say how the process should exit.
@@ -56,6 +57,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Registry(RegistryCommand::Prune(args)) => overview::prune(args).await,
             Command::Images(ImagesCommand::Overview(args)) => overview::images(args).await,
             Command::Serve(args) => server::serve(args).await,
+            Command::Db(DbCommand::Migrate(args)) => db::migrate(args).await,
+            Command::Db(DbCommand::Import(args)) => db::import(args).await,
+            Command::Db(DbCommand::Export(args)) => db::export(args).await,
         }
     })
 }

@@ -13,6 +13,7 @@ mod current;
 mod history;
 mod info;
 mod names;
+pub mod postgres;
 pub mod query;
 mod yaml;
 

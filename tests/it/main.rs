@@ -4,6 +4,7 @@
 
 mod deploy;
 mod image;
+mod postgres;
 mod registry;
 mod registry_access;
 mod scan;

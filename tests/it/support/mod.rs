@@ -6,6 +6,7 @@ pub mod atomic;
 pub mod docker;
 pub mod http;
 pub mod podman;
+pub mod postgres;
 pub mod proxy;
 pub mod registry;
 pub mod scan;
