@@ -131,7 +131,8 @@ fn wrong_password_and_unreachable_host_are_one_clear_line() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
         err.contains(&format!(
-            "PostgreSQL at 127.0.0.1:{} refused user \"postgres\": wrong password",
+            "PostgreSQL at 127.0.0.1:{} refused user \"postgres\": password authentication \
+             failed for user \"postgres\"; check the user, password and sslmode",
             pg.port()
         )),
         "{err}"
@@ -400,4 +401,56 @@ fn import_then_export_gives_back_the_same_yaml_files() {
         "{}",
         stderr(&over)
     );
+}
+
+#[test]
+fn tls_verify_full_trusts_only_the_named_ca_and_require_encrypts() {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let pg = Postgres::start_tls(&ck.cert.pem(), &ck.signing_key.serialize_pem());
+    pg.create_database("it");
+    let certs = tempfile::tempdir().unwrap();
+    let ca = certs.path().join("ca.pem");
+    std::fs::write(&ca, ck.cert.pem()).unwrap();
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let other_ca = certs.path().join("other.pem");
+    std::fs::write(&other_ca, other.cert.pem()).unwrap();
+    let base = format!(
+        "postgres://postgres:{}@localhost:{}/it",
+        crate::support::postgres::PASSWORD,
+        pg.port()
+    );
+
+    let verified = migrate(&format!(
+        "{base}?sslmode=verify-full&sslrootcert={}",
+        ca.display()
+    ));
+    assert!(verified.status.success(), "{}", stderr(&verified));
+
+    let wrong_ca = migrate(&format!(
+        "{base}?sslmode=verify-full&sslrootcert={}",
+        other_ca.display()
+    ));
+    assert_eq!(wrong_ca.status.code(), Some(1));
+    let err = stderr(&wrong_ca);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "TLS to PostgreSQL at localhost:{} failed",
+            pg.port()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("certificate"), "{err}");
+
+    // require: encrypted without verifying (libpq's meaning), accepted by a hostssl-only server.
+    let required = migrate(&format!("{base}?sslmode=require"));
+    assert!(required.status.success(), "{}", stderr(&required));
+    assert!(stdout(&required).contains("nothing to do"));
+
+    // disable: the server takes no plain TCP; its reason is in the one line.
+    let plain = migrate(&format!("{base}?sslmode=disable"));
+    assert_eq!(plain.status.code(), Some(1));
+    let err = stderr(&plain);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("no pg_hba.conf entry"), "{err}");
 }

@@ -67,16 +67,29 @@ pub enum PgError {
         /// What the connection attempt said.
         reason: String,
     },
-    /// The server refused the user or password.
+    /// The server refused the user or password (or, by pg_hba.conf, the connection).
     #[error(
-        "PostgreSQL at {target} refused user {user:?}: wrong password, or no such user; \
-         check the user and password of the database URL"
+        "PostgreSQL at {target} refused user {user:?}: {message}; check the user, password \
+         and sslmode of the database URL"
     )]
     Authentication {
         /// host:port.
         target: String,
         /// The user name.
         user: String,
+        /// The server's reason.
+        message: String,
+    },
+    /// The TLS handshake failed (an unknown CA, a name mismatch, a server without TLS).
+    #[error(
+        "TLS to PostgreSQL at {target} failed: {reason}; check sslmode and sslrootcert of the \
+         database URL"
+    )]
+    Tls {
+        /// host:port.
+        target: String,
+        /// What the handshake said.
+        reason: String,
     },
     /// The schema was migrated by a newer imagetrail.
     #[error(
@@ -142,6 +155,7 @@ fn classify(e: tokio_postgres::Error, target: &str, user: &str) -> PgError {
             return PgError::Authentication {
                 target: target.to_string(),
                 user: user.to_string(),
+                message: one_line(db.message()),
             };
         }
         // 57P01 admin_shutdown and friends: the server went away under us.
@@ -160,6 +174,14 @@ fn classify(e: tokio_postgres::Error, target: &str, user: &str) -> PgError {
         reason.push_str(": ");
         reason.push_str(&s.to_string());
         source = s.source();
+    }
+    // tokio-postgres says "error performing TLS handshake" (and "server does not support
+    // TLS") for what the TLS settings can fix.
+    if reason.contains("TLS") {
+        return PgError::Tls {
+            target: target.to_string(),
+            reason: one_line(&reason),
+        };
     }
     PgError::Unreachable {
         target: target.to_string(),

@@ -52,6 +52,16 @@ fn free_port() -> u16 {
 impl Postgres {
     /// initdb and start a new cluster; panics with the server's log when it cannot.
     pub fn start() -> Postgres {
+        Postgres::start_with(None)
+    }
+
+    /// A cluster that takes TCP connections only over TLS (`hostssl` in pg_hba.conf), with
+    /// this certificate chain and key (PEM).
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Postgres {
+        Postgres::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Postgres {
         assert!(
             Path::new(BIN).join("initdb").exists(),
             "{BIN}/initdb is missing: apt-get install postgresql (.ci/run does)"
@@ -99,6 +109,45 @@ impl Postgres {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        let mut options = format!(
+            "-k {} -h 127.0.0.1 -c max_connections=50",
+            pg.dir.path().display()
+        );
+        if let Some((cert, key)) = tls {
+            let (cert_path, key_path) = (
+                pg.dir.path().join("server.crt"),
+                pg.dir.path().join("server.key"),
+            );
+            std::fs::write(&cert_path, cert).expect("write server.crt");
+            std::fs::write(&key_path, key).expect("write server.key");
+            std::fs::set_permissions(
+                &key_path,
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )
+            .expect("chmod server.key");
+            if let Some(user) = as_user {
+                let (uid, gid) = user_ids(user);
+                for p in [&cert_path, &key_path] {
+                    std::os::unix::fs::chown(p, Some(uid), Some(gid)).expect("chown TLS files");
+                }
+            }
+            // Plain TCP refused: only `hostssl` lines for TCP.
+            let hba = data.join("pg_hba.conf");
+            let text = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+            let text: String = text
+                .lines()
+                .map(|l| match l.strip_prefix("host ") {
+                    Some(rest) => format!("hostssl {rest}\n"),
+                    None => format!("{l}\n"),
+                })
+                .collect();
+            std::fs::write(&hba, text).expect("write pg_hba.conf");
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert_path.display(),
+                key_path.display()
+            ));
+        }
         // A port found free can be taken before the server binds it: try a few.
         for attempt in 0..5 {
             pg.port = free_port();
@@ -109,11 +158,7 @@ impl Postgres {
                 .arg("-l")
                 .arg(pg.log_path())
                 .args(["-w", "-t", "60", "-o"])
-                .arg(format!(
-                    "-k {} -h 127.0.0.1 -p {} -c max_connections=50",
-                    pg.dir.path().display(),
-                    pg.port
-                ))
+                .arg(format!("{options} -p {}", pg.port))
                 .arg("start")
                 .stdout(Stdio::null())
                 .output()
