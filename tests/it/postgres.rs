@@ -454,3 +454,52 @@ fn tls_verify_full_trusts_only_the_named_ca_and_require_encrypts() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("no pg_hba.conf entry"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_fields_are_stored_exactly_or_refused_alone() {
+    let pg = Postgres::start();
+    let (_url, s) = store(&pg, "it").await;
+    let now = t("2026-05-01T00:00:00.999999999Z");
+    let mut odd = deployment("prod\u{202e}", "web\u{1}", "reg.example/web", now);
+    odd.image.description = Some("\u{fffe}\u{202e}a: b\n# c\u{7}".into());
+    odd.image.title = Some("t".repeat(100_000));
+    odd.deployment.deployed_by = "\u{1b}[31mred".into();
+    let mut nul = deployment("prod", "nul", "reg.example/web", now);
+    nul.image.description = Some("a\0b".into());
+    let long = deployment("prod", &"a".repeat(100_000), "reg.example/web", now);
+    let fine = deployment("prod", "fine", "reg.example/web", now);
+    let results = s
+        .record_many(&[
+            PgItem::new(odd.clone()),
+            PgItem::new(nul),
+            PgItem::new(long),
+            PgItem::new(fine.clone()),
+        ])
+        .await;
+    assert!(
+        matches!(results[0], Ok(PgWritten::Recorded)),
+        "{:?}",
+        results[0]
+    );
+    let e = results[1].as_ref().unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "image.description cannot be stored in PostgreSQL: it contains a NUL character"
+    );
+    let e = results[2].as_ref().unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "app cannot be stored in PostgreSQL: longer than 512 bytes"
+    );
+    assert!(
+        matches!(results[3], Ok(PgWritten::Recorded)),
+        "{:?}",
+        results[3]
+    );
+    assert_eq!(
+        s.current("prod\u{202e}", "web\u{1}").await.unwrap(),
+        Some(odd)
+    );
+    assert_eq!(s.current("prod", "fine").await.unwrap(), Some(fine));
+    assert_eq!(pg.psql("it", "SELECT count(*) FROM deployments"), "2\n");
+}

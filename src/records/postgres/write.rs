@@ -128,7 +128,7 @@ impl Writer {
 
 /// Refuse what the database cannot hold before it reaches the batch: a statement that fails
 /// aborts the whole transaction, so one hostile item would fail every other one.
-fn storable(d: &Deployment, key: Option<&str>) -> Result<(), PgError> {
+fn storable(d: &Deployment, key: Option<&str>, answer: Option<&Value>) -> Result<(), PgError> {
     let i = &d.image;
     let keys: [(&'static str, Option<&str>); 5] = [
         ("environment", Some(&d.deployment.workspace)),
@@ -174,6 +174,14 @@ fn storable(d: &Deployment, key: Option<&str>) -> Result<(), PgError> {
             });
         }
     }
+    if let Some(a) = answer
+        && a.to_string().contains("\\u0000")
+    {
+        return Err(PgError::Unstorable {
+            field: "answer",
+            reason: "it contains a NUL character",
+        });
+    }
     Ok(())
 }
 
@@ -189,9 +197,11 @@ fn retryable(e: &tokio_postgres::Error) -> bool {
         .is_some_and(|d| matches!(d.code().code(), "40P01" | "40001"))
 }
 
-/// Record `items` in one transaction: their statements pipelined on one connection, in
-/// (environment, app) order so two batches lock current rows in the same order. One result
-/// per item, in the order given.
+/// Record `items` in one transaction: their statements pipelined on one connection, in the
+/// order given (so within a batch, as across batches, the first to come takes a name, as in
+/// the file backend). Two replicas' batches that lock the same apps' current rows in opposite
+/// orders can deadlock: PostgreSQL aborts one, which is retried whole. One result per item,
+/// in the order given.
 pub(super) async fn write_batch(
     pool: &Pool,
     target: &str,
@@ -201,15 +211,15 @@ pub(super) async fn write_batch(
     let mut results: Vec<Option<Result<PgWritten, PgError>>> = items.iter().map(|_| None).collect();
     let mut order = Vec::new();
     for (i, item) in items.iter().enumerate() {
-        match storable(&item.deployment, item.idempotency_key.as_deref()) {
+        match storable(
+            &item.deployment,
+            item.idempotency_key.as_deref(),
+            item.answer.as_ref(),
+        ) {
             Ok(()) => order.push(i),
             Err(e) => results[i] = Some(Err(e)),
         }
     }
-    order.sort_by(|&a, &b| {
-        let (a, b) = (&items[a].deployment, &items[b].deployment);
-        (&a.deployment.workspace, &a.app).cmp(&(&b.deployment.workspace, &b.app))
-    });
     if !order.is_empty() {
         match run_batch(pool, target, user, items, &order).await {
             Ok(outcomes) => {
