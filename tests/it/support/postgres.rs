@@ -110,7 +110,7 @@ impl Postgres {
             String::from_utf8_lossy(&out.stderr)
         );
         let mut options = format!(
-            "-k {} -h 127.0.0.1 -c max_connections=50",
+            "-k {} -h 127.0.0.1 -c max_connections=50 -c shared_buffers=16MB",
             pg.dir.path().display()
         );
         if let Some((cert, key)) = tls {
@@ -190,7 +190,12 @@ impl Postgres {
         let path = Path::new(BIN).join(bin);
         let mut cmd = match self.as_user {
             Some(user) => {
-                let mut c = Command::new("runuser");
+                // runuser is in /usr/sbin, which a non-login PATH may lack.
+                let runuser = ["/usr/sbin/runuser", "/sbin/runuser"]
+                    .into_iter()
+                    .find(|p| Path::new(p).exists())
+                    .unwrap_or("runuser");
+                let mut c = Command::new(runuser);
                 c.args(["-u", user, "--"]).arg(path);
                 c
             }
