@@ -77,6 +77,9 @@ pub enum Command {
     Metrics(MetricsArgs),
     /// Run the tracking server: analytics callbacks, deployments API, queries, admission webhook.
     Serve(ServeArgs),
+    /// The PostgreSQL store of deployment records: migrate its schema, import and export YAML.
+    #[command(subcommand)]
+    Db(DbCommand),
 }
 
 /// Output format of reporting commands.
@@ -547,4 +550,35 @@ pub fn body_bytes(text: &str) -> Result<usize, String> {
 /// A number of connections, 1 to 1,000,000.
 pub fn connections(text: &str) -> Result<usize, String> {
     bounded(text, 1, 1_000_000, "a number of connections").map(|v| v as usize)
+}
+
+/// `imagetrail db ...`: the PostgreSQL store (see `src/db.rs`).
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Create or upgrade the schema (a no-op when it is current; refuses a newer one).
+    Migrate(DbArgs),
+    /// Load the YAML records of a state directory into the database (idempotent by event_id).
+    Import(DbTransferArgs),
+    /// Write the database out as YAML records into a new state directory.
+    Export(DbTransferArgs),
+}
+
+/// Which database.
+#[derive(Debug, Args, Clone)]
+pub struct DbArgs {
+    /// postgres://USER:PASSWORD@HOST:PORT/DATABASE (sslmode=disable|prefer|require|verify-full,
+    /// sslrootcert=FILE).
+    #[arg(long, env = "IMAGETRAIL_DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+}
+
+/// A database and a state directory.
+#[derive(Debug, Args, Clone)]
+pub struct DbTransferArgs {
+    /// Which database.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// The directory of YAML records to read (import) or to create (export).
+    #[arg(long, env = "IMAGETRAIL_STATE_DIR")]
+    pub state_dir: PathBuf,
 }

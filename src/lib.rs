@@ -26,6 +26,7 @@
 
 pub mod analytics;
 pub mod cli;
+pub mod db;
 pub mod delivery;
 pub mod engine;
 pub mod error;
@@ -42,7 +43,7 @@ pub mod terminal;
 pub mod track;
 pub mod tracking;
 
-use cli::{Cli, Command, ImagesCommand, RegistryCommand, ScanType};
+use cli::{Cli, Command, DbCommand, ImagesCommand, RegistryCommand, ScanType};
 use exit::ExitCode;
 
 /// Run one command to completion and say how the process should exit.
@@ -68,6 +69,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Images(ImagesCommand::Overview(args)) => track::overview::images(args).await,
             Command::Metrics(args) => delivery::run(args),
             Command::Serve(args) => server::serve(args).await,
+            Command::Db(DbCommand::Migrate(args)) => db::migrate(args).await,
+            Command::Db(DbCommand::Import(args)) => db::import(args).await,
+            Command::Db(DbCommand::Export(args)) => db::export(args).await,
         }
     })
 }

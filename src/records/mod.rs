@@ -14,6 +14,7 @@ mod fields;
 mod history;
 mod info;
 mod names;
+pub mod postgres;
 pub mod protect;
 mod range;
 mod yaml;

@@ -7,6 +7,7 @@ pub mod browser;
 pub mod docker;
 pub mod http;
 pub mod podman;
+pub mod postgres;
 pub mod proxy;
 pub mod registry;
 pub mod scan;

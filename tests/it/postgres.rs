@@ -1,0 +1,505 @@
+//! The PostgreSQL store (issue 10 groundwork) against a real throwaway PostgreSQL 15 cluster
+//! per test: `imagetrail db migrate|import|export` as a user runs them, and the store's rules
+//! (idempotency key, name rule, at/current/history) through two pools, as two replicas would.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use chrono::{DateTime, Duration, Utc};
+use imagetrail::records::postgres::{PgError, PgItem, PgStore, PgWritten};
+use imagetrail::records::{
+    Deployment, DeploymentRecord, ImageRecord, Platform, RecordsError, Store,
+};
+use uuid::Uuid;
+
+use crate::support::postgres::Postgres;
+use crate::support::{imagetrail, run, stderr, stdout};
+
+fn t(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+fn deployment(env: &str, app: &str, repo: &str, at: DateTime<Utc>) -> Deployment {
+    Deployment {
+        app: app.into(),
+        image: ImageRecord {
+            repo: repo.into(),
+            tag: Some("1.0".into()),
+            digest: format!("sha256:{:064x}", at.timestamp_nanos_opt().unwrap_or(0)),
+            index_digest: None,
+            platform: Platform::default(),
+            description: None,
+            built_at: None,
+            revision: None,
+            source: None,
+            title: None,
+        },
+        deployment: DeploymentRecord {
+            deployed_at: at,
+            deployed_by: "ci".into(),
+            workspace: env.into(),
+            name: None,
+            event_id: Uuid::now_v7(),
+        },
+    }
+}
+
+fn migrate(url: &str) -> std::process::Output {
+    run(imagetrail().args(["db", "migrate", "--database-url", url]))
+}
+
+/// A migrated database and a store on it.
+async fn store(pg: &Postgres, db: &str) -> (String, PgStore) {
+    let url = pg.create_database(db);
+    assert!(migrate(&url).status.success());
+    let store = PgStore::connect(&url).await.expect("connect");
+    (url, store)
+}
+
+#[test]
+fn db_migrate_twice_is_a_no_op() {
+    let pg = Postgres::start();
+    let url = pg.create_database("it");
+    let first = migrate(&url);
+    assert!(first.status.success());
+    assert!(
+        stdout(&first).contains("from schema version 0 to 1"),
+        "{}",
+        stdout(&first)
+    );
+    // Through the environment variable this time.
+    let second = run(imagetrail()
+        .args(["db", "migrate"])
+        .env("IMAGETRAIL_DATABASE_URL", &url));
+    assert!(second.status.success());
+    assert!(
+        stdout(&second).contains("is at version 1: nothing to do"),
+        "{}",
+        stdout(&second)
+    );
+    assert_eq!(
+        pg.psql("it", "SELECT count(*) FROM imagetrail_schema_version"),
+        "1\n"
+    );
+}
+
+#[test]
+fn db_refuses_a_newer_schema_with_one_line_and_changes_nothing() {
+    let pg = Postgres::start();
+    let url = pg.create_database("it");
+    assert!(migrate(&url).status.success());
+    pg.psql(
+        "it",
+        "INSERT INTO imagetrail_schema_version (version, description) VALUES (7, 'future')",
+    );
+    for args in [
+        vec!["db", "migrate", "--database-url", &url],
+        vec![
+            "db",
+            "export",
+            "--database-url",
+            &url,
+            "--state-dir",
+            "/nonexistent-x",
+        ],
+    ] {
+        let out = run(imagetrail().args(&args));
+        assert_eq!(out.status.code(), Some(1));
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains("schema is version 7, newer than the 1 this imagetrail knows"),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        pg.psql(
+            "it",
+            "SELECT string_agg(version::text, ',' ORDER BY version) FROM imagetrail_schema_version"
+        ),
+        "1,7\n"
+    );
+}
+
+#[test]
+fn wrong_password_and_unreachable_host_are_one_clear_line() {
+    let pg = Postgres::start();
+    pg.create_database("it");
+    let out = migrate(&pg.url_with_password("it", "not-the-pw"));
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "PostgreSQL at 127.0.0.1:{} refused user \"postgres\": password authentication \
+             failed for user \"postgres\"; check the user, password and sslmode",
+            pg.port()
+        )),
+        "{err}"
+    );
+    assert!(
+        !err.contains("not-the-pw"),
+        "the password is never shown: {err}"
+    );
+
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let out = migrate(&format!("postgres://postgres:pw@127.0.0.1:{port}/it"));
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("cannot reach PostgreSQL at 127.0.0.1:{port}:")),
+        "{err}"
+    );
+    assert!(err.contains("refused"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_idempotency_key_from_two_replicas_records_once() {
+    let pg = Postgres::start();
+    let (url, one) = store(&pg, "it").await;
+    let two = PgStore::connect(&url).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let s = if i % 2 == 0 { one.clone() } else { two.clone() };
+        let mut d = deployment("prod", "web", "reg.example/web", Utc::now());
+        d.deployment.deployed_by = format!("attempt {i}");
+        tasks.push(tokio::spawn(async move {
+            let item = PgItem {
+                idempotency_key: Some("key-1".into()),
+                answer: Some(serde_json::json!({"attempt": i})),
+                ..PgItem::new(d.clone())
+            };
+            (d, s.record(item).await)
+        }));
+    }
+    let mut recorded = Vec::new();
+    let mut duplicates = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            (d, Ok(PgWritten::Recorded)) => recorded.push(d),
+            (_, Ok(PgWritten::Duplicate { deployment, answer })) => {
+                duplicates.push((deployment, answer))
+            }
+            (_, other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(recorded.len(), 1, "recorded once");
+    assert_eq!(duplicates.len(), 19);
+    let first = &recorded[0];
+    let attempt: u64 = first.deployment.deployed_by[8..].parse().unwrap();
+    for (d, answer) in duplicates {
+        assert_eq!(*d, *first, "every retry is told about the first record");
+        assert_eq!(answer, Some(serde_json::json!({ "attempt": attempt })));
+    }
+    assert_eq!(pg.psql("it", "SELECT count(*) FROM deployments"), "1\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_name_raced_by_two_replicas_is_recorded_once_and_refused_once() {
+    let pg = Postgres::start();
+    let (url, one) = store(&pg, "it").await;
+    let two = PgStore::connect(&url).await.unwrap();
+    for round in 0..10 {
+        let env = format!("env-{round}");
+        let mut a = deployment(&env, "web-a", "reg.example/web", Utc::now());
+        a.deployment.name = Some("frontend".into());
+        let mut b = deployment(&env, "web-b", "reg.example/web", Utc::now());
+        b.deployment.name = Some("frontend".into());
+        let (ra, rb) = tokio::join!(one.record(PgItem::new(a)), two.record(PgItem::new(b)));
+        let (ok, refused) = match (ra, rb) {
+            (Ok(PgWritten::Recorded), Err(e)) => ("web-a", e),
+            (Err(e), Ok(PgWritten::Recorded)) => ("web-b", e),
+            other => panic!("round {round}: one must win: {other:?}"),
+        };
+        match &refused {
+            PgError::Rule(RecordsError::NameTaken {
+                other_app, name, ..
+            }) => {
+                assert_eq!(other_app, ok);
+                assert_eq!(name, "frontend");
+            }
+            e => panic!("not a name conflict: {e}"),
+        }
+        assert!(
+            refused
+                .to_string()
+                .contains("a name must be unique per repository per environment")
+        );
+        assert_eq!(one.apps(&env).await.unwrap(), vec![ok.to_string()]);
+    }
+    assert_eq!(pg.psql("it", "SELECT count(*) FROM deployments"), "10\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_current_and_history_answer_from_the_database() {
+    let pg = Postgres::start();
+    let (_url, s) = store(&pg, "it").await;
+    let times = [
+        t("2026-01-01T10:00:00.000000001Z"),
+        t("2026-01-01T10:00:00.000000002Z"),
+        t("2026-01-02T10:00:00Z"),
+        t("2026-01-03T10:00:00.5Z"),
+    ];
+    let ds: Vec<Deployment> = times
+        .iter()
+        .map(|&at| deployment("cluster/ns", "api", "reg.example/team/api", at))
+        .collect();
+    // Recorded out of order: the newest first; current still goes by deployed_at.
+    for d in ds.iter().rev() {
+        assert_eq!(
+            s.record(PgItem::new(d.clone())).await.unwrap(),
+            PgWritten::Recorded
+        );
+    }
+    s.record(PgItem::new(deployment("staging", "api", "r/x", times[0])))
+        .await
+        .unwrap();
+    assert_eq!(s.environments().await.unwrap(), ["cluster/ns", "staging"]);
+    assert_eq!(
+        s.current("cluster/ns", "api").await.unwrap().as_ref(),
+        Some(&ds[3])
+    );
+    assert_eq!(s.current("cluster/ns", "nope").await.unwrap(), None);
+    // at: nanosecond-exact boundaries, between entries, before everything.
+    let at = |when| s.at("cluster/ns", "api", when);
+    assert_eq!(at(times[0] - Duration::nanoseconds(1)).await.unwrap(), None);
+    assert_eq!(at(times[0]).await.unwrap().as_ref(), Some(&ds[0]));
+    assert_eq!(at(times[1]).await.unwrap().as_ref(), Some(&ds[1]));
+    assert_eq!(
+        at(t("2026-01-02T23:00:00Z")).await.unwrap().as_ref(),
+        Some(&ds[2])
+    );
+    assert_eq!(
+        at(t("2099-01-01T00:00:00Z")).await.unwrap().as_ref(),
+        Some(&ds[3])
+    );
+    // history: all oldest first, a range, the newest N.
+    let h = |since, until, n| s.history("cluster/ns", "api", since, until, n);
+    assert_eq!(h(None, None, None).await.unwrap(), ds);
+    assert_eq!(
+        h(Some(times[1]), Some(times[2]), None).await.unwrap(),
+        ds[1..3]
+    );
+    assert_eq!(h(None, None, Some(2)).await.unwrap(), ds[2..]);
+}
+
+/// Every file under `dir` (except lock files) and its bytes.
+fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().unwrap() != ".lock" {
+                let rel = p.strip_prefix(dir).unwrap().display().to_string();
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn import_then_export_gives_back_the_same_yaml_files() {
+    let pg = Postgres::start();
+    let url = pg.create_database("it");
+    assert!(migrate(&url).status.success());
+    let seed = tempfile::tempdir().unwrap();
+    let files_store = Store::new(seed.path());
+    // Hostile values, nanosecond times, two environments, names, every optional field.
+    let mut d1 = deployment(
+        "prod",
+        "web",
+        "reg.example/web",
+        t("2026-03-01T00:00:00.123456789Z"),
+    );
+    d1.image.description = Some("a: b # c\n\u{202e}evil\u{1}\u{fffe}".into());
+    d1.image.index_digest = Some(format!("sha256:{}", "b".repeat(64)));
+    d1.image.platform.variant = Some("v8".into());
+    d1.image.built_at = Some("2026-02-28T00:00:00Z".into());
+    d1.image.revision = Some("abc123".into());
+    d1.image.source = Some("https://git.example/web".into());
+    d1.image.title = Some("x".repeat(100_000));
+    d1.deployment.name = Some("frontend".into());
+    let mut d2 = deployment(
+        "prod",
+        "web-2",
+        "reg.example/web",
+        t("2026-03-02T00:00:00Z"),
+    );
+    d2.deployment.name = Some("frontend-2".into());
+    let d3 = deployment(
+        "cluster/ns",
+        "team/api",
+        "reg.example/api",
+        t("2026-03-03T00:00:00Z"),
+    );
+    let d4 = deployment("prod", "web", "reg.example/web", t("2026-03-04T00:00:00Z"));
+    for d in [&d1, &d2, &d3, &d4] {
+        files_store.record(d).unwrap();
+    }
+    let import = |dir: &Path| {
+        run(imagetrail()
+            .args(["db", "import", "--database-url", &url, "--state-dir"])
+            .arg(dir))
+    };
+    let first = import(seed.path());
+    assert!(first.status.success());
+    assert!(
+        stdout(&first).contains("imported 4 deployments")
+            && stdout(&first).contains("0 already there"),
+        "{}",
+        stdout(&first)
+    );
+    let again = import(seed.path());
+    assert!(again.status.success());
+    assert!(
+        stdout(&again).contains("imported 0 deployments")
+            && stdout(&again).contains("4 already there"),
+        "{}",
+        stdout(&again)
+    );
+    assert_eq!(pg.psql("it", "SELECT count(*) FROM deployments"), "4\n");
+
+    let out_dir = tempfile::tempdir().unwrap();
+    let target = out_dir.path().join("state");
+    let export = run(imagetrail()
+        .args(["db", "export", "--database-url", &url, "--state-dir"])
+        .arg(&target));
+    assert!(export.status.success());
+    assert!(
+        stdout(&export).contains("exported 4 deployments"),
+        "{}",
+        stdout(&export)
+    );
+    let (before, after) = (files(seed.path()), files(&target));
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>()
+    );
+    for (path, bytes) in &before {
+        assert!(after[path] == *bytes, "{path} differs after the round trip");
+    }
+    // The file backend reads it back.
+    let back = Store::new(&target);
+    assert_eq!(back.history("prod", "web").unwrap(), vec![d1, d4.clone()]);
+    assert_eq!(back.current("prod", "web").unwrap(), Some(d4));
+
+    // Exporting over existing records is refused.
+    let over = run(imagetrail()
+        .args(["db", "export", "--database-url", &url, "--state-dir"])
+        .arg(&target));
+    assert_eq!(over.status.code(), Some(1));
+    assert!(
+        stderr(&over).contains("already holds records"),
+        "{}",
+        stderr(&over)
+    );
+}
+
+#[test]
+fn tls_verify_full_trusts_only_the_named_ca_and_require_encrypts() {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let pg = Postgres::start_tls(&ck.cert.pem(), &ck.signing_key.serialize_pem());
+    pg.create_database("it");
+    let certs = tempfile::tempdir().unwrap();
+    let ca = certs.path().join("ca.pem");
+    std::fs::write(&ca, ck.cert.pem()).unwrap();
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let other_ca = certs.path().join("other.pem");
+    std::fs::write(&other_ca, other.cert.pem()).unwrap();
+    let base = format!(
+        "postgres://postgres:{}@localhost:{}/it",
+        crate::support::postgres::PASSWORD,
+        pg.port()
+    );
+
+    let verified = migrate(&format!(
+        "{base}?sslmode=verify-full&sslrootcert={}",
+        ca.display()
+    ));
+    assert!(verified.status.success(), "{}", stderr(&verified));
+
+    let wrong_ca = migrate(&format!(
+        "{base}?sslmode=verify-full&sslrootcert={}",
+        other_ca.display()
+    ));
+    assert_eq!(wrong_ca.status.code(), Some(1));
+    let err = stderr(&wrong_ca);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "TLS to PostgreSQL at localhost:{} failed",
+            pg.port()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("certificate"), "{err}");
+
+    // require: encrypted without verifying (libpq's meaning), accepted by a hostssl-only server.
+    let required = migrate(&format!("{base}?sslmode=require"));
+    assert!(required.status.success(), "{}", stderr(&required));
+    assert!(stdout(&required).contains("nothing to do"));
+
+    // disable: the server takes no plain TCP; its reason is in the one line.
+    let plain = migrate(&format!("{base}?sslmode=disable"));
+    assert_eq!(plain.status.code(), Some(1));
+    let err = stderr(&plain);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("no pg_hba.conf entry"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_fields_are_stored_exactly_or_refused_alone() {
+    let pg = Postgres::start();
+    let (_url, s) = store(&pg, "it").await;
+    let now = t("2026-05-01T00:00:00.999999999Z");
+    let mut odd = deployment("prod\u{202e}", "web\u{1}", "reg.example/web", now);
+    odd.image.description = Some("\u{fffe}\u{202e}a: b\n# c\u{7}".into());
+    odd.image.title = Some("t".repeat(100_000));
+    odd.deployment.deployed_by = "\u{1b}[31mred".into();
+    let mut nul = deployment("prod", "nul", "reg.example/web", now);
+    nul.image.description = Some("a\0b".into());
+    let long = deployment("prod", &"a".repeat(100_000), "reg.example/web", now);
+    let fine = deployment("prod", "fine", "reg.example/web", now);
+    let results = s
+        .record_many(&[
+            PgItem::new(odd.clone()),
+            PgItem::new(nul),
+            PgItem::new(long),
+            PgItem::new(fine.clone()),
+        ])
+        .await;
+    assert!(
+        matches!(results[0], Ok(PgWritten::Recorded)),
+        "{:?}",
+        results[0]
+    );
+    let e = results[1].as_ref().unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "image.description cannot be stored in PostgreSQL: it contains a NUL character"
+    );
+    let e = results[2].as_ref().unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "app cannot be stored in PostgreSQL: longer than 512 bytes"
+    );
+    assert!(
+        matches!(results[3], Ok(PgWritten::Recorded)),
+        "{:?}",
+        results[3]
+    );
+    assert_eq!(
+        s.current("prod\u{202e}", "web\u{1}").await.unwrap(),
+        Some(odd)
+    );
+    assert_eq!(s.current("prod", "fine").await.unwrap(), Some(fine));
+    assert_eq!(pg.psql("it", "SELECT count(*) FROM deployments"), "2\n");
+}
