@@ -11,9 +11,14 @@
 //!   `deploy-history.yml`); [`track::query`] answers `status`, `history`, `at`, `compare` and
 //!   `where` from them; [`track::overview`] shows a registry with the deployed digests marked
 //!   and prunes it safely.
+//!   [`delivery`] computes the delivery metrics (`imagetrail metrics`, also on the dashboard)
+//!   and [`db`] moves records between a state directory and PostgreSQL
+//!   ([`records::postgres`]).
 //! * **The server** (`imagetrail serve`): [`server`] takes the analytics callbacks, the
 //!   Atomist-compatible deployments API and Kubernetes admission reviews, and stores through
-//!   [`records`], never in a format of its own.
+//!   [`records`], never in a format of its own; it also serves the dashboard. [`tracking`] is
+//!   the one deployments-API body, which `deploy --endpoint` and the scanner's `deploy` scan
+//!   send (with retries) and the server parses.
 //!
 //! Layers, every arrow pointing down: the front-ends ([`scan`], [`track`], [`server`]) use the
 //! store ([`records`]) and the clients ([`registry`], [`engine`], [`analytics`], [`labels`]);

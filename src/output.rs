@@ -222,7 +222,8 @@ pub fn print_table<const N: usize>(head: [&str; N], rows: &[[String; N]]) {
 }
 
 /// A table printed in two passes over rows that are streamed, not held: [`StreamedTable::measure`]
-/// every row first, then [`StreamedTable::print`] each again. Same layout as [`print_table`].
+/// every row first, then print [`StreamedTable::line`] of each again. Same layout as
+/// [`print_table`].
 pub struct StreamedTable<const N: usize> {
     head: [&'static str; N],
     widths: [usize; N],
