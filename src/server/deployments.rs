@@ -38,6 +38,7 @@ use super::AppState;
 use super::auth::KeyLabel;
 use super::error::ApiError;
 use super::limits::{ContentType, json_body};
+use super::metrics::{Metrics, Writer as MetricsWriter};
 use super::reference::PinnedRef;
 use crate::tracking::DeploymentBody;
 
@@ -321,11 +322,11 @@ const MAX_BATCH: usize = 4096;
 
 impl Writer {
     /// Start the writer thread over `store`; it stops when the [`Writer`] is dropped.
-    pub fn start(store: Store, keys: File) -> std::io::Result<Writer> {
+    pub fn start(store: Store, keys: File, metrics: Arc<Metrics>) -> std::io::Result<Writer> {
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("deployments-writer".into())
-            .spawn(move || write_batches(&store, keys, &rx))?;
+            .spawn(move || write_batches(&store, keys, &rx, &metrics))?;
         Ok(Writer { tx })
     }
 
@@ -372,7 +373,7 @@ const INFO_EVERY: Duration = Duration::from_millis(50);
 
 /// The writer thread: group commit until every sender is gone. First it replaces any
 /// `deploy-info.yml` a crash left behind its history.
-fn write_batches(store: &Store, mut keys: File, rx: &mpsc::Receiver<Message>) {
+fn write_batches(store: &Store, mut keys: File, rx: &mpsc::Receiver<Message>, metrics: &Metrics) {
     match store.infos_behind() {
         Ok(behind) if !behind.is_empty() => {
             tracing::info!(
@@ -416,6 +417,13 @@ fn write_batches(store: &Store, mut keys: File, rx: &mpsc::Receiver<Message>) {
             .map(|j| (j.deployment.clone(), j.checks))
             .collect();
         let results = store.record_checked_many_with(&items, InfoFiles::AtMostEvery(INFO_EVERY));
+        metrics.batch(MetricsWriter::Deployments, results.len());
+        metrics.deployments_recorded(
+            results
+                .iter()
+                .filter(|r| matches!(r, Ok(Written::Recorded(_))))
+                .count() as u64,
+        );
         for (job, result) in batch.into_iter().zip(results) {
             // The client may have gone (timeout); the deployment is recorded all the same.
             let _ = job.done.send(result);

@@ -23,6 +23,7 @@ mod dashboard;
 mod deployments;
 mod error;
 mod limits;
+mod metrics;
 mod queries;
 mod reference;
 mod tls;
@@ -110,6 +111,7 @@ pub(crate) struct AppState {
     pub(crate) analytics: analytics::AnalyticsLog,
     pub(crate) deployments: deployments::Writer,
     pub(crate) idempotency: deployments::Idempotency,
+    pub(crate) metrics: Arc<metrics::Metrics>,
 }
 
 /// `imagetrail serve`: bind `--listen`, serve until SIGTERM or SIGINT, then finish the requests
@@ -199,7 +201,9 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let analytics = analytics::AnalyticsLog::open(&config.state_dir.join(ANALYTICS_DIR))?;
+    let metrics = Arc::new(metrics::Metrics::new());
+    let analytics =
+        analytics::AnalyticsLog::open(&config.state_dir.join(ANALYTICS_DIR), metrics.clone())?;
     let tls = match &config.tls {
         Some((cert, key)) => Some(tls::load(cert, key).await?),
         None => None,
@@ -210,7 +214,7 @@ pub async fn run(
     // histories before the writer (which appends to that file) starts.
     let (idempotency, keys_file) =
         deployments::Idempotency::load(&store, &config.state_dir.join(ANALYTICS_DIR))?;
-    let deployments = deployments::Writer::start(store.clone(), keys_file)
+    let deployments = deployments::Writer::start(store.clone(), keys_file, metrics.clone())
         .context("cannot start the deployments writer")?;
     let state = Arc::new(AppState {
         store,
@@ -218,6 +222,7 @@ pub async fn run(
         config,
         analytics,
         idempotency,
+        metrics,
     });
     let app = router(state.clone());
     let addr = listener.local_addr()?;
@@ -276,7 +281,6 @@ fn router(state: Arc<AppState>) -> Router {
     let key = axum::middleware::from_fn_with_state(state.clone(), auth::required);
     let callback_key = axum::middleware::from_fn_with_state(state.clone(), auth::for_callbacks);
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/api/v1/register",
             post(analytics::register)
@@ -311,6 +315,15 @@ fn router(state: Arc<AppState>) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             dashboard::read_guard,
+        ))
+        // The probes and the metrics need no key (the kubelet and Prometheus have none), so
+        // they are added after the read guard, which covers only the routes before it.
+        .route("/healthz", get(metrics::healthz))
+        .route("/readyz", get(metrics::readyz))
+        .route("/metrics", get(metrics::metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
         ))
         .layer(axum::middleware::from_fn(move |req, next| {
             limits::request_timeout(timeout, req, next)
