@@ -39,6 +39,7 @@ use super::auth::KeyLabel;
 use super::error::ApiError;
 use super::limits::{ContentType, json_body};
 use super::metrics::{Metrics, Writer as MetricsWriter};
+use super::records::{self, PgOutcome, Records};
 use super::reference::PinnedRef;
 use crate::tracking::DeploymentBody;
 
@@ -560,6 +561,22 @@ pub async fn create(
     let key = idempotency_key(&headers)?.map(|k| format!("{key_label} {k}"));
     let body: DeploymentBody = json_body(&headers, body, ContentType::Json)?;
     let deployment = deployment_of(body, key_label)?;
+    if let Records::Postgres(pg) = &state.records {
+        // The key and its first answer are rows: a retry, or the same key racing on another
+        // replica, gets the stored answer, and the deployment is recorded once.
+        let first = answer(&deployment);
+        let checks = Checks {
+            name_required_for_named_instances: true,
+            ..Checks::default()
+        };
+        let answer = match records::record(pg, deployment, checks, key, Some(first), &state.metrics)
+            .await?
+        {
+            PgOutcome::Deployment(d) => answer(&d),
+            PgOutcome::Replay(a) => a,
+        };
+        return Ok((StatusCode::CREATED, Json(answer)));
+    }
     let Some(key) = key else {
         let deployment = record(&state, deployment).await?;
         return Ok((StatusCode::CREATED, Json(answer(&deployment))));
@@ -632,6 +649,20 @@ async fn write(
     // Atomist's rule has two halves: the store refuses a name another app uses for the same
     // repository; `name_required_for_named_instances` refuses a request without a name for a
     // repository that runs as named instances there.
+    if let Records::Postgres(pg) = &state.records {
+        // deployed_at is the request's arrival: replicas have no common writer to stamp it.
+        let checks = Checks {
+            name_required_for_named_instances: true,
+            skip_if_current,
+            ..Checks::default()
+        };
+        return match records::record(pg, deployment.clone(), checks, key, None, &state.metrics)
+            .await?
+        {
+            PgOutcome::Deployment(d) => Ok(*d),
+            PgOutcome::Replay(_) => Ok(deployment),
+        };
+    }
     let checks = Checks {
         name_required_for_named_instances: true,
         skip_if_current,

@@ -17,11 +17,14 @@ use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use super::AppState;
 use super::error::ApiError;
+use super::records::Records;
+use crate::records::postgres::PgStore;
 
 /// How long `/readyz` waits for its store check before it answers 503: a probe must answer
 /// well within the kubelet's probe timeout (1 s by default) even when the disk hangs.
@@ -62,6 +65,13 @@ pub struct Metrics {
     deployments: Counter,
     callbacks: Family<KindLabels, Counter>,
     batches: Family<WriterLabels, Histogram>,
+    /// With PostgreSQL: the store, whose pool is read at each scrape.
+    database: Option<(PgStore, Family<PoolLabels, Gauge>)>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    state: &'static str,
 }
 
 /// The group-commit writers whose batch sizes are measured.
@@ -73,15 +83,9 @@ pub enum Writer {
     Callbacks,
 }
 
-impl Default for Metrics {
-    fn default() -> Metrics {
-        Metrics::new()
-    }
-}
-
 impl Metrics {
-    /// Every metric, registered and at zero.
-    pub fn new() -> Metrics {
+    /// Every metric, registered and at zero; with `database`, its pool's use too.
+    pub fn new(database: Option<PgStore>) -> Metrics {
         let mut registry = Registry::with_prefix("imagetrail");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -119,7 +123,17 @@ impl Metrics {
             "Requests committed together by one group commit, by writer",
             batches.clone(),
         );
+        let database = database.map(|pg| {
+            let pool = Family::<PoolLabels, Gauge>::default();
+            registry.register(
+                "db_pool_connections",
+                "PostgreSQL pool connections: open, idle (open and unused) and max",
+                pool.clone(),
+            );
+            (pg, pool)
+        });
         Metrics {
+            database,
             registry,
             requests,
             latency,
@@ -159,6 +173,13 @@ impl Metrics {
 
     /// The exposition text.
     fn render(&self) -> Result<String, std::fmt::Error> {
+        if let Some((pg, pool)) = &self.database {
+            let (open, idle, max) = pg.pool_use();
+            for (state, n) in [("open", open), ("idle", idle), ("max", max)] {
+                pool.get_or_create(&PoolLabels { state })
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)
@@ -228,16 +249,28 @@ pub(crate) async fn healthz() -> &'static str {
 /// `GET /readyz`: 200 when the store can be reached (within [`READY_TIMEOUT`]), else 503 with
 /// what failed.
 pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    let dir = state.config.state_dir.clone();
-    let check = tokio::task::spawn_blocking(move || state_dir_usable(&dir));
-    let failure = match tokio::time::timeout(READY_TIMEOUT, check).await {
-        Ok(Ok(Ok(()))) => return (StatusCode::OK, "ready\n").into_response(),
-        Ok(Ok(Err(why))) => why,
-        Ok(Err(e)) => format!("the readiness check failed: {e}"),
-        Err(_) => format!(
-            "the state directory did not answer within {} ms",
-            READY_TIMEOUT.as_millis()
-        ),
+    let failure = match &state.records {
+        Records::Postgres(pg) => match tokio::time::timeout(READY_TIMEOUT, pg.ping()).await {
+            Ok(Ok(())) => return (StatusCode::OK, "ready\n").into_response(),
+            Ok(Err(e)) => format!("the database does not answer: {e}"),
+            Err(_) => format!(
+                "the database did not answer SELECT 1 within {} ms",
+                READY_TIMEOUT.as_millis()
+            ),
+        },
+        Records::Files => {
+            let dir = state.config.state_dir.clone();
+            let check = tokio::task::spawn_blocking(move || state_dir_usable(&dir));
+            match tokio::time::timeout(READY_TIMEOUT, check).await {
+                Ok(Ok(Ok(()))) => return (StatusCode::OK, "ready\n").into_response(),
+                Ok(Ok(Err(why))) => why,
+                Ok(Err(e)) => format!("the readiness check failed: {e}"),
+                Err(_) => format!(
+                    "the state directory did not answer within {} ms",
+                    READY_TIMEOUT.as_millis()
+                ),
+            }
+        }
     };
     tracing::warn!("not ready: {failure}");
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", failure).into_response()

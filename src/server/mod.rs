@@ -25,6 +25,7 @@ mod error;
 mod limits;
 mod metrics;
 mod queries;
+mod records;
 mod reference;
 mod tls;
 
@@ -41,6 +42,7 @@ use axum::routing::{get, post};
 use crate::cli::{AdmissionMode, ServeArgs};
 use crate::exit::ExitCode;
 use crate::records::Store;
+use crate::records::postgres::PgStore;
 
 pub use analytics::ANALYTICS_DIR;
 pub use auth::ApiKeys;
@@ -83,6 +85,9 @@ pub struct Config {
     /// The most request body bytes all requests in flight may hold together; a request that
     /// would go over is answered 503 before its body is read.
     pub max_pending_body_bytes: usize,
+    /// The PostgreSQL store (`--database-url`), connected and migrated: deployments, queries
+    /// and admission records go there instead of the state directory's files. `None`: files.
+    pub database: Option<PgStore>,
 }
 
 impl Config {
@@ -100,6 +105,7 @@ impl Config {
             request_timeout: Duration::from_secs(10),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_pending_body_bytes: DEFAULT_MAX_PENDING_BODY_BYTES,
+            database: None,
         }
     }
 }
@@ -112,6 +118,7 @@ pub(crate) struct AppState {
     pub(crate) deployments: deployments::Writer,
     pub(crate) idempotency: deployments::Idempotency,
     pub(crate) metrics: Arc<metrics::Metrics>,
+    pub(crate) records: records::Records,
 }
 
 /// `imagetrail serve`: bind `--listen`, serve until SIGTERM or SIGINT, then finish the requests
@@ -138,11 +145,30 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         request_timeout: Duration::from_secs_f64(args.request_timeout),
         max_connections: args.max_connections,
         max_pending_body_bytes: args.max_pending_body_bytes,
+        database: None,
     };
     // Check what can fail before the address is bound and announced, so a misconfigured server
     // never says "listening".
     if let Some((cert, key)) = &config.tls {
         tls::load(cert, key).await?;
+    }
+    let mut config = config;
+    if let Some(url) = &args.database_url {
+        // Connected and migrated before the address is announced: a wrong password, an
+        // unreachable host or a newer schema is one line and exit 1 (main prints the error).
+        let (pg, migrated) = PgStore::migrate(url).await?;
+        if migrated.from != migrated.to {
+            tracing::info!(
+                from = migrated.from,
+                to = migrated.to,
+                "migrated the database schema"
+            );
+        }
+        tracing::info!(
+            database = pg.target(),
+            "deployments are stored in PostgreSQL"
+        );
+        config.database = Some(pg);
     }
     let analytics_dir = config.state_dir.join(ANALYTICS_DIR);
     std::fs::create_dir_all(&analytics_dir).with_context(|| {
@@ -201,7 +227,11 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let metrics = Arc::new(metrics::Metrics::new());
+    let metrics = Arc::new(metrics::Metrics::new(config.database.clone()));
+    let records = match &config.database {
+        Some(pg) => records::Records::Postgres(pg.clone()),
+        None => records::Records::Files,
+    };
     let analytics =
         analytics::AnalyticsLog::open(&config.state_dir.join(ANALYTICS_DIR), metrics.clone())?;
     let tls = match &config.tls {
@@ -223,6 +253,7 @@ pub async fn run(
         analytics,
         idempotency,
         metrics,
+        records,
     });
     let app = router(state.clone());
     let addr = listener.local_addr()?;

@@ -356,6 +356,22 @@ impl PgStore {
         |e| classify(e, &self.inner.target, &self.inner.user)
     }
 
+    /// `SELECT 1` through the pool: whether the database answers now (the readiness probe).
+    pub async fn ping(&self) -> Result<(), PgError> {
+        self.client()
+            .await?
+            .query_one("SELECT 1", &[])
+            .await
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// The pool's connections: (open, idle, the most it opens).
+    pub fn pool_use(&self) -> (usize, usize, usize) {
+        let s = self.inner.pool.status();
+        (s.size, s.available, s.max_size)
+    }
+
     /// Record one deployment through the group-commit writer; answered after its commit.
     pub async fn record(&self, item: PgItem) -> Result<PgWritten, PgError> {
         self.inner.writer.submit(item).await
