@@ -175,6 +175,30 @@ async fn two_replicas_on_one_database_take_writes_together_and_one_key_records_o
     );
     let ready = client().get(a.at("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
+    // The pool's use is in the metrics, next to the deployments this replica recorded.
+    let text = client()
+        .get(a.at("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l == "imagetrail_db_pool_connections{state=\"max\"} 16"),
+        "{text}"
+    );
+    let recorded: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("imagetrail_deployments_recorded_total "))
+        .expect("the deployments counter")
+        .parse()
+        .unwrap();
+    assert!(
+        recorded >= 20.0,
+        "replica a recorded its 20 and some keyed ones: {text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -231,7 +255,7 @@ async fn stopping_postgres_gives_503_with_retry_after_and_writes_resume_without_
 }
 
 #[test]
-fn a_wrong_password_or_an_unreachable_host_is_one_line_at_serve_start_and_exit_1() {
+fn a_wrong_password_an_unreachable_host_or_a_newer_schema_is_one_line_at_serve_start_and_exit_1() {
     let pg = Postgres::start();
     pg.create_database("it");
     let keys = keys_file();
@@ -261,6 +285,26 @@ fn a_wrong_password_or_an_unreachable_host_is_one_line_at_serve_start_and_exit_1
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
         err.contains(&format!("cannot reach PostgreSQL at 127.0.0.1:{port}:")),
+        "{err}"
+    );
+
+    // A schema migrated by a newer imagetrail: refused, nothing changed.
+    let url = pg.url("it");
+    assert!(
+        run(imagetrail().args(["db", "migrate", "--database-url", &url]))
+            .status
+            .success()
+    );
+    pg.psql(
+        "it",
+        "INSERT INTO imagetrail_schema_version (version, description) VALUES (7, 'future')",
+    );
+    let out = run(&mut serve(&url, keys.path(), state.path()));
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("schema is version 7, newer than the 1 this imagetrail knows"),
         "{err}"
     );
 }
