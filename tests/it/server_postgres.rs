@@ -308,3 +308,86 @@ fn a_wrong_password_an_unreachable_host_or_a_newer_schema_is_one_line_at_serve_s
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_of_one_replica_mid_stream_loses_no_acknowledged_deployment_and_the_other_answers()
+{
+    let pg = Postgres::start();
+    let url = pg.create_database("it");
+    let keys = keys_file();
+    let mut a = Replica::start(&url, keys.path());
+    let b = Replica::start(&url, keys.path());
+
+    // A stream to both replicas; a request to the killed one may fail, never a 2xx lost.
+    let mut tasks = Vec::new();
+    for n in 0..200u32 {
+        let target = if n % 2 == 0 {
+            a.url.clone()
+        } else {
+            b.url.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            let r = client()
+                .post(format!("{target}/api/v1/deployments"))
+                .bearer_auth(KEY)
+                .json(&body(n))
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status().is_success() => {
+                    let answer: Value = r.json().await.ok()?;
+                    answer["deployment"]["deployment"]["event_id"]
+                        .as_str()
+                        .map(str::to_string)
+                }
+                _ => None,
+            }
+        }));
+        if n == 60 {
+            a.child.kill().unwrap();
+        }
+    }
+    let mut acknowledged = Vec::new();
+    for t in tasks {
+        acknowledged.extend(t.await.unwrap());
+    }
+    let _ = a.child.wait();
+    assert!(acknowledged.len() >= 100, "replica b answered its half");
+    let stored = rows(&pg, "SELECT event_id FROM deployments");
+    for id in &acknowledged {
+        assert!(stored.contains(id.as_str()), "acknowledged {id} is stored");
+    }
+    let (status, _, answer) = post(&b.url, &body(1000), None).await;
+    assert_eq!(status, 201, "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admission_reviews_to_either_replica_record_in_the_database_once() {
+    let pg = Postgres::start();
+    let url = pg.create_database("it");
+    let keys = keys_file();
+    let a = Replica::start(&url, keys.path());
+    let b = Replica::start(&url, keys.path());
+    let review: Value =
+        serde_json::from_str(include_str!("fixtures/admission-pod-create.json")).unwrap();
+    for replica in [&a, &b] {
+        let r = client()
+            .post(replica.at("/api/v1/admission"))
+            .json(&review)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let answer: Value = r.json().await.unwrap();
+        assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    }
+    // Two pinned containers; the same Pod admitted again through the other replica records
+    // nothing new (the apps already run those digests).
+    assert_eq!(
+        rows(
+            &pg,
+            "SELECT environment || ' ' || app FROM deployments ORDER BY app"
+        ),
+        "default/payments payments/api\ndefault/payments payments/migrate"
+    );
+}
