@@ -11,6 +11,9 @@
 //! * `deployments`: `POST /api/v1/deployments` (the Atomist body), through [`crate::records::Store`].
 //! * `queries`: the `GET` endpoints over the records.
 //! * `admission`: the Kubernetes `AdmissionReview` v1 webhook for Pods.
+//! * `records`: which store the deployments API, queries and admission use: the files, or
+//!   PostgreSQL (`--database-url`), and the PostgreSQL side of those routes.
+//! * `metrics`: `/healthz`, `/readyz`, `/metrics` (no key needed) and the request metrics layer.
 //! * `auth` (Bearer API keys, checked from the headers before any body is read), `limits`
 //!   (body size, content type, the time to receive a request, the connection limit and the
 //!   in-flight body budget), `tls`,

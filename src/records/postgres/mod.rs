@@ -1,7 +1,7 @@
 //! Deployment records in PostgreSQL: the groundwork of a second backend beside the YAML files
-//! (issue 10), so several `imagetrail serve` replicas can share one store. Today the
-//! `imagetrail db` commands use it; the server and the query commands still read and write
-//! the files (a later change puts both behind one storage interface).
+//! (issue 10), so several `imagetrail serve` replicas can share one store. The `imagetrail db`
+//! commands and `imagetrail serve --database-url` (deployments API, queries, admission) use
+//! it; the CLI query commands still read the files.
 //!
 //! Operations map onto the model types of [`crate::records`] ([`Deployment`], with its
 //! [`ImageRecord`] and [`DeploymentRecord`]), and the file backend's rules hold:
