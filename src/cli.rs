@@ -483,6 +483,11 @@ pub struct ServeArgs {
     /// would go over is answered 503 (Retry-After) before its body is read.
     #[arg(long, env = "IMAGETRAIL_MAX_PENDING_BODY_BYTES", default_value_t = 32 * 1024 * 1024, value_parser = body_bytes)]
     pub max_pending_body_bytes: usize,
+    /// Store deployments in PostgreSQL instead of the state directory's files, so several
+    /// replicas can share them: postgres://USER:PASSWORD@HOST:PORT/DATABASE (sslmode=,
+    /// sslrootcert=). The schema is migrated at start. The callback log stays in --state-dir.
+    #[arg(long, env = "IMAGETRAIL_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
 }
 
 // Numeric flags. Each goes through one of these parsers, so a hostile value (`nan`, `inf`,

@@ -30,6 +30,7 @@ use tokio::sync::oneshot;
 use super::AppState;
 use super::error::ApiError;
 use super::limits::{ContentType, json_body};
+use super::metrics::{Metrics, Writer as MetricsWriter};
 
 /// The directory under the state directory that holds the callback log. It starts with a dot
 /// because the records' path encoding never produces one, so no environment can collide with it.
@@ -99,11 +100,12 @@ pub struct AnalyticsLog {
     seen: Mutex<Seen>,
     tx: mpsc::Sender<Job>,
     path: PathBuf,
+    metrics: Arc<Metrics>,
 }
 
 impl AnalyticsLog {
     /// Open (or create) the log in `dir`, rebuild the indexes from it and start the writer.
-    pub fn open(dir: &Path) -> anyhow::Result<AnalyticsLog> {
+    pub fn open(dir: &Path, metrics: Arc<Metrics>) -> anyhow::Result<AnalyticsLog> {
         std::fs::create_dir_all(dir).with_context(|| {
             format!(
                 "cannot create {}; check that the state directory is writable",
@@ -122,12 +124,16 @@ impl AnalyticsLog {
         let writer_path = path.clone();
         std::thread::Builder::new()
             .name("analytics-log".into())
-            .spawn(move || writer(file, &writer_path, rx))
+            .spawn({
+                let metrics = metrics.clone();
+                move || writer(file, &writer_path, rx, &metrics)
+            })
             .context("cannot start the callback log writer")?;
         Ok(AnalyticsLog {
             seen: Mutex::new(seen),
             tx,
             path,
+            metrics,
         })
     }
 
@@ -200,6 +206,7 @@ impl AnalyticsLog {
             }
             return Err(e);
         }
+        self.metrics.callback_recorded(kind);
         Ok(entry.answer)
     }
 }
@@ -257,7 +264,7 @@ fn index(seen: &mut Seen, entry: &Entry) {
 }
 
 /// The writer thread: group commit until closed.
-fn writer(mut file: File, path: &Path, rx: mpsc::Receiver<Job>) {
+fn writer(mut file: File, path: &Path, rx: mpsc::Receiver<Job>, metrics: &Metrics) {
     let mut len = file.metadata().map(|m| m.len()).unwrap_or(0);
     while let Ok(job) = rx.recv() {
         let mut batch = Vec::new();
@@ -274,6 +281,7 @@ fn writer(mut file: File, path: &Path, rx: mpsc::Receiver<Job>) {
             }
         }
         if !batch.is_empty() {
+            metrics.batch(MetricsWriter::Callbacks, batch.len());
             let mut buf = Vec::with_capacity(batch.iter().map(|(l, _)| l.len()).sum());
             for (line, _) in &batch {
                 buf.extend_from_slice(line);

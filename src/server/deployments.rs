@@ -38,6 +38,8 @@ use super::AppState;
 use super::auth::KeyLabel;
 use super::error::ApiError;
 use super::limits::{ContentType, json_body};
+use super::metrics::{Metrics, Writer as MetricsWriter};
+use super::records::{self, PgOutcome, Records};
 use super::reference::PinnedRef;
 use crate::tracking::DeploymentBody;
 
@@ -321,11 +323,11 @@ const MAX_BATCH: usize = 4096;
 
 impl Writer {
     /// Start the writer thread over `store`; it stops when the [`Writer`] is dropped.
-    pub fn start(store: Store, keys: File) -> std::io::Result<Writer> {
+    pub fn start(store: Store, keys: File, metrics: Arc<Metrics>) -> std::io::Result<Writer> {
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("deployments-writer".into())
-            .spawn(move || write_batches(&store, keys, &rx))?;
+            .spawn(move || write_batches(&store, keys, &rx, &metrics))?;
         Ok(Writer { tx })
     }
 
@@ -372,7 +374,7 @@ const INFO_EVERY: Duration = Duration::from_millis(50);
 
 /// The writer thread: group commit until every sender is gone. First it replaces any
 /// `deploy-info.yml` a crash left behind its history.
-fn write_batches(store: &Store, mut keys: File, rx: &mpsc::Receiver<Message>) {
+fn write_batches(store: &Store, mut keys: File, rx: &mpsc::Receiver<Message>, metrics: &Metrics) {
     match store.infos_behind() {
         Ok(behind) if !behind.is_empty() => {
             tracing::info!(
@@ -416,6 +418,13 @@ fn write_batches(store: &Store, mut keys: File, rx: &mpsc::Receiver<Message>) {
             .map(|j| (j.deployment.clone(), j.checks))
             .collect();
         let results = store.record_checked_many_with(&items, InfoFiles::AtMostEvery(INFO_EVERY));
+        metrics.batch(MetricsWriter::Deployments, results.len());
+        metrics.deployments_recorded(
+            results
+                .iter()
+                .filter(|r| matches!(r, Ok(Written::Recorded(_))))
+                .count() as u64,
+        );
         for (job, result) in batch.into_iter().zip(results) {
             // The client may have gone (timeout); the deployment is recorded all the same.
             let _ = job.done.send(result);
@@ -552,6 +561,22 @@ pub async fn create(
     let key = idempotency_key(&headers)?.map(|k| format!("{key_label} {k}"));
     let body: DeploymentBody = json_body(&headers, body, ContentType::Json)?;
     let deployment = deployment_of(body, key_label)?;
+    if let Records::Postgres(pg) = &state.records {
+        // The key and its first answer are rows: a retry, or the same key racing on another
+        // replica, gets the stored answer, and the deployment is recorded once.
+        let first = answer(&deployment);
+        let checks = Checks {
+            name_required_for_named_instances: true,
+            ..Checks::default()
+        };
+        let answer = match records::record(pg, deployment, checks, key, Some(first), &state.metrics)
+            .await?
+        {
+            PgOutcome::Deployment(d) => answer(&d),
+            PgOutcome::Replay(a) => a,
+        };
+        return Ok((StatusCode::CREATED, Json(answer)));
+    }
     let Some(key) = key else {
         let deployment = record(&state, deployment).await?;
         return Ok((StatusCode::CREATED, Json(answer(&deployment))));
@@ -624,6 +649,20 @@ async fn write(
     // Atomist's rule has two halves: the store refuses a name another app uses for the same
     // repository; `name_required_for_named_instances` refuses a request without a name for a
     // repository that runs as named instances there.
+    if let Records::Postgres(pg) = &state.records {
+        // deployed_at is the request's arrival: replicas have no common writer to stamp it.
+        let checks = Checks {
+            name_required_for_named_instances: true,
+            skip_if_current,
+            ..Checks::default()
+        };
+        return match records::record(pg, deployment.clone(), checks, key, None, &state.metrics)
+            .await?
+        {
+            PgOutcome::Deployment(d) => Ok(*d),
+            PgOutcome::Replay(_) => Ok(deployment),
+        };
+    }
     let checks = Checks {
         name_required_for_named_instances: true,
         skip_if_current,

@@ -56,6 +56,12 @@ impl IntoResponse for ApiError {
             Json(json!({"success": false, "error": self.code, "summary": self.summary})),
         )
             .into_response();
+        if self.code == "database-unavailable" {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(super::records::RETRY_AFTER_SECONDS),
+            );
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             // RFC 6750: say which scheme the server wants.
             response.headers_mut().insert(

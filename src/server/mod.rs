@@ -11,6 +11,9 @@
 //! * `deployments`: `POST /api/v1/deployments` (the Atomist body), through [`crate::records::Store`].
 //! * `queries`: the `GET` endpoints over the records.
 //! * `admission`: the Kubernetes `AdmissionReview` v1 webhook for Pods.
+//! * `records`: which store the deployments API, queries and admission use: the files, or
+//!   PostgreSQL (`--database-url`), and the PostgreSQL side of those routes.
+//! * `metrics`: `/healthz`, `/readyz`, `/metrics` (no key needed) and the request metrics layer.
 //! * `auth` (Bearer API keys, checked from the headers before any body is read), `limits`
 //!   (body size, content type, the time to receive a request, the connection limit and the
 //!   in-flight body budget), `tls`,
@@ -23,7 +26,9 @@ mod dashboard;
 mod deployments;
 mod error;
 mod limits;
+mod metrics;
 mod queries;
+mod records;
 mod reference;
 mod tls;
 
@@ -40,6 +45,7 @@ use axum::routing::{get, post};
 use crate::cli::{AdmissionMode, ServeArgs};
 use crate::exit::ExitCode;
 use crate::records::Store;
+use crate::records::postgres::PgStore;
 
 pub use analytics::ANALYTICS_DIR;
 pub use auth::ApiKeys;
@@ -82,6 +88,9 @@ pub struct Config {
     /// The most request body bytes all requests in flight may hold together; a request that
     /// would go over is answered 503 before its body is read.
     pub max_pending_body_bytes: usize,
+    /// The PostgreSQL store (`--database-url`), connected and migrated: deployments, queries
+    /// and admission records go there instead of the state directory's files. `None`: files.
+    pub database: Option<PgStore>,
 }
 
 impl Config {
@@ -99,6 +108,7 @@ impl Config {
             request_timeout: Duration::from_secs(10),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_pending_body_bytes: DEFAULT_MAX_PENDING_BODY_BYTES,
+            database: None,
         }
     }
 }
@@ -110,6 +120,8 @@ pub(crate) struct AppState {
     pub(crate) analytics: analytics::AnalyticsLog,
     pub(crate) deployments: deployments::Writer,
     pub(crate) idempotency: deployments::Idempotency,
+    pub(crate) metrics: Arc<metrics::Metrics>,
+    pub(crate) records: records::Records,
 }
 
 /// `imagetrail serve`: bind `--listen`, serve until SIGTERM or SIGINT, then finish the requests
@@ -136,11 +148,30 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         request_timeout: Duration::from_secs_f64(args.request_timeout),
         max_connections: args.max_connections,
         max_pending_body_bytes: args.max_pending_body_bytes,
+        database: None,
     };
     // Check what can fail before the address is bound and announced, so a misconfigured server
     // never says "listening".
     if let Some((cert, key)) = &config.tls {
         tls::load(cert, key).await?;
+    }
+    let mut config = config;
+    if let Some(url) = &args.database_url {
+        // Connected and migrated before the address is announced: a wrong password, an
+        // unreachable host or a newer schema is one line and exit 1 (main prints the error).
+        let (pg, migrated) = PgStore::migrate(url).await?;
+        if migrated.from != migrated.to {
+            tracing::info!(
+                from = migrated.from,
+                to = migrated.to,
+                "migrated the database schema"
+            );
+        }
+        tracing::info!(
+            database = pg.target(),
+            "deployments are stored in PostgreSQL"
+        );
+        config.database = Some(pg);
     }
     let analytics_dir = config.state_dir.join(ANALYTICS_DIR);
     std::fs::create_dir_all(&analytics_dir).with_context(|| {
@@ -199,7 +230,13 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let analytics = analytics::AnalyticsLog::open(&config.state_dir.join(ANALYTICS_DIR))?;
+    let metrics = Arc::new(metrics::Metrics::new(config.database.clone()));
+    let records = match &config.database {
+        Some(pg) => records::Records::Postgres(pg.clone()),
+        None => records::Records::Files,
+    };
+    let analytics =
+        analytics::AnalyticsLog::open(&config.state_dir.join(ANALYTICS_DIR), metrics.clone())?;
     let tls = match &config.tls {
         Some((cert, key)) => Some(tls::load(cert, key).await?),
         None => None,
@@ -210,7 +247,7 @@ pub async fn run(
     // histories before the writer (which appends to that file) starts.
     let (idempotency, keys_file) =
         deployments::Idempotency::load(&store, &config.state_dir.join(ANALYTICS_DIR))?;
-    let deployments = deployments::Writer::start(store.clone(), keys_file)
+    let deployments = deployments::Writer::start(store.clone(), keys_file, metrics.clone())
         .context("cannot start the deployments writer")?;
     let state = Arc::new(AppState {
         store,
@@ -218,6 +255,8 @@ pub async fn run(
         config,
         analytics,
         idempotency,
+        metrics,
+        records,
     });
     let app = router(state.clone());
     let addr = listener.local_addr()?;
@@ -276,7 +315,6 @@ fn router(state: Arc<AppState>) -> Router {
     let key = axum::middleware::from_fn_with_state(state.clone(), auth::required);
     let callback_key = axum::middleware::from_fn_with_state(state.clone(), auth::for_callbacks);
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/api/v1/register",
             post(analytics::register)
@@ -311,6 +349,15 @@ fn router(state: Arc<AppState>) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             dashboard::read_guard,
+        ))
+        // The probes and the metrics need no key (the kubelet and Prometheus have none), so
+        // they are added after the read guard, which covers only the routes before it.
+        .route("/healthz", get(metrics::healthz))
+        .route("/readyz", get(metrics::readyz))
+        .route("/metrics", get(metrics::metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
         ))
         .layer(axum::middleware::from_fn(move |req, next| {
             limits::request_timeout(timeout, req, next)

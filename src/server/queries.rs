@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
+use super::records::{self, Records};
 use crate::records::{Deployment, Store};
 
 /// Run a blocking records read off the async workers.
@@ -32,6 +33,14 @@ async fn blocking<T: Send + 'static>(
 
 /// `GET /api/v1/environments`.
 pub async fn environments(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    if let Records::Postgres(pg) = &state.records {
+        let envs: Vec<Value> = records::environments(pg)
+            .await?
+            .into_iter()
+            .map(|(env, apps)| json!({"name": env, "apps": apps}))
+            .collect();
+        return Ok(Json(json!({"environments": envs})));
+    }
     let envs = blocking(&state, |store| {
         let mut out = Vec::new();
         for env in store.environments()? {
@@ -51,16 +60,20 @@ pub async fn environment(
 ) -> Result<Json<Value>, ApiError> {
     let env = env.trim_matches('/').to_string();
     let name = env.clone();
-    let current = blocking(&state, move |store| {
-        let mut out = Vec::new();
-        for app in store.apps(&name)? {
-            if let Some(d) = store.current(&name, &app)? {
-                out.push(d);
+    let current = if let Records::Postgres(pg) = &state.records {
+        pg.currents(&env).await?
+    } else {
+        blocking(&state, move |store| {
+            let mut out = Vec::new();
+            for app in store.apps(&name)? {
+                if let Some(d) = store.current(&name, &app)? {
+                    out.push(d);
+                }
             }
-        }
-        Ok(out)
-    })
-    .await?;
+            Ok(out)
+        })
+        .await?
+    };
     if current.is_empty() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -109,6 +122,14 @@ pub async fn deployments(
     };
     let env_filter = q.environment.filter(|s| !s.is_empty());
     let app_filter = q.app.filter(|s| !s.is_empty());
+    if let Records::Postgres(pg) = &state.records {
+        let list = records::deployments(pg, env_filter, app_filter, at).await?;
+        let mut answer = json!({"deployments": list});
+        if let Some(t) = at {
+            answer["at"] = json!(t);
+        }
+        return Ok(Json(answer));
+    }
     let list = blocking(&state, move |store| {
         let envs = match env_filter {
             Some(e) => vec![e],

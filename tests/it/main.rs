@@ -17,6 +17,8 @@ mod server;
 mod server_admission;
 mod server_crash;
 mod server_pipeline;
+mod server_postgres;
+mod server_probes;
 mod server_scanner;
 mod support;
 mod tables;

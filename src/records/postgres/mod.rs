@@ -1,7 +1,7 @@
 //! Deployment records in PostgreSQL: the groundwork of a second backend beside the YAML files
-//! (issue 10), so several `imagetrail serve` replicas can share one store. Today the
-//! `imagetrail db` commands use it; the server and the query commands still read and write
-//! the files (a later change puts both behind one storage interface).
+//! (issue 10), so several `imagetrail serve` replicas can share one store. The `imagetrail db`
+//! commands and `imagetrail serve --database-url` (deployments API, queries, admission) use
+//! it; the CLI query commands still read the files.
 //!
 //! Operations map onto the model types of [`crate::records`] ([`Deployment`], with its
 //! [`ImageRecord`] and [`DeploymentRecord`]), and the file backend's rules hold:
@@ -354,6 +354,22 @@ impl PgStore {
 
     fn err(&self) -> impl Fn(tokio_postgres::Error) -> PgError + '_ {
         |e| classify(e, &self.inner.target, &self.inner.user)
+    }
+
+    /// `SELECT 1` through the pool: whether the database answers now (the readiness probe).
+    pub async fn ping(&self) -> Result<(), PgError> {
+        self.client()
+            .await?
+            .query_one("SELECT 1", &[])
+            .await
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// The pool's connections: (open, idle, the most it opens).
+    pub fn pool_use(&self) -> (usize, usize, usize) {
+        let s = self.inner.pool.status();
+        (s.size, s.available, s.max_size)
     }
 
     /// Record one deployment through the group-commit writer; answered after its commit.

@@ -21,6 +21,8 @@ pub struct Postgres {
     port: u16,
     /// Run the server binaries as this user (`Some("postgres")` when we are root).
     as_user: Option<&'static str>,
+    /// The server options it was started with (`pg_ctl -o`), for [`Postgres::start_again`].
+    options: String,
 }
 
 fn is_root() -> bool {
@@ -85,6 +87,7 @@ impl Postgres {
             port: 0,
             dir,
             as_user,
+            options: String::new(),
         };
         let data = pg.data_dir();
         let out = pg
@@ -164,6 +167,7 @@ impl Postgres {
                 .output()
                 .expect("run pg_ctl start");
             if out.status.success() {
+                pg.options = options;
                 return pg;
             }
             if attempt == 4 {
@@ -255,6 +259,46 @@ impl Postgres {
     pub fn create_database(&self, name: &str) -> String {
         self.psql("postgres", &format!("CREATE DATABASE \"{name}\""));
         self.url(name)
+    }
+}
+
+impl Postgres {
+    /// Stop the server (fast mode: connections are cut, as when the database goes away).
+    pub fn stop(&self) {
+        let out = self
+            .server_cmd("pg_ctl")
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-m", "fast", "-w", "stop"])
+            .stdout(Stdio::null())
+            .output()
+            .expect("run pg_ctl stop");
+        assert!(
+            out.status.success(),
+            "pg_ctl stop failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Start the stopped server again, on the same port.
+    pub fn start_again(&self) {
+        let out = self
+            .server_cmd("pg_ctl")
+            .arg("-D")
+            .arg(self.data_dir())
+            .arg("-l")
+            .arg(self.log_path())
+            .args(["-w", "-t", "60", "-o"])
+            .arg(format!("{} -p {}", self.options, self.port))
+            .arg("start")
+            .stdout(Stdio::null())
+            .output()
+            .expect("run pg_ctl start");
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 

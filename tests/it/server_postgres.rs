@@ -1,0 +1,393 @@
+//! `imagetrail serve --database-url`: real `imagetrail serve` processes (the built binary, each
+//! on its own port) on one throwaway PostgreSQL 15 cluster.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::server::{KEY, client, digest};
+use crate::support::postgres::Postgres;
+use crate::support::{imagetrail, run, stderr};
+
+/// One `imagetrail serve` process; killed on drop.
+struct Replica {
+    child: Child,
+    url: String,
+    _state: tempfile::TempDir,
+}
+
+impl Replica {
+    /// Start `imagetrail serve` on 127.0.0.1:0 with the test key and `database_url`; waits for
+    /// its "listening on" line.
+    fn start(database_url: &str, keys: &Path) -> Replica {
+        let state = tempfile::Builder::new()
+            .prefix("it-pgsrv-")
+            .tempdir()
+            .unwrap();
+        let mut child = serve(database_url, keys, state.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start imagetrail serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("serve did not start: {line:?}"))
+            .to_string();
+        Replica {
+            child,
+            url,
+            _state: state,
+        }
+    }
+
+    fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(database_url: &str, keys: &Path, state: &Path) -> Command {
+    let mut cmd = imagetrail();
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(state)
+        .arg("--api-keys-file")
+        .arg(keys)
+        .env("IMAGETRAIL_DATABASE_URL", database_url);
+    cmd
+}
+
+fn keys_file() -> tempfile::NamedTempFile {
+    let keys = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(keys.path(), format!("ci {KEY}\n")).unwrap();
+    keys
+}
+
+fn body(n: u32) -> Value {
+    json!({
+        "image": {"url": format!("r.example/team/app{}@{}", n % 4, digest(n))},
+        "environment": {"name": "prod"},
+    })
+}
+
+/// POST a deployment; (status, Retry-After, body).
+async fn post(url: &str, body: &Value, key: Option<&str>) -> (u16, Option<String>, Value) {
+    let mut req = client()
+        .post(format!("{url}/api/v1/deployments"))
+        .bearer_auth(KEY)
+        .json(body);
+    if let Some(k) = key {
+        req = req.header("Idempotency-Key", k);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, retry, r.json().await.unwrap())
+}
+
+fn rows(pg: &Postgres, sql: &str) -> String {
+    pg.psql("it", sql).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_on_one_database_take_writes_together_and_one_key_records_once() {
+    let pg = Postgres::start();
+    let url = pg.create_database("it");
+    let keys = keys_file();
+    let a = Replica::start(&url, keys.path());
+    let b = Replica::start(&url, keys.path());
+
+    let mut tasks = Vec::new();
+    for n in 0..40u32 {
+        let target = if n % 2 == 0 {
+            a.url.clone()
+        } else {
+            b.url.clone()
+        };
+        tasks.push(tokio::spawn(
+            async move { post(&target, &body(n), None).await },
+        ));
+    }
+    // The same key sent to both replicas at once, ten times.
+    let mut pairs = Vec::new();
+    for n in 100..110u32 {
+        let key = format!("retry-{n}");
+        let (ua, ub) = (a.url.clone(), b.url.clone());
+        let (ka, kb) = (key.clone(), key);
+        pairs.push((
+            tokio::spawn(async move { post(&ua, &body(n), Some(&ka)).await }),
+            tokio::spawn(async move { post(&ub, &body(n), Some(&kb)).await }),
+        ));
+    }
+    for t in tasks {
+        let (status, _, answer) = t.await.unwrap();
+        assert_eq!(status, 201, "{answer}");
+    }
+    for (x, y) in pairs {
+        let (sx, _, ax) = x.await.unwrap();
+        let (sy, _, ay) = y.await.unwrap();
+        assert_eq!((sx, sy), (201, 201), "{ax} {ay}");
+        assert_eq!(ax, ay, "both replicas give the first answer");
+    }
+    assert_eq!(rows(&pg, "SELECT count(*) FROM deployments"), "50");
+    assert_eq!(
+        rows(&pg, "SELECT count(DISTINCT digest) FROM deployments"),
+        "50"
+    );
+
+    // Either replica reads what both wrote.
+    let list: Value = client()
+        .get(b.at("/api/v1/deployments?environment=prod"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["deployments"].as_array().unwrap().len(), 50, "{list}");
+    let envs: Value = client()
+        .get(a.at("/api/v1/environments"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        envs,
+        json!({"environments": [{"name": "prod", "apps": ["team/app0", "team/app1", "team/app2", "team/app3"]}]})
+    );
+    let ready = client().get(a.at("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    // The pool's use is in the metrics, next to the deployments this replica recorded.
+    let text = client()
+        .get(a.at("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l == "imagetrail_db_pool_connections{state=\"max\"} 16"),
+        "{text}"
+    );
+    let recorded: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("imagetrail_deployments_recorded_total "))
+        .expect("the deployments counter")
+        .parse()
+        .unwrap();
+    assert!(
+        recorded >= 20.0,
+        "replica a recorded its 20 and some keyed ones: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stopping_postgres_gives_503_with_retry_after_and_writes_resume_without_a_restart() {
+    let pg = Postgres::start();
+    let url = pg.create_database("it");
+    let keys = keys_file();
+    let replica = Replica::start(&url, keys.path());
+
+    let mut acknowledged = Vec::new();
+    for n in 0..5u32 {
+        let (status, _, answer) = post(&replica.url, &body(n), None).await;
+        assert_eq!(status, 201, "{answer}");
+        acknowledged.push(answer["deployment"]["deployment"]["event_id"].clone());
+    }
+
+    pg.stop();
+    let (status, retry, answer) = post(&replica.url, &body(10), None).await;
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(retry.as_deref(), Some("2"));
+    assert_eq!(answer["error"], "database-unavailable");
+    let ready = client().get(replica.at("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+
+    pg.start_again();
+    // The pool reconnects by itself: the next requests succeed (a few tries while the pool
+    // drops the connections the stop broke).
+    let mut resumed = None;
+    for n in 20..40u32 {
+        let (status, retry, answer) = post(&replica.url, &body(n), None).await;
+        if status == 201 {
+            resumed = Some(answer);
+            break;
+        }
+        assert_eq!(status, 503, "only 503 while reconnecting: {answer}");
+        assert!(retry.is_some());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let resumed = resumed.expect("writes succeed again once PostgreSQL is back");
+    acknowledged.push(resumed["deployment"]["deployment"]["event_id"].clone());
+    for id in &acknowledged {
+        let id = id.as_str().unwrap();
+        assert_eq!(
+            rows(
+                &pg,
+                &format!("SELECT count(*) FROM deployments WHERE event_id = '{id}'")
+            ),
+            "1",
+            "acknowledged {id} is stored"
+        );
+    }
+    let ready = client().get(replica.at("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+}
+
+#[test]
+fn a_wrong_password_an_unreachable_host_or_a_newer_schema_is_one_line_at_serve_start_and_exit_1() {
+    let pg = Postgres::start();
+    pg.create_database("it");
+    let keys = keys_file();
+    let state = tempfile::tempdir().unwrap();
+    let out = run(&mut serve(
+        &pg.url_with_password("it", "not-the-pw"),
+        keys.path(),
+        state.path(),
+    ));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty(), "never says listening");
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("refused user \"postgres\""), "{err}");
+    assert!(!err.contains("not-the-pw"), "{err}");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let out = run(&mut serve(
+        &format!("postgres://postgres:pw@127.0.0.1:{port}/it"),
+        keys.path(),
+        state.path(),
+    ));
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("cannot reach PostgreSQL at 127.0.0.1:{port}:")),
+        "{err}"
+    );
+
+    // A schema migrated by a newer imagetrail: refused, nothing changed.
+    let url = pg.url("it");
+    assert!(
+        run(imagetrail().args(["db", "migrate", "--database-url", &url]))
+            .status
+            .success()
+    );
+    pg.psql(
+        "it",
+        "INSERT INTO imagetrail_schema_version (version, description) VALUES (7, 'future')",
+    );
+    let out = run(&mut serve(&url, keys.path(), state.path()));
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("schema is version 7, newer than the 1 this imagetrail knows"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_of_one_replica_mid_stream_loses_no_acknowledged_deployment_and_the_other_answers()
+{
+    let pg = Postgres::start();
+    let url = pg.create_database("it");
+    let keys = keys_file();
+    let mut a = Replica::start(&url, keys.path());
+    let b = Replica::start(&url, keys.path());
+
+    // A stream to both replicas; a request to the killed one may fail, never a 2xx lost.
+    let mut tasks = Vec::new();
+    for n in 0..200u32 {
+        let target = if n % 2 == 0 {
+            a.url.clone()
+        } else {
+            b.url.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            let r = client()
+                .post(format!("{target}/api/v1/deployments"))
+                .bearer_auth(KEY)
+                .json(&body(n))
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status().is_success() => {
+                    let answer: Value = r.json().await.ok()?;
+                    answer["deployment"]["deployment"]["event_id"]
+                        .as_str()
+                        .map(str::to_string)
+                }
+                _ => None,
+            }
+        }));
+        if n == 60 {
+            a.child.kill().unwrap();
+        }
+    }
+    let mut acknowledged = Vec::new();
+    for t in tasks {
+        acknowledged.extend(t.await.unwrap());
+    }
+    let _ = a.child.wait();
+    assert!(acknowledged.len() >= 100, "replica b answered its half");
+    let stored = rows(&pg, "SELECT event_id FROM deployments");
+    for id in &acknowledged {
+        assert!(stored.contains(id.as_str()), "acknowledged {id} is stored");
+    }
+    let (status, _, answer) = post(&b.url, &body(1000), None).await;
+    assert_eq!(status, 201, "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admission_reviews_to_either_replica_record_in_the_database_once() {
+    let pg = Postgres::start();
+    let url = pg.create_database("it");
+    let keys = keys_file();
+    let a = Replica::start(&url, keys.path());
+    let b = Replica::start(&url, keys.path());
+    let review: Value =
+        serde_json::from_str(include_str!("fixtures/admission-pod-create.json")).unwrap();
+    for replica in [&a, &b] {
+        let r = client()
+            .post(replica.at("/api/v1/admission"))
+            .json(&review)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let answer: Value = r.json().await.unwrap();
+        assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    }
+    // Two pinned containers; the same Pod admitted again through the other replica records
+    // nothing new (the apps already run those digests).
+    assert_eq!(
+        rows(
+            &pg,
+            "SELECT environment || ' ' || app FROM deployments ORDER BY app"
+        ),
+        "default/payments payments/api\ndefault/payments payments/migrate"
+    );
+}
