@@ -30,6 +30,9 @@ const TOP: f64 = 16.0;
 /// axis, and the page would be megabytes); rollbacks are always drawn one by one.
 pub const MAX_POINTS: usize = 1000;
 
+/// One drawn column of a dense timeline: how many deployments, the first and the last.
+type Column = (usize, DateTime<Utc>, DateTime<Utc>);
+
 /// A timeline: one lane per environment, one mark per deployment between `from` and `to`, or
 /// with more than [`MAX_POINTS`] points, one mark per lane and pixel column ("N deployments
 /// from … to …") besides every rollback. Returns the chart and how many marks it draws.
@@ -82,10 +85,8 @@ pub fn timeline(
     let mut marks = 0;
     if points.len() > MAX_POINTS {
         // (lane, pixel column) -> count, first and last time.
-        let mut columns: std::collections::BTreeMap<
-            (usize, i64),
-            (usize, DateTime<Utc>, DateTime<Utc>),
-        > = std::collections::BTreeMap::new();
+        let mut columns: std::collections::BTreeMap<(usize, i64), Column> =
+            std::collections::BTreeMap::new();
         for p in points.iter().filter(|p| !p.rollback) {
             let c = columns
                 .entry((p.lane, x(p.at).floor() as i64))
