@@ -99,7 +99,8 @@ page "timeline /apps?app=app07&days=90" "/apps?app=app07&days=90"
 page "GET /api/v1/metrics/delivery?since=30d" "/api/v1/metrics/delivery?since=30d"
 page "delivery page /delivery?since=30d" "/delivery?since=30d"
 curl -fs -o "$W/timeline.html" "http://127.0.0.1:$PORT/apps?app=app07&days=90"
-echo "timeline points: $(grep -o 'class="point' "$W/timeline.html" | wc -l)"
+echo "timeline marks drawn: $(grep -o 'class="point' "$W/timeline.html" | wc -l)" \
+  "($(grep -o '[0-9,]* deployments in the last' "$W/timeline.html" | head -n1))"
 
 echo
 echo "== imagetrail history on one $ENTRIES-entry history"

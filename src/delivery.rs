@@ -299,17 +299,13 @@ pub fn collect_one(
     app: &str,
     window: Window,
 ) -> Result<AppHistory, RecordsError> {
-    let inside = store
-        .read_history_window(
-            env,
-            app,
-            HistoryRange {
-                since: Some(window.since),
-                until: Some(window.until),
-                last: None,
-            },
-        )?
-        .entries;
+    // One open and one tail check for the three reads below.
+    let history = store.open_history(env, app)?;
+    let inside = history.read(HistoryRange {
+        since: Some(window.since),
+        until: Some(window.until),
+        last: None,
+    })?;
     if inside.is_empty() {
         return Ok(AppHistory {
             env: env.into(),
@@ -329,32 +325,19 @@ pub fn collect_one(
         .unwrap_or(window.since)
         .min(window.since);
     let before_window = window.since - Duration::nanoseconds(1);
-    let mut entries = store
-        .read_history_window(
-            env,
-            app,
-            HistoryRange {
-                since: Some(oldest_build),
-                until: Some(before_window),
-                last: None,
-            },
-        )?
-        .entries;
+    let mut entries = history.read(HistoryRange {
+        since: Some(oldest_build),
+        until: Some(before_window),
+        last: None,
+    })?;
     // The deployment just before those (what a first rollback in the window replaced).
-    let just_before = store.read_history_window(
-        env,
-        app,
-        HistoryRange {
-            since: None,
-            until: Some(oldest_build - Duration::nanoseconds(1)),
-            last: Some(1),
-        },
-    )?;
-    let lookback_start = just_before
-        .entries
-        .first()
-        .map(|d| d.deployment.deployed_at);
-    entries.splice(0..0, just_before.entries);
+    let just_before = history.read(HistoryRange {
+        since: None,
+        until: Some(oldest_build - Duration::nanoseconds(1)),
+        last: Some(1),
+    })?;
+    let lookback_start = just_before.first().map(|d| d.deployment.deployed_at);
+    entries.splice(0..0, just_before);
     // Digests without built_at may have run at any time: search their history from the end.
     let mut earlier_digests = HashSet::new();
     if let Some(start) = lookback_start {
@@ -363,7 +346,7 @@ pub fn collect_one(
             if !asked.insert(d.image.digest.clone()) {
                 continue;
             }
-            if let Some(e) = store.last_with_digest_before(env, app, &d.image.digest, start)? {
+            if let Some(e) = history.last_with_digest_before(&d.image.digest, start)? {
                 earlier_digests.insert(e.image.digest);
             }
         }

@@ -105,10 +105,13 @@ impl<'a> HistoryFile<'a> {
         if pos == 0 && self.read(0, 2)? == b"- " {
             return Ok(Some(0));
         }
-        // Look for "\n- " whose "- " starts at or after pos.
+        // Look for "\n- " whose "- " starts at or after pos. The first read is small (an
+        // entry is a few hundred bytes, and a bisection asks this ~50 times per history);
+        // later reads grow to CHUNK.
         let mut off = pos.saturating_sub(1);
+        let mut size = 1024;
         while off < self.len {
-            let buf = self.read(off, CHUNK + 2)?;
+            let buf = self.read(off, size + 2)?;
             let mut i = 0;
             while i + 2 < buf.len() {
                 if buf[i] == b'\n' && buf[i + 1] == b'-' && buf[i + 2] == b' ' {
@@ -119,10 +122,11 @@ impl<'a> HistoryFile<'a> {
                 }
                 i += 1;
             }
-            if buf.len() < CHUNK + 2 {
+            if buf.len() < size + 2 {
                 break;
             }
-            off += CHUNK as u64;
+            off += size as u64;
+            size = (size * 4).min(CHUNK);
         }
         Ok(None)
     }
@@ -343,11 +347,23 @@ impl<'a> HistoryFile<'a> {
     /// The start of the last entry before `end` whose bytes contain `needle` (e.g. a digest),
     /// found by a reverse substring search rather than by parsing every entry.
     pub fn last_containing(&self, needle: &[u8], end: u64) -> Result<Option<u64>, RecordsError> {
-        let bytes = self.read(0, end as usize)?;
-        let Some(pos) = memchr::memmem::rfind(&bytes, needle) else {
-            return Ok(None);
-        };
-        self.prev_start(pos as u64 + 1)
+        // Backwards one block at a time (not the whole file at once: a 40 MB history would be
+        // read and held for each digest asked about); blocks overlap by the needle's length.
+        const BLOCK: u64 = 1 << 20;
+        let end = end.min(self.len);
+        let finder = memchr::memmem::FinderRev::new(needle);
+        let overlap = (needle.len() as u64).saturating_sub(1);
+        let mut hi = end;
+        while hi > 0 {
+            let lo = hi.saturating_sub(BLOCK);
+            let top = hi.saturating_add(overlap).min(end);
+            let bytes = self.read(lo, (top - lo) as usize)?;
+            if let Some(pos) = finder.rfind(&bytes) {
+                return self.prev_start(lo + pos as u64 + 1);
+            }
+            hi = lo;
+        }
+        Ok(None)
     }
 }
 

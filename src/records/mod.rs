@@ -124,7 +124,7 @@ pub use batch::{Checks, Stamp, Written};
 pub use fields::{MAX_LABEL, MAX_NAME, MAX_TOKEN};
 pub use history::TornTail;
 pub use info::InfoFiles;
-pub use range::{HistoryCursor, HistoryRange, MergeReport, for_each_merged};
+pub use range::{HistoryCursor, HistoryRange, MergeReport, OpenHistory, for_each_merged};
 
 /// A history as read: the whole entries, and the torn last entry if an append was cut off.
 #[derive(Debug, Clone)]

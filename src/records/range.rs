@@ -112,7 +112,95 @@ impl Iterator for HistoryCursor {
     }
 }
 
+/// One history opened once, its tail checked once, for several bounded reads (the delivery
+/// metrics read a window, its look-back and the entry before that: one open, one tail check).
+#[derive(Debug)]
+pub struct OpenHistory {
+    app: String,
+    path: PathBuf,
+    file: Option<File>,
+    whole_end: u64,
+    torn: Option<TornTail>,
+}
+
+impl OpenHistory {
+    /// The torn last entry, if an append was cut off (never returned as an entry).
+    pub fn torn(&self) -> Option<&TornTail> {
+        self.torn.as_ref()
+    }
+
+    /// The entries within `range`, oldest first, held in memory (meant for small ranges).
+    pub fn read(&self, range: HistoryRange) -> Result<Vec<Deployment>, RecordsError> {
+        let Some(file) = &self.file else {
+            return Ok(Vec::new());
+        };
+        let h = HistoryFile::new(file, &self.path)?;
+        let (from, end) = bounds(&h, self.whole_end, range)?;
+        Ok(h.range(from, end)?
+            .into_iter()
+            .map(|e| to_deployment(&self.app, e))
+            .collect())
+    }
+
+    /// The most recent entry deployed before `before` whose digest (or index digest) is
+    /// `digest` (see [`Store::last_with_digest_before`]).
+    pub fn last_with_digest_before(
+        &self,
+        digest: &str,
+        before: DateTime<Utc>,
+    ) -> Result<Option<Deployment>, RecordsError> {
+        let Some(file) = &self.file else {
+            return Ok(None);
+        };
+        let h = HistoryFile::new(file, &self.path)?;
+        let (_, mut end) = bounds(
+            &h,
+            self.whole_end,
+            HistoryRange {
+                until: Some(before - chrono::Duration::nanoseconds(1)),
+                ..Default::default()
+            },
+        )?;
+        let needle = super::yaml::quote(digest);
+        while let Some(start) = h.last_containing(needle.as_bytes(), end)? {
+            let e = h.parse_entry(start)?;
+            if e.image.digest == digest || e.image.index_digest.as_deref() == Some(digest) {
+                return Ok(Some(to_deployment(&self.app, e)));
+            }
+            end = start;
+        }
+        Ok(None)
+    }
+}
+
 impl Store {
+    /// Open the history of `app` in `env` for several bounded reads; a missing history reads
+    /// as empty.
+    pub fn open_history(&self, env: &str, app: &str) -> Result<OpenHistory, RecordsError> {
+        let path = self.history_path(env, app)?;
+        let Some(file) = open_existing(&path)? else {
+            return Ok(OpenHistory {
+                app: app.to_string(),
+                path,
+                file: None,
+                whole_end: 0,
+                torn: None,
+            });
+        };
+        let (whole_end, torn) = {
+            let h = HistoryFile::new(&file, &path)?;
+            let torn = h.check_tail()?;
+            (torn.as_ref().map_or(h.len(), |t| t.offset), torn)
+        };
+        Ok(OpenHistory {
+            app: app.to_string(),
+            path,
+            file: Some(file),
+            whole_end,
+            torn,
+        })
+    }
+
     /// The entries of `app` in `env` within `range`, streamed oldest first. Only the bounds
     /// are searched for up front (bisection and a backwards walk of `last` entries); the
     /// entries themselves are parsed as the cursor advances.
@@ -304,29 +392,8 @@ impl Store {
         digest: &str,
         before: DateTime<Utc>,
     ) -> Result<Option<Deployment>, RecordsError> {
-        let path = self.history_path(env, app)?;
-        let Some(file) = open_existing(&path)? else {
-            return Ok(None);
-        };
-        let h = HistoryFile::new(&file, &path)?;
-        let whole_end = h.check_tail()?.map_or(h.len(), |t| t.offset);
-        let (_, mut end) = bounds(
-            &h,
-            whole_end,
-            HistoryRange {
-                until: Some(before - chrono::Duration::nanoseconds(1)),
-                ..Default::default()
-            },
-        )?;
-        let needle = super::yaml::quote(digest);
-        while let Some(start) = h.last_containing(needle.as_bytes(), end)? {
-            let e = h.parse_entry(start)?;
-            if e.image.digest == digest || e.image.index_digest.as_deref() == Some(digest) {
-                return Ok(Some(to_deployment(app, e)));
-            }
-            end = start;
-        }
-        Ok(None)
+        self.open_history(env, app)?
+            .last_with_digest_before(digest, before)
     }
 }
 

@@ -538,6 +538,24 @@ fn the_fast_entry_reader_agrees_with_the_yaml_parser_on_every_prefix() {
     assert!(yaml::fast_history_entry(&text.replace("    tag: \"", "    tag:  \"")).is_none());
     assert!(yaml::fast_history_entry(&format!("{text}    # note\n")).is_none());
     assert!(yaml::fast_history_entry(&text.replace("    repo:", "    repo2:")).is_none());
+    // A repeated key, a quote inside an unescaped value: left to the YAML parser too.
+    assert!(
+        yaml::fast_history_entry(&text.replace("    tag: ", "    tag: \"x\"\n    tag: ")).is_none()
+    );
+    assert!(
+        yaml::fast_history_entry(&text.replace("    revision: \"", "    revision: \"a\"b"))
+            .is_none()
+    );
+    // Values without escapes (the common case) read back the same as with them.
+    d.image.description = Some("plain value".into());
+    let plain = yaml::history_entry(&d);
+    let fast = yaml::fast_history_entry(&plain).expect("canonical entry");
+    let slow = yaml::parse::<Vec<yaml::HistoryEntry>>(&plain).unwrap();
+    assert_eq!(
+        (&fast.image, &fast.deployment),
+        (&slow[0].image, &slow[0].deployment)
+    );
+    assert_eq!(fast.image, d.image);
 }
 
 #[test]

@@ -7,7 +7,6 @@
 //! every character outside YAML's printable set (controls, U+FFFE, U+FFFF) is escaped, so any
 //! YAML parser reads back exactly the value written (see [`quote`]).
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -197,20 +196,54 @@ pub fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, (usize, St
 /// Anything else (comments, other quoting, unknown or repeated keys, a cut line) gives `None`,
 /// and the caller parses the entry with `serde-saphyr`, which then also reports the problem.
 pub fn fast_history_entry(text: &str) -> Option<HistoryEntry> {
+    // Fixed slots rather than maps: this runs once per entry of every range read (the
+    // delivery metrics read hundreds of thousands), so it allocates only the values kept.
+    const IMAGE: [&str; 9] = [
+        "repo",
+        "tag",
+        "digest",
+        "index_digest",
+        "description",
+        "built_at",
+        "revision",
+        "source",
+        "title",
+    ];
+    const PLATFORM: [&str; 3] = ["os", "architecture", "variant"];
+    const DEPLOYMENT: [&str; 5] = [
+        "deployed_at",
+        "deployed_by",
+        "workspace",
+        "name",
+        "event_id",
+    ];
     #[derive(PartialEq)]
     enum Section {
         Image,
         Platform,
         Deployment,
     }
+    fn put<const N: usize>(
+        keys: &[&str; N],
+        slots: &mut [Option<String>; N],
+        key: &str,
+        value: &str,
+    ) -> Option<()> {
+        let i = keys.iter().position(|k| *k == key)?;
+        if slots[i].is_some() {
+            return None;
+        }
+        slots[i] = Some(unquote(value)?);
+        Some(())
+    }
     let mut lines = text.lines();
     if lines.next()? != "- image:" {
         return None;
     }
     let mut section = Section::Image;
-    let mut image: HashMap<&str, String> = HashMap::new();
-    let mut platform: HashMap<&str, String> = HashMap::new();
-    let mut dep: HashMap<&str, String> = HashMap::new();
+    let mut image: [Option<String>; 9] = Default::default();
+    let mut platform: [Option<String>; 3] = Default::default();
+    let mut dep: [Option<String>; 5] = Default::default();
     let mut saw_platform = false;
     let mut saw_deployment = false;
     for line in lines {
@@ -233,84 +266,66 @@ pub fn fast_history_entry(text: &str) -> Option<HistoryEntry> {
             section = Section::Platform;
             continue;
         }
-        let (map, key, value) = if let Some(rest) = line.strip_prefix("      ") {
+        if let Some(rest) = line.strip_prefix("      ") {
             if section != Section::Platform {
                 return None;
             }
             let (k, v) = rest.split_once(": ")?;
-            (1u8, k, v)
+            put(&PLATFORM, &mut platform, k, v)?;
         } else if let Some(rest) = line.strip_prefix("    ") {
             let (k, v) = rest.split_once(": ")?;
             match section {
-                Section::Deployment => (2u8, k, v),
+                Section::Deployment => put(&DEPLOYMENT, &mut dep, k, v)?,
                 Section::Image | Section::Platform => {
                     section = Section::Image;
-                    (0u8, k, v)
+                    put(&IMAGE, &mut image, k, v)?
                 }
             }
         } else {
             return None;
-        };
-        let (map, allowed): (&mut HashMap<&str, String>, &[&str]) = match map {
-            1 => (&mut platform, &["os", "architecture", "variant"]),
-            2 => (
-                &mut dep,
-                &[
-                    "deployed_at",
-                    "deployed_by",
-                    "workspace",
-                    "name",
-                    "event_id",
-                ],
-            ),
-            _ => (
-                &mut image,
-                &[
-                    "repo",
-                    "tag",
-                    "digest",
-                    "index_digest",
-                    "description",
-                    "built_at",
-                    "revision",
-                    "source",
-                    "title",
-                ],
-            ),
-        };
-        let key = *allowed.iter().find(|a| **a == key)?;
-        if map.insert(key, unquote(value)?).is_some() {
-            return None;
         }
     }
+    let [os, architecture, variant] = platform;
     let platform = if saw_platform {
         super::Platform {
-            os: platform.remove("os")?,
-            architecture: platform.remove("architecture")?,
-            variant: platform.remove("variant"),
+            os: os?,
+            architecture: architecture?,
+            variant,
         }
     } else {
         super::Platform::default()
     };
+    let [
+        repo,
+        tag,
+        digest,
+        index_digest,
+        description,
+        built_at,
+        revision,
+        source,
+        title,
+    ] = image;
+    let [deployed_at, deployed_by, workspace, name, event_id] = dep;
     Some(HistoryEntry {
         image: ImageRecord {
-            repo: image.remove("repo")?,
-            tag: image.remove("tag"),
-            digest: image.remove("digest")?,
-            index_digest: image.remove("index_digest"),
+            repo: repo?,
+            tag,
+            digest: digest?,
+            index_digest,
             platform,
-            description: image.remove("description"),
-            built_at: image.remove("built_at"),
-            revision: image.remove("revision"),
-            source: image.remove("source"),
-            title: image.remove("title"),
+            description,
+            built_at,
+            revision,
+            source,
+            title,
         },
         deployment: DeploymentRecord {
-            deployed_at: dep.remove("deployed_at")?.parse().ok()?,
-            deployed_by: dep.remove("deployed_by")?,
-            workspace: dep.remove("workspace")?,
-            name: dep.remove("name"),
-            event_id: dep.remove("event_id")?.parse().ok()?,
+            deployed_at: deployed_at?.parse().ok()?,
+            deployed_by: deployed_by?,
+            workspace: workspace?,
+            name,
+            event_id: event_id?.parse().ok()?,
         },
     })
 }
@@ -342,6 +357,10 @@ pub fn is_quoted_prefix(v: &str) -> bool {
 /// The inverse of [`quote`]; `None` for anything `quote` does not write.
 fn unquote(v: &str) -> Option<String> {
     let inner = v.strip_prefix('"')?.strip_suffix('"')?;
+    // Most values (digests, times, names) have no escape: copy them whole.
+    if !inner.bytes().any(|b| b == b'\\' || b == b'"') {
+        return Some(inner.to_string());
+    }
     let mut out = String::with_capacity(inner.len());
     let mut chars = inner.chars();
     while let Some(c) = chars.next() {

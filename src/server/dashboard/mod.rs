@@ -525,36 +525,51 @@ async fn app_page(State(state): State<Arc<AppState>>, Query(aq): Query<AppQuery>
         .raw("><label>Last <input type=\"number\" min=\"1\" max=\"3650\" name=\"days\"")
         .attr("value", &days.to_string())
         .raw("> days</label> <button type=\"submit\">Show</button></form>");
+    // Past svg::MAX_POINTS the chart draws one mark per pixel column for all but rollbacks,
+    // so only the rollbacks' own tooltips are written.
+    let aggregated = rows.len() > svg::MAX_POINTS;
     let points: Vec<svg::Point> = rows
         .iter()
         .map(|(lane, d, rb)| svg::Point {
             lane: *lane,
             at: d.deployment.deployed_at,
             rollback: *rb,
-            title: format!(
-                "{} in {} at {}: {}{} by {}",
-                app,
-                lanes[*lane],
-                time(&d.deployment.deployed_at),
-                d.image.digest,
-                d.image
-                    .revision
-                    .as_deref()
-                    .map(|r| format!(" (revision {r})"))
-                    .unwrap_or_default(),
-                d.deployment.deployed_by
-            ),
+            title: if aggregated && !*rb {
+                String::new()
+            } else {
+                format!(
+                    "{} in {} at {}: {}{} by {}",
+                    app,
+                    lanes[*lane],
+                    time(&d.deployment.deployed_at),
+                    d.image.digest,
+                    d.image
+                        .revision
+                        .as_deref()
+                        .map(|r| format!(" (revision {r})"))
+                        .unwrap_or_default(),
+                    d.deployment.deployed_by
+                )
+            },
         })
         .collect();
     let rollbacks = points.iter().filter(|p| p.rollback).count();
+    let (chart, marks) = svg::timeline(&lanes, &points, window.since, window.until);
     b.raw("<p>")
         .show(points.len())
         .raw(" deployments in the last ")
         .show(days)
         .raw(" days, ")
         .show(rollbacks)
-        .raw(" of them rollbacks (◆ ↺ on the chart: a digest that ran here before).</p>")
-        .push(svg::timeline(&lanes, &points, window.since, window.until));
+        .raw(" of them rollbacks (◆ ↺ on the chart: a digest that ran here before).</p>");
+    if aggregated {
+        b.raw("<p class=\"marks\">")
+            .show(points.len())
+            .raw(" deployments, drawn as ")
+            .show(marks)
+            .raw(" marks: one per environment and pixel column (its tooltip gives how many and when); rollbacks always drawn one by one. The table below lists every deployment.</p>");
+    }
+    b.push(chart);
     // The table: newest first, paged.
     rows.sort_by_key(|r| std::cmp::Reverse(r.1.deployment.deployed_at));
     let pages = rows.len().div_ceil(PAGE_ROWS).max(1);

@@ -25,13 +25,23 @@ const RIGHT: f64 = 20.0;
 const LANE: f64 = 44.0;
 const TOP: f64 = 16.0;
 
-/// A timeline: one lane per environment, one mark per deployment between `from` and `to`.
+/// Above this many points a timeline draws at most one mark per lane and pixel column for
+/// deployments that are not rollbacks (a person cannot tell 10,000 marks apart on a 790 px
+/// axis, and the page would be megabytes); rollbacks are always drawn one by one.
+pub const MAX_POINTS: usize = 1000;
+
+/// One drawn column of a dense timeline: how many deployments, the first and the last.
+type Column = (usize, DateTime<Utc>, DateTime<Utc>);
+
+/// A timeline: one lane per environment, one mark per deployment between `from` and `to`, or
+/// with more than [`MAX_POINTS`] points, one mark per lane and pixel column ("N deployments
+/// from … to …") besides every rollback. Returns the chart and how many marks it draws.
 pub fn timeline(
     lanes: &[String],
     points: &[Point],
     from: DateTime<Utc>,
     to: DateTime<Utc>,
-) -> Html {
+) -> (Html, usize) {
     let height = TOP + LANE * lanes.len().max(1) as f64 + 30.0;
     let span = (to - from).num_milliseconds().max(1) as f64;
     let x = |t: DateTime<Utc>| {
@@ -72,7 +82,46 @@ pub fn timeline(
         .iter()
         .filter(|p| !p.rollback)
         .chain(points.iter().filter(|p| p.rollback));
-    for p in ordered {
+    let mut marks = 0;
+    if points.len() > MAX_POINTS {
+        // (lane, pixel column) -> count, first and last time.
+        let mut columns: std::collections::BTreeMap<(usize, i64), Column> =
+            std::collections::BTreeMap::new();
+        for p in points.iter().filter(|p| !p.rollback) {
+            let c = columns
+                .entry((p.lane, x(p.at).floor() as i64))
+                .or_insert((0, p.at, p.at));
+            c.0 += 1;
+            c.1 = c.1.min(p.at);
+            c.2 = c.2.max(p.at);
+        }
+        for ((lane, col), (n, first, last)) in columns {
+            let (cx, cy) = (col as f64 + 0.5, TOP + LANE * lane as f64 + LANE / 2.0);
+            let name = lanes.get(lane).map(String::as_str).unwrap_or("");
+            let title = if n == 1 {
+                format!(
+                    "1 deployment in {name} at {}",
+                    first.format("%Y-%m-%d %H:%M UTC")
+                )
+            } else {
+                format!(
+                    "{n} deployments in {name} from {} to {}",
+                    first.format("%Y-%m-%d %H:%M UTC"),
+                    last.format("%Y-%m-%d %H:%M UTC")
+                )
+            };
+            h.raw("<g class=\"point many\"><title>")
+                .text(&title)
+                .raw("</title><circle class=\"pt\" r=\"5\"")
+                .attr("cx", &cx.to_string())
+                .attr("cy", &cy.to_string())
+                .raw("/></g>");
+            marks += 1;
+        }
+    }
+    let aggregated = points.len() > MAX_POINTS;
+    for p in ordered.filter(|p| !aggregated || p.rollback) {
+        marks += 1;
         let (cx, cy) = (x(p.at), TOP + LANE * p.lane as f64 + LANE / 2.0);
         if p.rollback {
             // A diamond with a "↺" above it: shape and text, not colour alone.
@@ -104,7 +153,7 @@ pub fn timeline(
         }
     }
     h.raw("</svg>");
-    h
+    (h, marks)
 }
 
 /// A small bar chart of `values` (one bar per label), with a title and the largest value
@@ -180,5 +229,45 @@ pub fn truncate(s: &str, n: usize) -> String {
         let mut t: String = s.chars().take(n.saturating_sub(1)).collect();
         t.push('…');
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{Duration, TimeZone};
+
+    fn points(n: usize, from: DateTime<Utc>, step: Duration) -> Vec<Point> {
+        (0..n)
+            .map(|i| Point {
+                lane: i % 2,
+                at: from + step * i as i32,
+                rollback: i % 50 == 49,
+                title: format!("p{i}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_dense_timeline_draws_one_mark_per_column_and_every_rollback() {
+        let from = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let to = from + Duration::days(90);
+        let lanes = vec!["prod".to_string(), "staging".to_string()];
+        // 10,800 points, one every 12 minutes: far more than pixel columns.
+        let dense = points(10_800, from, Duration::minutes(12));
+        let (svg, marks) = timeline(&lanes, &dense, from, to);
+        let svg = svg.finish();
+        let rollbacks = dense.iter().filter(|p| p.rollback).count();
+        assert_eq!(svg.matches("class=\"point rollback\"").count(), rollbacks);
+        let many = svg.matches("class=\"point many\"").count();
+        assert_eq!(marks, many + rollbacks);
+        // At most one mark per lane and pixel column of the plot.
+        assert!(many <= 2 * (W - LEFT - RIGHT) as usize + 2, "{many}");
+        assert!(svg.contains("deployments in prod from 2026-01-01 00:00 UTC to "));
+        // A sparse timeline keeps one mark per deployment, with its own tooltip.
+        let sparse = points(100, from, Duration::hours(12));
+        let (svg, marks) = timeline(&lanes, &sparse, from, to);
+        assert_eq!(marks, 100);
+        assert_eq!(svg.finish().matches("<g class=\"point").count(), 100);
     }
 }
