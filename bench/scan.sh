@@ -6,6 +6,7 @@
 #
 #   bench/scan.sh [N]        # needs docker, hyperfine, curl, python3, /usr/bin/time
 #   BIG=2000 bench/scan.sh   # then also N -> BIG targets (imagetrail only), for linearity
+#   BASE=/tmp/old/imagetrail bench/scan.sh   # also the previous build, in the same hyperfine run
 #
 # Targets are a mix like `atomic scan --all`: 20 images built FROM scratch and N-20 containers
 # created from them, each container with its own labels. Everything lives under a temp dir and
@@ -95,12 +96,19 @@ EOF
 chmod +x "$W/loop.sh"
 
 echo "== hyperfine: $N targets" >&2
+# A previous build as a third contender, so before/after come from one run on a shared machine.
+BASE_ARGS=()
+if [ -n "${BASE:-}" ]; then
+  BASE_ARGS=(-n "previous build ($N targets)"
+    "SERVER=$SERVER $BASE scan register --scanin $W/scanin --scanout $W/scanout")
+fi
 hyperfine --warmup 1 --runs "$RUNS" --export-json "$W/many.json" \
   --prepare "rm -rf $W/scanout/*" \
   -n "imagetrail scan register ($N targets)" \
   "SERVER=$SERVER $BIN scan register --scanin $W/scanin --scanout $W/scanout" \
   -n "docker inspect + curl loop ($N targets)" \
-  "$W/loop.sh $W/scanin $SERVER"
+  "$W/loop.sh $W/scanin $SERVER" \
+  "${BASE_ARGS[@]}"
 
 echo "== hyperfine: single target" >&2
 hyperfine --warmup 3 --runs 30 --export-json "$W/one.json" \
@@ -142,6 +150,9 @@ print(f"targets: {n}")
 print(f"imagetrail median: {ours*1000:.1f} ms ({ours/n*1000:.2f} ms/target; goal <= 120 ms for 200: {met(ours <= 0.12)})")
 print(f"loop median:       {loop*1000:.1f} ms ({loop/n*1000:.2f} ms/target)")
 print(f"ratio:             {ours/loop:.4f} x the loop (goal <= 0.025: {met(ours/loop <= 0.025)})")
+if len(many) > 2:
+    base = many[2]["median"]
+    print(f"previous build:    {base*1000:.1f} ms median ({base/loop:.4f} x the loop; this build {base/ours:.2f}x faster)")
 print(f"single target:     {one['median']*1000:.1f} ms median (goal < 20 ms: {met(one['median'] < 0.02)})")
 print(f"peak RSS:          {rss_kb/1024:.1f} MiB (goal <= 12 MiB: {met(rss_kb/1024 <= 12)})")
 if big:
