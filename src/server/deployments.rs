@@ -78,8 +78,9 @@ type Replay = Result<Value, (StatusCode, &'static str, String)>;
 enum Slot {
     /// The first request with the key is being recorded; its answer comes through this.
     Pending(watch::Receiver<Option<Replay>>),
-    /// Recorded; this was the answer.
-    Done(Value),
+    /// Recorded; this was the answer, kept as its JSON text: a `Value` tree of the same answer
+    /// takes several times the memory, and up to [`IDEMPOTENCY_KEYS`] of them are held.
+    Done(Box<str>),
 }
 
 /// The deployments' idempotency keys: a retry (or a concurrent duplicate) of a request with the
@@ -101,7 +102,8 @@ struct Keys {
 impl Keys {
     fn remember(&mut self, key: String, answer: Value) {
         if !matches!(
-            self.slots.insert(key.clone(), Slot::Done(answer)),
+            self.slots
+                .insert(key.clone(), Slot::Done(answer.to_string().into_boxed_str())),
             Some(Slot::Done(_))
         ) {
             self.order.push_back(key);
@@ -175,7 +177,10 @@ impl Idempotency {
     fn claim(state: &Arc<AppState>, key: &str) -> Claim {
         let mut keys = state.idempotency.lock();
         match keys.slots.get(key) {
-            Some(Slot::Done(answer)) => Claim::Answered(answer.clone()),
+            // Text this server serialised itself: it always parses back.
+            Some(Slot::Done(answer)) => {
+                Claim::Answered(serde_json::from_str(answer).unwrap_or(Value::Null))
+            }
             Some(Slot::Pending(rx)) => Claim::Wait(rx.clone()),
             None => {
                 let (tx, rx) = watch::channel(None);
