@@ -16,7 +16,7 @@
 //!   ([`records::postgres`]).
 //! * **The server** (`imagetrail serve`): [`server`] takes the analytics callbacks, the
 //!   Atomist-compatible deployments API and Kubernetes admission reviews, and stores through
-//!   [`records`], never in a format of its own; it also serves the dashboard. [`tracking`] is
+//!   [`records`], never in a format of its own; it also serves the dashboard. [`tracking_api`] is
 //!   the one deployments-API body, which `deploy --endpoint` and the scanner's `deploy` scan
 //!   send (with retries) and the server parses.
 //!
@@ -46,7 +46,7 @@ pub mod scan;
 pub mod server;
 pub mod terminal;
 pub mod track;
-pub mod tracking;
+pub mod tracking_api;
 
 use cli::{Cli, Command, DbCommand, ImagesCommand, RegistryCommand, ScanType};
 use exit::ExitCode;

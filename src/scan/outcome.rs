@@ -10,6 +10,7 @@ use crate::engine::{Engine, Object};
 use crate::labels::{Labels, Problem};
 use crate::scan::settings::Settings;
 use crate::scan::targets::{Source, Target};
+use crate::tracking_api::DeploymentBody;
 
 /// The original scanner's success sentence for a first registration (its spelling kept:
 /// pipelines compare it).
@@ -429,16 +430,15 @@ async fn deploy(ctx: &Context<'_>, out: &mut Outcome) {
         return;
     };
     let image = object.image.as_ref();
-    let body = crate::tracking::DeploymentBody::new(url.clone(), ctx.settings.environment.clone())
-        .with_platform(
-            image
-                .and_then(|i| i.os.clone())
-                .unwrap_or_else(|| "linux".into()),
-            image
-                .and_then(|i| i.architecture.clone())
-                .unwrap_or_else(|| "amd64".into()),
-            image.and_then(|i| i.variant.clone()),
-        );
+    let body = DeploymentBody::new(url.clone(), ctx.settings.environment.clone()).with_platform(
+        image
+            .and_then(|i| i.os.clone())
+            .unwrap_or_else(|| "linux".into()),
+        image
+            .and_then(|i| i.architecture.clone())
+            .unwrap_or_else(|| "amd64".into()),
+        image.and_then(|i| i.variant.clone()),
+    );
     let body = serde_json::to_value(&body).unwrap_or_default();
     let key = uuid::Uuid::new_v4().to_string();
     match client.post("deployments", &body, &key).await {

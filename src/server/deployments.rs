@@ -41,7 +41,7 @@ use super::limits::{ContentType, json_body};
 use super::metrics::{Metrics, Writer as MetricsWriter};
 use super::records::{self, PgOutcome, Records};
 use super::reference::PinnedRef;
-use crate::tracking::DeploymentBody;
+use crate::tracking_api::DeploymentBody;
 
 use crate::records::{
     Checks, Deployment, DeploymentRecord, InfoFiles, Platform, RecordsError, Stamp, Store, Written,

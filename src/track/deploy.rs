@@ -180,10 +180,10 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
     print_deployed(&deployment);
 
     let mut failed = false;
-    let notifier = crate::tracking::Notifier::new(api_key)?;
+    let notifier = crate::tracking_api::Notifier::new(api_key)?;
     // One Idempotency-Key per deployment, the same on every retry: its event id.
     let key = deployment.deployment.event_id.to_string();
-    let body = crate::tracking::DeploymentBody::of(&deployment);
+    let body = crate::tracking_api::DeploymentBody::of(&deployment);
     for endpoint in &args.endpoints {
         if endpoint.is_empty() {
             continue;
