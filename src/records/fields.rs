@@ -69,7 +69,19 @@ pub fn check(d: &Deployment) -> Result<(), RecordsError> {
 fn check_reference(d: &Deployment) -> Result<(), RecordsError> {
     let i = &d.image;
     match ImageRef::parse(&i.repo) {
-        Ok(r) if r.tag.is_none() && r.digest.is_none() => {}
+        // Stored in the normalised form only: readers normalise what they read (older
+        // records), so a short form written now would not read back as written.
+        Ok(r) if r.tag.is_none() && r.digest.is_none() && r.repo() == i.repo => {}
+        Ok(r) if r.tag.is_none() && r.digest.is_none() => {
+            return Err(refuse(
+                "repo",
+                format!(
+                    "{:?} is not in the normalised form records keep; give {:?}",
+                    i.repo,
+                    r.repo()
+                ),
+            ));
+        }
         Ok(_) => {
             return Err(refuse(
                 "repo",

@@ -81,13 +81,15 @@ async fn the_cli_and_the_api_record_one_image_as_one_repository_and_app() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_written_with_the_short_form_read_back_as_the_full_repository() {
     let server = TestServer::start(|_| {}).await;
-    // A record as an older server wrote it: repository `nginx`, named instance `web`.
+    // A record as an older server wrote it: repository `nginx`, named instance `web`. The
+    // store now refuses to write a short form, so it is written normalised and then edited
+    // back to what the older server left on disk.
     let store = Store::new(server.dir());
     store
         .record(&Deployment {
             app: "edge".into(),
             image: ImageRecord {
-                repo: "nginx".into(),
+                repo: "docker.io/library/nginx".into(),
                 tag: Some("1.27".into()),
                 digest: digest(1),
                 index_digest: None,
@@ -107,6 +109,16 @@ async fn records_written_with_the_short_form_read_back_as_the_full_repository() 
             },
         })
         .unwrap();
+    for file in ["deploy-info.yml", "deploy-history.yml"] {
+        let path = server.dir().join("prod/edge").join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"docker.io/library/nginx\""), "{text}");
+        std::fs::write(
+            &path,
+            text.replace("\"docker.io/library/nginx\"", "\"nginx\""),
+        )
+        .unwrap();
+    }
 
     let (code, so) = where_(server.dir(), "docker.io/library/nginx:1.27");
     assert_eq!(code, Some(0), "{so}");
