@@ -2,37 +2,24 @@
 //! deployments and callbacks: after a restart on the same state directory, every request that
 //! was answered 2xx is there, and the history reads.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::server::{KEY, digest};
-use crate::support::{imagetrail, read, run, stderr};
+use crate::support::{imagetrail, read, run, spawn_serve, stderr};
 
 /// Start `imagetrail serve` on 127.0.0.1:0; (child, base URL read from its stdout).
 fn spawn_server(state: &std::path::Path, keys: &std::path::Path) -> (Child, String) {
-    let mut child = imagetrail()
-        .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
-        .arg(state)
-        .arg("--api-keys-file")
-        .arg(keys)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start imagetrail serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("first stdout line: {line:?}"))
-        .to_string();
-    (child, url)
+    spawn_serve(
+        imagetrail()
+            .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(state)
+            .arg("--api-keys-file")
+            .arg(keys),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,16 +1,15 @@
 //! `imagetrail serve --database-url`: real `imagetrail serve` processes (the built binary, each
 //! on its own port) on one throwaway PostgreSQL 15 cluster.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::server::{KEY, client, digest};
 use crate::support::postgres::Postgres;
-use crate::support::{imagetrail, run, stderr};
+use crate::support::{imagetrail, run, spawn_serve, stderr};
 
 /// One `imagetrail serve` process; killed on drop.
 struct Replica {
@@ -27,20 +26,7 @@ impl Replica {
             .prefix("it-pgsrv-")
             .tempdir()
             .unwrap();
-        let mut child = serve(database_url, keys, state.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start imagetrail serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("serve did not start: {line:?}"))
-            .to_string();
+        let (child, url) = spawn_serve(&mut serve(database_url, keys, state.path()));
         Replica {
             child,
             url,

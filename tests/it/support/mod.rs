@@ -13,8 +13,9 @@ pub mod registry;
 pub mod scan;
 pub mod scanner_image;
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 /// The real `imagetrail` executable with a clean environment (only PATH, HOME and TZ kept),
 /// so no variable of the developer's shell changes what a test sees.
@@ -57,4 +58,24 @@ pub fn stderr(out: &Output) -> String {
 /// Read a file as text, with the path in the panic message.
 pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// Spawn `cmd` (an `imagetrail serve` command line) with stdout piped and stderr inherited, and
+/// read the base URL from its first stdout line, `listening on URL`.
+pub fn spawn_serve(cmd: &mut Command) -> (Child, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start imagetrail serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("serve did not start; first stdout line: {line:?}"))
+        .to_string();
+    (child, url)
 }
