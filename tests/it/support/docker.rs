@@ -34,12 +34,23 @@ pub fn build_image(tag: &str, labels: &[(&str, &str)]) -> String {
         ));
     }
     std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
-    let out = Command::new("docker")
-        .args(["build", "-q", "-t", tag])
-        .arg(dir.path())
-        .env("DOCKER_BUILDKIT", "0")
-        .output()
-        .expect("run docker build");
+    let build = || {
+        Command::new("docker")
+            .args(["build", "-q", "-t", tag])
+            .arg(dir.path())
+            .env("DOCKER_BUILDKIT", "0")
+            .output()
+            .expect("run docker build")
+    };
+    let mut out = build();
+    // The legacy builder loses an intermediate image when another test's `docker rmi` removes
+    // it between two steps ("unable to find image sha256:…"): the engine's race, not ours, so
+    // the build is tried once more.
+    if !out.status.success()
+        && String::from_utf8_lossy(&out.stderr).contains("unable to find image")
+    {
+        out = build();
+    }
     assert!(
         out.status.success(),
         "docker build failed: {}",
