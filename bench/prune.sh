@@ -8,49 +8,19 @@
 #   bench/prune.sh                 # uses target/release/imagetrail if built, else target/debug
 #   IMAGETRAIL_BIN=... RUNS=3 bench/prune.sh
 #
-# Needs: hyperfine, docker-registry, curl, python3. Traffic stays on 127.0.0.1.
+# Needs: hyperfine, docker-registry, curl, python3. Traffic stays on 127.0.0.1
+# (bench/loopback-registry.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-BIN=${IMAGETRAIL_BIN:-}
-if [ -z "$BIN" ]; then
-  if [ -x target/release/imagetrail ]; then BIN=target/release/imagetrail; else
-    cargo build -q; BIN=target/debug/imagetrail; fi
-fi
-W=$(mktemp -d /tmp/it-dep-bench.XXXXXX)
-cp "$BIN" "$W/imagetrail"; BIN=$W/imagetrail
-REG_PID=
-cleanup() { [ -n "$REG_PID" ] && kill "$REG_PID" 2>/dev/null; rm -rf "$W"; }
-trap cleanup EXIT
-
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-REG=127.0.0.1:$PORT
-cat >"$W/registry.yml" <<EOT
-version: 0.1
-log: {level: error}
-storage: {filesystem: {rootdirectory: $W/registry}, delete: {enabled: true}}
-http: {addr: $REG}
-EOT
-docker-registry serve "$W/registry.yml" >"$W/registry.log" 2>&1 &
-REG_PID=$!
-for _ in $(seq 100); do curl -fs "http://$REG/v2/" >/dev/null && break; sleep 0.1; done
-
-upload() { # repo file -> digest
-  local d="sha256:$(sha256sum "$2" | cut -d' ' -f1)" loc
-  loc=$(curl -fsS -X POST -D - -o /dev/null "http://$REG/v2/$1/blobs/uploads/" | tr -d '\r' | awk 'tolower($1)=="location:"{print $2}')
-  case $loc in http*) ;; *) loc="http://$REG$loc";; esac
-  case $loc in *\?*) sep='&';; *) sep='?';; esac
-  curl -fsS -X PUT -H 'Content-Type: application/octet-stream' --data-binary "@$2" "$loc${sep}digest=$d" >/dev/null
-  echo "$d"
-}
+. bench/loopback-registry.sh
+bench_binary
+start_registry
 REPO=bench/hello
-echo "layer $RANDOM" >"$W/layer"
-LAYER=$(upload $REPO "$W/layer")
+make_layer $REPO
 for i in 1 2 3; do
   echo "{\"architecture\":\"amd64\",\"os\":\"linux\",\"created\":\"2026-01-2${i}T22:41:03Z\",\"config\":{\"Labels\":{\"n\":\"$i\"}},\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[\"$LAYER\"]}}" >"$W/config$i"
-  CONFIG=$(upload $REPO "$W/config$i")
-  echo "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"$CONFIG\",\"size\":$(stat -c %s "$W/config$i")},\"layers\":[{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar\",\"digest\":\"$LAYER\",\"size\":$(stat -c %s "$W/layer")}]}" >"$W/manifest$i"
-  curl -fsS -X PUT -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' --data-binary "@$W/manifest$i" "http://$REG/v2/$REPO/manifests/v$i" >/dev/null
+  push_image $REPO "v$i" "$W/config$i" >/dev/null
 done
 mkdir -p "$W/s0"
 python3 bench/gen-history.py "$W/s1k" 1000 "$REG/$REPO" >/dev/null

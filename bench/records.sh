@@ -7,55 +7,22 @@
 #   IMAGETRAIL_BIN=... bench/records.sh
 #   QUICK=1 bench/records.sh    # fewer runs, no 100k PyYAML baseline (takes minutes)
 #
-# Needs: hyperfine, docker-registry, curl, python3 with PyYAML. Traffic stays on 127.0.0.1.
+# Needs: hyperfine, docker-registry, curl, python3 with PyYAML. Traffic stays on 127.0.0.1
+# (bench/loopback-registry.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-BIN=${IMAGETRAIL_BIN:-}
-if [ -z "$BIN" ]; then
-  if [ -x target/release/imagetrail ]; then BIN=target/release/imagetrail; else
-    cargo build -q; BIN=target/debug/imagetrail; fi
-fi
-W=$(mktemp -d /tmp/it-dep-bench.XXXXXX)
-# A private copy, so a rebuild during the run cannot change what is measured.
-cp "$BIN" "$W/imagetrail"; BIN=$W/imagetrail
-REG_PID=
-cleanup() { [ -n "$REG_PID" ] && kill "$REG_PID" 2>/dev/null; rm -rf "$W"; }
-trap cleanup EXIT
-echo "binary: ${IMAGETRAIL_BIN:-target/*/imagetrail} copied to $BIN" >&2
+. bench/loopback-registry.sh
+bench_binary
 
 # --- a loopback registry with one image (OCI labels) pushed through the API -------------------
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-REG=127.0.0.1:$PORT
-cat >"$W/registry.yml" <<EOF
-version: 0.1
-log: {level: error}
-storage: {filesystem: {rootdirectory: $W/registry}, delete: {enabled: true}}
-http: {addr: $REG}
-EOF
-docker-registry serve "$W/registry.yml" >"$W/registry.log" 2>&1 &
-REG_PID=$!
-for _ in $(seq 100); do curl -fs "http://$REG/v2/" >/dev/null && break; sleep 0.1; done
-
-upload() { # repo file -> digest
-  local d="sha256:$(sha256sum "$2" | cut -d' ' -f1)" loc
-  loc=$(curl -fsS -X POST -D - -o /dev/null "http://$REG/v2/$1/blobs/uploads/" | tr -d '\r' | awk 'tolower($1)=="location:"{print $2}')
-  case $loc in http*) ;; *) loc="http://$REG$loc";; esac
-  case $loc in *\?*) sep='&';; *) sep='?';; esac
-  curl -fsS -X PUT -H 'Content-Type: application/octet-stream' --data-binary "@$2" "$loc${sep}digest=$d" >/dev/null
-  echo "$d"
-}
+start_registry
 REPO=bench/hello
-echo "layer $RANDOM" >"$W/layer"
-LAYER=$(upload $REPO "$W/layer")
+make_layer $REPO
 cat >"$W/config" <<EOF
 {"architecture":"amd64","os":"linux","created":"2026-01-24T22:41:03Z","config":{"Labels":{"org.opencontainers.image.created":"2026-01-24T22:41:03Z","org.opencontainers.image.revision":"1f3a9c2","org.opencontainers.image.description":"add healthcheck + fix nginx proxy header"}},"rootfs":{"type":"layers","diff_ids":["$LAYER"]}}
 EOF
-CONFIG=$(upload $REPO "$W/config")
-cat >"$W/manifest" <<EOF
-{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"$CONFIG","size":$(stat -c %s "$W/config")},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"$LAYER","size":$(stat -c %s "$W/layer")}]}
-EOF
-curl -fsS -X PUT -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' --data-binary "@$W/manifest" "http://$REG/v2/$REPO/manifests/1f3a9c2" >/dev/null
+CONFIG=$(push_image $REPO 1f3a9c2 "$W/config")
 
 # --- histories of 1k and 100k entries ---------------------------------------------------------
 python3 bench/gen-history.py "$W/s1k" 1000 "$REG/$REPO" >/dev/null
