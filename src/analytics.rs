@@ -9,24 +9,18 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, RETRY_AFTER, USER_AGENT};
 use thiserror::Error;
 use url::Url;
 
-use crate::terminal::{cap, sanitize};
+use crate::retry_post::{
+    self, Failure, error_chain, root_cause, server_words, untrusted_certificate,
+};
+use crate::terminal::cap;
 
-/// The first retry waits about this long; each later one twice as long (plus jitter).
-const BACKOFF_BASE: Duration = Duration::from_millis(250);
-
-/// The longest wait between two attempts, whatever `Retry-After` asks for.
-const MAX_WAIT: Duration = Duration::from_secs(30);
+pub use crate::retry_post::{MAX_ANSWER_BYTES, redacted};
 
 /// The most bytes of a server's answer quoted in a message.
 const QUOTE_BYTES: usize = 300;
-
-/// The most bytes of a server's answer read: plenty for a summary or a scan report, and a
-/// server answering with 100 MB cannot take the scanner's memory with it.
-pub const MAX_ANSWER_BYTES: usize = 256 * 1024;
 
 /// What can go wrong calling the analytics server.
 #[derive(Debug, Error)]
@@ -157,14 +151,6 @@ pub fn parse_server(text: &str) -> Result<Url, AnalyticsError> {
     Ok(url)
 }
 
-/// The URL without user name or password, for messages and result files.
-pub fn redacted(url: &Url) -> String {
-    let mut u = url.clone();
-    let _ = u.set_username("");
-    let _ = u.set_password(None);
-    u.to_string().trim_end_matches('/').to_string()
-}
-
 /// The analytics server client.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -216,7 +202,8 @@ impl Client {
 
     /// POST `body` to the endpoint `name`; 2xx is success, anything else an error quoting the
     /// server. Connection errors, 408, 429 and 5xx are retried with exponential backoff and
-    /// jitter (honouring `Retry-After`), every attempt with the same `Idempotency-Key`.
+    /// jitter (honouring `Retry-After`), every attempt with the same `Idempotency-Key`
+    /// ([`retry_post`] says what is retried and how long it waits).
     pub async fn post(
         &self,
         name: &str,
@@ -233,153 +220,74 @@ impl Client {
         }
         let shown = redacted(&url);
         let bytes = serde_json::to_vec(body).expect("a JSON value serialises");
-        let attempts = self.config.attempts.max(1);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let mut req = self
-                .http
-                .post(url.clone())
-                .header(CONTENT_TYPE, "application/json")
-                .header(
-                    USER_AGENT,
-                    concat!("imagetrail/", env!("CARGO_PKG_VERSION")),
-                )
-                .header("Idempotency-Key", idempotency_key)
-                .body(bytes.clone());
-            if let Some(token) = &self.config.token {
-                req = req.header(AUTHORIZATION, format!("Bearer {token}"));
-            }
-            tracing::debug!(url = %shown, attempt, "POST");
-            let (retry, wait_hint, err) = match req.send().await {
-                Err(e) if let Some(problem) = untrusted_certificate(&e) => (
-                    // Asking again cannot change the certificate.
-                    false,
-                    None,
-                    AnalyticsError::Unreachable {
-                        url: shown.clone(),
-                        attempts: attempt,
-                        reason: format!(
-                            "the server's TLS certificate is not trusted ({problem}); if an \
-                             internal CA signed it, set SSL_CERT_FILE to that CA's certificate \
-                             (PEM)"
-                        ),
-                    },
+        let request = retry_post::Request {
+            url: &url,
+            body: &bytes,
+            idempotency_key,
+            bearer: self.config.token.as_deref(),
+            attempts: self.config.attempts,
+        };
+        match retry_post::post(&self.http, request).await {
+            Ok(answer) if answer.cut => Ok(Answer {
+                status: answer.status.as_u16(),
+                body: None,
+                attempts: answer.attempts,
+                cut: true,
+            }),
+            Ok(answer) => parse_success(&shown, answer.status, &answer.text, answer.attempts),
+            Err(Failure::NoAnswer { error, attempts }) => Err(AnalyticsError::Unreachable {
+                url: shown,
+                attempts,
+                reason: self.no_answer(&error),
+            }),
+            Err(Failure::Unreadable {
+                status,
+                error,
+                attempts,
+            }) => Err(AnalyticsError::Unreachable {
+                url: shown,
+                attempts,
+                reason: format!(
+                    "the answer ({status}) could not be read: {}",
+                    error_chain(&error)
                 ),
-                Err(e) => {
-                    let reason = if e.is_timeout() {
-                        format!(
-                            "no answer within {} s (timeout; raise --timeout or check the server)",
-                            self.config.timeout.as_secs_f64()
-                        )
-                    } else if e.is_connect() {
-                        // reqwest's own text repeats the URL; the root cause is what helps.
-                        format!("cannot connect: {}", root_cause(&e))
-                    } else {
-                        error_chain(&e)
-                    };
-                    (
-                        true,
-                        None,
-                        AnalyticsError::Unreachable {
-                            url: shown.clone(),
-                            attempts: attempt,
-                            reason,
-                        },
+            }),
+            Err(Failure::Refused(answer)) => Err(AnalyticsError::Rejected {
+                url: shown,
+                status: answer.status.as_u16(),
+                message: if answer.cut {
+                    format!(
+                        "{} (the answer was longer than {} KiB and was cut there)",
+                        server_message(&answer.text),
+                        MAX_ANSWER_BYTES / 1024
                     )
-                }
-                Ok(resp) => {
-                    let status = resp.status();
-                    let wait_hint = retry_after(resp.headers());
-                    let (text, cut) = match read_capped(resp).await {
-                        Ok((_, true)) if status.is_success() => {
-                            return Ok(Answer {
-                                status: status.as_u16(),
-                                body: None,
-                                attempts: attempt,
-                                cut: true,
-                            });
-                        }
-                        Ok(read) => read,
-                        Err(e) => {
-                            let err = AnalyticsError::Unreachable {
-                                url: shown.clone(),
-                                attempts: attempt,
-                                reason: format!(
-                                    "the answer ({status}) could not be read: {}",
-                                    error_chain(&e)
-                                ),
-                            };
-                            if attempt < attempts {
-                                self.wait(attempt, None).await;
-                                continue;
-                            }
-                            return Err(err);
-                        }
-                    };
-                    if status.is_success() {
-                        return parse_success(&shown, status, &text, attempt);
-                    }
-                    let retry = status == StatusCode::REQUEST_TIMEOUT
-                        || status == StatusCode::TOO_MANY_REQUESTS
-                        || status.is_server_error();
-                    (
-                        retry,
-                        wait_hint,
-                        AnalyticsError::Rejected {
-                            url: shown.clone(),
-                            status: status.as_u16(),
-                            message: if cut {
-                                format!(
-                                    "{} (the answer was longer than {} KiB and was cut there)",
-                                    server_message(&text),
-                                    MAX_ANSWER_BYTES / 1024
-                                )
-                            } else {
-                                server_message(&text)
-                            },
-                            attempts: attempt,
-                        },
-                    )
-                }
-            };
-            if !retry || attempt >= attempts {
-                return Err(err);
-            }
-            tracing::info!(url = %shown, attempt, error = %sanitize(&err.to_string()), "retrying");
-            self.wait(attempt, wait_hint).await;
+                } else {
+                    server_message(&answer.text)
+                },
+                attempts: answer.attempts,
+            }),
         }
     }
 
-    /// Sleep before attempt `attempt + 1`: `Retry-After` when the server gave one, else
-    /// `BACKOFF_BASE * 2^(attempt-1)` with ±50 % jitter, never more than [`MAX_WAIT`].
-    async fn wait(&self, attempt: u32, hint: Option<Duration>) {
-        let wait = hint.unwrap_or_else(|| {
-            let base = BACKOFF_BASE * 2u32.saturating_pow(attempt - 1);
-            // Jitter spreads the retries of many concurrent targets; the randomness comes
-            // from a v4 UUID so no extra dependency is needed.
-            let r = (uuid::Uuid::new_v4().as_u128() % 1000) as f64 / 1000.0;
-            base.mul_f64(0.5 + r)
-        });
-        tokio::time::sleep(wait.min(MAX_WAIT)).await;
-    }
-}
-
-/// Read at most [`MAX_ANSWER_BYTES`] of an answer; says whether there was more (the rest is
-/// not read: the connection is dropped).
-async fn read_capped(mut resp: reqwest::Response) -> Result<(String, bool), reqwest::Error> {
-    let mut buf: Vec<u8> = Vec::new();
-    let mut cut = false;
-    while let Some(chunk) = resp.chunk().await? {
-        let room = MAX_ANSWER_BYTES - buf.len();
-        if chunk.len() > room {
-            buf.extend_from_slice(&chunk[..room]);
-            cut = true;
-            break;
+    /// Why no answer came, worded for the operator who must fix it.
+    fn no_answer(&self, e: &reqwest::Error) -> String {
+        if let Some(problem) = untrusted_certificate(e) {
+            format!(
+                "the server's TLS certificate is not trusted ({problem}); if an internal CA \
+                 signed it, set SSL_CERT_FILE to that CA's certificate (PEM)"
+            )
+        } else if e.is_timeout() {
+            format!(
+                "no answer within {} s (timeout; raise --timeout or check the server)",
+                self.config.timeout.as_secs_f64()
+            )
+        } else if e.is_connect() {
+            // reqwest's own text repeats the URL; the root cause is what helps.
+            format!("cannot connect: {}", root_cause(e))
+        } else {
+            error_chain(e)
         }
-        buf.extend_from_slice(&chunk);
     }
-    Ok((String::from_utf8_lossy(&buf).into_owned(), cut))
 }
 
 fn parse_success(
@@ -411,16 +319,12 @@ fn parse_success(
     }
 }
 
-/// The server's own words: `summary`, `error` or `message` of a JSON body, else the body's start.
+/// The server's own words ([`server_words`]), else the body's start.
 fn server_message(text: &str) -> String {
-    if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
-        for key in ["summary", "error", "message"] {
-            if let Some(s) = v.get(key).and_then(|s| s.as_str()) {
-                return excerpt(s);
-            }
-        }
+    match server_words(text) {
+        Some(words) => excerpt(&words),
+        None => excerpt(text),
     }
-    excerpt(text)
 }
 
 /// The first few hundred bytes of untrusted text, on one line.
@@ -432,62 +336,6 @@ fn excerpt(text: &str) -> String {
     } else {
         kept.to_string()
     }
-}
-
-/// `Retry-After` as seconds or an HTTP date.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    let delta = when.with_timezone(&chrono::Utc) - chrono::Utc::now();
-    Some(delta.to_std().unwrap_or(Duration::ZERO))
-}
-
-/// The innermost cause of an error (e.g. "Connection refused (os error 111)").
-fn root_cause(e: &dyn std::error::Error) -> String {
-    let mut last = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        last = s.to_string();
-        source = s.source();
-    }
-    last
-}
-
-/// Why the server's certificate was refused, when that is what failed: found in the cause
-/// chain, where the TLS error sits inside nested `io::Error`s (whose `source` skips the error
-/// they wrap, so they are opened with `get_ref`).
-fn untrusted_certificate(e: &reqwest::Error) -> Option<String> {
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = next {
-        if let Some(rustls::Error::InvalidCertificate(why)) = err.downcast_ref() {
-            return Some(format!("{why:?}"));
-        }
-        next = match err.downcast_ref::<std::io::Error>() {
-            Some(io) => io
-                .get_ref()
-                .map(|i| i as &(dyn std::error::Error + 'static)),
-            None => err.source(),
-        };
-    }
-    None
-}
-
-/// An error and its causes on one line (reqwest hides the useful part in the source chain).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

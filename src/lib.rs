@@ -21,7 +21,8 @@
 //!   send (with retries) and the server parses.
 //!
 //! Layers, every arrow pointing down: the front-ends ([`scan`], [`track`], [`server`]) use the
-//! store ([`records`]) and the clients ([`registry`], [`engine`], [`analytics`], [`labels`]);
+//! store ([`records`]) and the clients ([`registry`], [`engine`], [`analytics`], [`labels`];
+//! [`analytics`] and [`tracking_api`] post through one retry loop, [`retry_post`]);
 //! those use only the value types: [`reference`](mod@reference) (image references, digests, platforms and
 //! registry hosts, parsed and normalised once), [`output`] (tables, times, stored text escaped
 //! and cut for a terminal), [`terminal`] (untrusted text made safe), [`error`] (the error kinds
@@ -42,6 +43,7 @@ pub mod output;
 pub mod records;
 pub mod reference;
 pub mod registry;
+pub mod retry_post;
 pub mod scan;
 pub mod server;
 pub mod terminal;

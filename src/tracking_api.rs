@@ -4,18 +4,19 @@
 //! --endpoint` and the scanner's `deploy` scan build it, and `imagetrail serve` parses it.
 //!
 //! [`Notifier`] is what `imagetrail deploy --endpoint` sends it with: one HTTP client for every
-//! endpoint, connection errors, 408, 429 and 5xx retried with exponential backoff and full
-//! jitter (a `Retry-After` is honoured, up to [`MAX_WAIT`]), and one `Idempotency-Key` per
-//! deployment, the same on every attempt, so a retry whose first attempt was recorded but not
-//! answered is not recorded twice.
+//! endpoint, connection errors, 408, 429 and 5xx retried up to [`ATTEMPTS`] times with
+//! exponential backoff and jitter (a `Retry-After` is honoured, up to [`MAX_WAIT`]; the loop is
+//! [`crate::retry_post`]'s, shared with the scanner's analytics client), and one
+//! `Idempotency-Key` per deployment, the same on every attempt, so a retry whose first attempt
+//! was recorded but not answered is not recorded twice.
 
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use serde::{Deserialize, Serialize};
 
 use crate::records::Deployment;
+use crate::retry_post::{self, Failure, server_words};
 use crate::terminal::sanitize;
 
 /// `POST /api/v1/deployments`:
@@ -172,17 +173,14 @@ fn after(attempts: u32) -> String {
 
 /// How many times one deployment is sent at most.
 pub const ATTEMPTS: u32 = 5;
-/// The first backoff; each later one doubles, with full jitter.
-pub const FIRST_BACKOFF: Duration = Duration::from_millis(250);
-/// The longest wait between two attempts, also for a `Retry-After`.
-pub const MAX_WAIT: Duration = Duration::from_secs(30);
+/// The first backoff and the longest wait between two attempts: the shared retry loop's.
+pub use crate::retry_post::{FIRST_BACKOFF, MAX_WAIT};
 
 /// Sends deployments to tracking endpoints: one client for all of them.
 pub struct Notifier {
     http: reqwest::Client,
     api_key: Option<String>,
     attempts: u32,
-    first_backoff: Duration,
 }
 
 impl Notifier {
@@ -198,12 +196,11 @@ impl Notifier {
             http,
             api_key: api_key.filter(|k| !k.is_empty()),
             attempts: ATTEMPTS,
-            first_backoff: FIRST_BACKOFF,
         })
     }
 
     /// Send `body` to `endpoint` under `idempotency_key` (the same on every attempt), retrying
-    /// what a retry can fix; the status of the accepting answer.
+    /// what a retry can fix ([`retry_post`]); the status of the accepting answer.
     pub async fn send(
         &self,
         endpoint: &str,
@@ -216,103 +213,38 @@ impl Notifier {
             .ok_or_else(|| TrackingError::BadEndpoint(sanitize(endpoint)))?;
         // A body of owned strings always serialises.
         let bytes = serde_json::to_vec(body).unwrap_or_default();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let mut req = self
-                .http
-                .post(url.clone())
-                .header(CONTENT_TYPE, "application/json")
-                .header(
-                    USER_AGENT,
-                    concat!("imagetrail/", env!("CARGO_PKG_VERSION")),
-                )
-                .header("Idempotency-Key", idempotency_key)
-                .body(bytes.clone());
-            if let Some(key) = &self.api_key {
-                req = req.header(AUTHORIZATION, format!("Bearer {key}"));
-            }
-            let last = attempt >= self.attempts;
-            let hint = match req.send().await {
-                Ok(resp) => {
-                    let status = resp.status();
-                    if status.is_success() {
-                        return Ok(status.as_u16());
-                    }
-                    let hint = retry_after(resp.headers());
-                    let said = said(resp.text().await.unwrap_or_default());
-                    if !retryable(status) || last {
-                        return Err(TrackingError::Refused {
-                            status,
-                            attempts: attempt,
-                            said,
-                        });
-                    }
-                    tracing::info!(%url, attempt, %status, "retrying the deployment: {said}");
-                    hint
-                }
-                Err(e) => {
-                    let cause = format!("{e}");
-                    if last {
-                        return Err(TrackingError::Unreachable {
-                            attempts: attempt,
-                            cause,
-                        });
-                    }
-                    tracing::info!(%url, attempt, "retrying the deployment: {cause}");
-                    None
-                }
-            };
-            tokio::time::sleep(self.wait(attempt, hint)).await;
+        let request = retry_post::Request {
+            url: &url,
+            body: &bytes,
+            idempotency_key,
+            bearer: self.api_key.as_deref(),
+            attempts: self.attempts,
+        };
+        match retry_post::post(&self.http, request).await {
+            Ok(answer) => Ok(answer.status.as_u16()),
+            Err(Failure::Refused(answer)) => Err(TrackingError::Refused {
+                status: answer.status,
+                attempts: answer.attempts,
+                said: said(answer.text),
+            }),
+            Err(Failure::Unreadable {
+                status, attempts, ..
+            }) => Err(TrackingError::Refused {
+                status,
+                attempts,
+                said: said(String::new()),
+            }),
+            Err(Failure::NoAnswer { error, attempts }) => Err(TrackingError::Unreachable {
+                attempts,
+                cause: error.to_string(),
+            }),
         }
     }
-
-    /// The wait after failed attempt `attempt` (1-based): the server's `Retry-After` if it gave
-    /// one, else full jitter over an exponential backoff; never more than [`MAX_WAIT`].
-    fn wait(&self, attempt: u32, hint: Option<Duration>) -> Duration {
-        if let Some(hint) = hint {
-            return hint.min(MAX_WAIT);
-        }
-        let ceiling = self
-            .first_backoff
-            .saturating_mul(1u32 << (attempt - 1).min(16))
-            .min(MAX_WAIT);
-        // Full jitter: uniform in [ceiling/2, ceiling], so concurrent clients spread out but
-        // never retry at once. The random bits come from a v4 UUID (no extra crate).
-        let random = (uuid::Uuid::new_v4().as_u128() % 1_000_000) as f64 / 1_000_000.0;
-        ceiling.mul_f64(0.5 + random / 2.0)
-    }
-}
-
-/// 408, 429 and 5xx: a later attempt may succeed.
-fn retryable(status: StatusCode) -> bool {
-    status == StatusCode::REQUEST_TIMEOUT
-        || status == StatusCode::TOO_MANY_REQUESTS
-        || status.is_server_error()
-}
-
-/// `Retry-After` as seconds or an HTTP date.
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs.min(MAX_WAIT.as_secs())));
-    }
-    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
-        .to_std()
-        .ok()
 }
 
 /// What an error answer says, for one line of stderr.
 fn said(body: String) -> String {
-    let text = serde_json::from_str::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| {
-            ["summary", "error", "message"]
-                .iter()
-                .find_map(|k| v.get(*k).and_then(|s| s.as_str()).map(str::to_string))
-        })
-        .unwrap_or(body);
+    let text = server_words(&body).unwrap_or(body);
     let (text, _) = crate::terminal::cap(text.trim(), 500);
     sanitize(text)
 }
@@ -321,19 +253,84 @@ fn said(body: String) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn waits_grow_and_stay_bounded() {
-        let n = Notifier::new(None).unwrap();
-        for attempt in 1..40 {
-            let w = n.wait(attempt, None);
-            assert!(w <= MAX_WAIT, "{attempt}: {w:?}");
-            assert!(w >= FIRST_BACKOFF / 2, "{attempt}: {w:?}");
-        }
-        assert_eq!(
-            n.wait(1, Some(Duration::from_secs(3600))),
-            MAX_WAIT,
-            "a Retry-After is capped"
+    /// A loopback endpoint answering every request with `answer` (a whole HTTP response);
+    /// its URL and each request's `Idempotency-Key`, in order.
+    async fn endpoint(
+        answer: &'static str,
+    ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://{}/api/v1/deployments",
+            listener.local_addr().unwrap()
         );
+        let keys = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = keys.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                // The whole request: headers, then Content-Length bytes of body.
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let head_end = loop {
+                    let n = stream.read(&mut chunk).await.unwrap();
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                let header = |name: &str| {
+                    head.lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .map(|v| v.trim().to_string())
+                };
+                let length: usize = header("content-length:").unwrap().parse().unwrap();
+                while buf.len() < head_end + length {
+                    let n = stream.read(&mut chunk).await.unwrap();
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                seen.lock()
+                    .unwrap()
+                    .push(header("idempotency-key:").unwrap_or_default());
+                stream.write_all(answer.as_bytes()).await.unwrap();
+            }
+        });
+        (url, keys)
+    }
+
+    #[tokio::test]
+    async fn retries_5xx_with_one_key_and_quotes_the_last_answer() {
+        let (url, keys) = endpoint(
+            "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 0\r\nContent-Type: application/json\r\nContent-Length: 25\r\nConnection: close\r\n\r\n{\"summary\":\"maintenance\"}",
+        )
+        .await;
+        let body = DeploymentBody::new("r.example/a@sha256:00".into(), "prod".into());
+        let err = Notifier::new(None)
+            .unwrap()
+            .send(&url, &body, "key-1")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "HTTP 503 Service Unavailable: maintenance (after 5 attempts)"
+        );
+        assert_eq!(*keys.lock().unwrap(), vec!["key-1"; ATTEMPTS as usize]);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_not_retried() {
+        let (url, keys) = endpoint(
+            "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: 27\r\nConnection: close\r\n\r\n{\"error\":\"invalid api key\"}",
+        )
+        .await;
+        let body = DeploymentBody::new("r.example/a@sha256:00".into(), "prod".into());
+        let err = Notifier::new(Some("k".into()))
+            .unwrap()
+            .send(&url, &body, "key-2")
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), "HTTP 401 Unauthorized: invalid api key");
+        assert_eq!(keys.lock().unwrap().len(), 1);
     }
 
     #[test]
