@@ -6,7 +6,8 @@
 //!   characters (bidi embeddings, overrides and isolates U+202A–U+202E and U+2066–U+2069,
 //!   zero-width characters, the BOM...), line and paragraph separators and noncharacters are
 //!   shown escaped (`\n`, `\u{202e}`), so one row of a table is always one record and stored
-//!   text cannot reorder or hide what the operator reads.
+//!   text cannot reorder or hide what the operator reads ([`crate::terminal::hidden`] holds
+//!   these classes).
 //! * A table cell is cut to [`CELL_MAX_CHARS`] characters, a value on its own line (`at`,
 //!   `compare`) to [`VALUE_MAX_CHARS`], ending in `…` when cut.
 //! * Column widths are padded by hand, never with a `{:<width$}` format argument, which panics
@@ -16,6 +17,8 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 
 use chrono::{DateTime, Local, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone, Utc};
+
+use crate::terminal::hidden;
 
 /// The most characters of one table cell shown; longer values end in `…`.
 pub const CELL_MAX_CHARS: usize = 256;
@@ -88,43 +91,6 @@ fn escaped_len(c: char) -> usize {
         // `\u{` + hex digits + `}`
         c => 4 + format!("{:x}", c as u32).len(),
     }
-}
-
-/// Whether `c` must not reach a terminal as itself.
-fn hidden(c: char) -> bool {
-    c.is_control() || format_char(c) || noncharacter(c)
-}
-
-/// Unicode general category Cf (format), plus the line and paragraph separators (Zl, Zp).
-fn format_char(c: char) -> bool {
-    matches!(c as u32,
-        0x00AD
-        | 0x0600..=0x0605
-        | 0x061C
-        | 0x06DD
-        | 0x070F
-        | 0x0890..=0x0891
-        | 0x08E2
-        | 0x180E
-        | 0x200B..=0x200F
-        | 0x2028..=0x202E
-        | 0x2060..=0x2064
-        | 0x2066..=0x206F
-        | 0xFEFF
-        | 0xFFF9..=0xFFFB
-        | 0x110BD
-        | 0x110CD
-        | 0x13430..=0x1343F
-        | 0x1BCA0..=0x1BCA3
-        | 0x1D173..=0x1D17A
-        | 0xE0001
-        | 0xE0020..=0xE007F)
-}
-
-/// U+FDD0–U+FDEF and the last two code points of every plane.
-fn noncharacter(c: char) -> bool {
-    let u = c as u32;
-    (0xFDD0..=0xFDEF).contains(&u) || (u & 0xFFFE) == 0xFFFE
 }
 
 /// A time as people read it in the output: RFC 3339 UTC with a `Z`, fractional seconds only

@@ -1,4 +1,9 @@
-//! Untrusted text (label values, server answers) made safe before it reaches a terminal.
+//! Untrusted text (label values, server answers) made safe before it reaches a terminal, and
+//! the one definition of the character classes that make text unsafe: [`hidden`] (what
+//! [`crate::output`] shows escaped) is made of [`char::is_control`], [`format_char`] and
+//! [`noncharacter`]; the record field rules ([`crate::records::fields`]) refuse the control
+//! characters, the noncharacters, [`bidi_control`] and [`separator_or_bom`], all of them
+//! [`hidden`] too, so whatever the store accepts prints as itself.
 
 /// The most bytes of one untrusted value kept (labels come from arbitrary images).
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
@@ -34,6 +39,60 @@ pub fn cap(text: &str, max: usize) -> (&str, bool) {
     (&text[..end], true)
 }
 
+/// Whether `c` must not reach a terminal as itself: a control character, a format character
+/// ([`format_char`]) or a noncharacter.
+pub fn hidden(c: char) -> bool {
+    c.is_control() || format_char(c) || noncharacter(c)
+}
+
+/// Unicode general category Cf (format), plus the line and paragraph separators (Zl, Zp): the
+/// bidirectional controls, the zero-width characters, the byte-order mark, invisible operators
+/// and tags.
+pub fn format_char(c: char) -> bool {
+    matches!(c as u32,
+        0x00AD
+        | 0x0600..=0x0605
+        | 0x061C
+        | 0x06DD
+        | 0x070F
+        | 0x0890..=0x0891
+        | 0x08E2
+        | 0x180E
+        | 0x200B..=0x200F
+        | 0x2028..=0x202E
+        | 0x2060..=0x2064
+        | 0x2066..=0x206F
+        | 0xFEFF
+        | 0xFFF9..=0xFFFB
+        | 0x110BD
+        | 0x110CD
+        | 0x13430..=0x1343F
+        | 0x1BCA0..=0x1BCA3
+        | 0x1D173..=0x1D17A
+        | 0xE0001
+        | 0xE0020..=0xE007F)
+}
+
+/// U+FDD0..U+FDEF and the last two code points of every plane (U+FFFE, U+FFFF, U+1FFFE...).
+pub fn noncharacter(c: char) -> bool {
+    let u = c as u32;
+    (0xFDD0..=0xFDEF).contains(&u) || (u & 0xFFFE) == 0xFFFE
+}
+
+/// The bidirectional formatting characters (Unicode's `Bidi_Control` property), which reorder
+/// what a terminal shows.
+pub fn bidi_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+    )
+}
+
+/// The line and paragraph separators (U+2028, U+2029) and the byte-order mark (U+FEFF).
+pub fn separator_or_bom(c: char) -> bool {
+    matches!(c, '\u{2028}' | '\u{2029}' | '\u{FEFF}')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -41,6 +100,19 @@ mod tests {
     #[test]
     fn escapes_terminal_sequences() {
         assert_eq!(sanitize("a\u{1b}[31mred\u{7}"), "a\\u{1b}[31mred\\u{7}");
+    }
+
+    /// The narrower classes the field rules use lie inside [`format_char`], so a value the
+    /// store accepts never needs an escape it did not get.
+    #[test]
+    fn the_narrow_classes_are_format_characters() {
+        for c in (0..=0x10FFFFu32).filter_map(char::from_u32) {
+            if bidi_control(c) || separator_or_bom(c) {
+                assert!(format_char(c), "U+{:04X}", c as u32);
+            }
+        }
+        assert!(hidden('\u{200D}') && !bidi_control('\u{200D}'));
+        assert!(!hidden('é') && !hidden(' ') && hidden('\u{FFFE}'));
     }
 
     #[test]

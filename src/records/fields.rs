@@ -26,6 +26,10 @@
 
 use super::{Deployment, RecordsError};
 use crate::reference::{Digest, ImageRef, ReferenceError, valid_tag};
+// The character classes are the terminal's, so the rules refuse by the same definitions the
+// tables escape by; re-exported for the YAML writer and older callers.
+use crate::terminal::separator_or_bom;
+pub use crate::terminal::{bidi_control, noncharacter};
 
 /// The longest platform token kept, in bytes.
 pub const MAX_TOKEN: usize = 32;
@@ -191,24 +195,6 @@ fn chars(field: &'static str, v: &str, rule: &str) -> Result<(), RecordsError> {
 /// or paragraph separator, the byte-order mark, or a bidirectional control.
 pub fn refused_char(c: char) -> bool {
     c.is_control() || noncharacter(c) || separator_or_bom(c) || bidi_control(c)
-}
-
-/// U+FDD0..U+FDEF and the last two code points of every plane (U+FFFE, U+FFFF, U+1FFFE...).
-pub fn noncharacter(c: char) -> bool {
-    let u = c as u32;
-    (0xFDD0..=0xFDEF).contains(&u) || (u & 0xFFFE) == 0xFFFE
-}
-
-fn separator_or_bom(c: char) -> bool {
-    matches!(c, '\u{2028}' | '\u{2029}' | '\u{FEFF}')
-}
-
-/// The bidirectional formatting characters (Unicode's `Bidi_Control` property).
-pub fn bidi_control(c: char) -> bool {
-    matches!(
-        c,
-        '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
-    )
 }
 
 /// `c` for a message: the code point, and what kind of character it is.
