@@ -1,5 +1,6 @@
 //! Faults the scanner must survive with a clear message and no partial or corrupt file.
 
+use std::process::Output;
 use std::time::Duration;
 
 use crate::support::docker::build_image;
@@ -22,16 +23,24 @@ fn closed_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
+/// Scan directories holding the one target `id`.
+fn one_target(id: &str) -> ScanDirs {
+    let dirs = ScanDirs::new();
+    dirs.target(id);
+    dirs
+}
+
+/// `register` over the targets in `dirs` against the analytics server at `server`.
+fn register(dirs: &ScanDirs, server: &str, args: &[&str]) -> Output {
+    run(dirs.command("register").env("SERVER", server).args(args))
+}
+
 #[test]
 fn server_down_is_a_failed_target_with_files_written() {
     let id = build_image("it-scan-down:1", GOOD);
-    let dirs = ScanDirs::new();
-    dirs.target(&id);
+    let dirs = one_target(&id);
     let url = format!("http://127.0.0.1:{}", closed_port());
-    let out = run(dirs
-        .command("register")
-        .env("SERVER", &url)
-        .args(["--attempts", "2"]));
+    let out = register(&dirs, &url, &["--attempts", "2"]);
     assert_eq!(out.status.code(), Some(0), "results written: exit 0");
     assert_eq!(
         stdout(&out),
@@ -58,14 +67,8 @@ fn server_down_is_a_failed_target_with_files_written() {
     );
 
     // --exit-code N makes the failure visible to CI.
-    let dirs = ScanDirs::new();
-    dirs.target(&id);
-    let out = run(dirs.command("register").env("SERVER", &url).args([
-        "--attempts",
-        "1",
-        "--exit-code",
-        "4",
-    ]));
+    let dirs = one_target(&id);
+    let out = register(&dirs, &url, &["--attempts", "1", "--exit-code", "4"]);
     assert_eq!(out.status.code(), Some(4));
 }
 
@@ -76,14 +79,8 @@ fn slow_server_times_out() {
     server.then(
         Reply::json(200, serde_json::json!({"success": true})).delayed(Duration::from_secs(5)),
     );
-    let dirs = ScanDirs::new();
-    dirs.target(&id);
-    let out = run(dirs.command("register").env("SERVER", server.url()).args([
-        "--timeout",
-        "1",
-        "--attempts",
-        "1",
-    ]));
+    let dirs = one_target(&id);
+    let out = register(&dirs, &server.url(), &["--timeout", "1", "--attempts", "1"]);
     assert_eq!(out.status.code(), Some(0));
     let summary = legacy(&dirs, &id)["Summary"].as_str().unwrap().to_string();
     assert!(
@@ -101,9 +98,8 @@ fn retries_500_with_the_same_idempotency_key() {
         500,
         serde_json::json!({"success": false, "summary": "Database Ingestion Failure"}),
     ));
-    let dirs = ScanDirs::new();
-    dirs.target(&id);
-    let out = run(dirs.command("register").env("SERVER", server.url()));
+    let dirs = one_target(&id);
+    let out = register(&dirs, &server.url(), &[]);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(
         stdout(&out).lines().next(),
@@ -128,8 +124,7 @@ fn unauthorized_quotes_the_server_and_reports_the_error() {
         401,
         serde_json::json!({"error": "Authentication failed - token missing"}),
     ));
-    let dirs = ScanDirs::new();
-    dirs.target(&id);
+    let dirs = one_target(&id);
     let out = run(dirs
         .command("register")
         .env("SERVER", server.url())
@@ -173,9 +168,8 @@ fn scanner_error_404_is_reported_as_missing_endpoint() {
         400,
         serde_json::json!({"success": false, "summary": "Set content type to application/json"}),
     ));
-    let dirs = ScanDirs::new();
-    dirs.target(&id);
-    let out = run(dirs.command("register").env("SERVER", server.url()));
+    let dirs = one_target(&id);
+    let out = register(&dirs, &server.url(), &[]);
     assert_eq!(out.status.code(), Some(0));
     let summary = legacy(&dirs, &id)["Summary"].as_str().unwrap().to_string();
     assert!(
@@ -200,9 +194,8 @@ fn ok_with_non_json_body_is_a_clear_failure() {
         "text/html",
         "<html><body>Welcome to nginx!</body></html>",
     ));
-    let dirs = ScanDirs::new();
-    dirs.target(&id);
-    let out = run(dirs.command("register").env("SERVER", server.url()));
+    let dirs = one_target(&id);
+    let out = register(&dirs, &server.url(), &[]);
     assert_eq!(out.status.code(), Some(0));
     let l = legacy(&dirs, &id);
     assert_eq!(l["Successful"], false);
@@ -219,9 +212,8 @@ fn last_scan_report_is_kept_whole() {
     let id = build_image("it-scan-report:1", GOOD);
     let answer = serde_json::json!({"success": true, "summary": "already registered", "last_scanned_at": "Mon, 23 Nov 2026 10:00:00 GMT", "last_scan_report": {"dependencies": [{"name": "x", "cve_count": 2}]}});
     let server = RecordingServer::start(Reply::json(200, answer.clone()));
-    let dirs = ScanDirs::new();
-    dirs.target(&id);
-    let out = run(dirs.command("register").env("SERVER", server.url()));
+    let dirs = one_target(&id);
+    let out = register(&dirs, &server.url(), &[]);
     assert_eq!(out.status.code(), Some(0));
     let l = legacy(&dirs, &id);
     assert_eq!(l["Scan Results"], answer);
@@ -309,8 +301,7 @@ fn hostile_labels_are_capped_and_escaped() {
         }
     });
     let id = create_container_api(&body);
-    let dirs = ScanDirs::new();
-    dirs.target(&id);
+    let dirs = one_target(&id);
     let out = run(&mut dirs.command("verify"));
     assert_eq!(out.status.code(), Some(0));
     assert!(
@@ -384,12 +375,11 @@ fn create_container_api(body: &serde_json::Value) -> String {
 fn read_only_scanout_fails_before_any_registration() {
     let id = build_image("it-scan-ro:1", GOOD);
     let server = RecordingServer::analytics_ok();
-    let dirs = ScanDirs::new();
-    dirs.target(&id);
+    let dirs = one_target(&id);
     let Some(ro) = ReadOnlyDir::make(&dirs.scanout) else {
         panic!("this test needs `mount --bind -o ro` (run the tests as root)");
     };
-    let out = run(dirs.command("register").env("SERVER", server.url()));
+    let out = register(&dirs, &server.url(), &[]);
     drop(ro);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
@@ -406,7 +396,7 @@ fn read_only_scanout_fails_before_any_registration() {
 
     // No /scanout at all.
     std::fs::remove_dir(&dirs.scanout).unwrap();
-    let out = run(dirs.command("register").env("SERVER", server.url()));
+    let out = register(&dirs, &server.url(), &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("check that the directory exists and is writable"));
 }
@@ -416,8 +406,7 @@ fn read_only_scanout_fails_before_any_registration() {
 #[test]
 fn existing_results_are_kept() {
     let id = build_image("it-scan-again:1", GOOD);
-    let dirs = ScanDirs::new();
-    dirs.target(&id);
+    let dirs = one_target(&id);
     let out = run(&mut dirs.command("verify"));
     assert_eq!(out.status.code(), Some(0));
     let first = read(&dirs.result(&id, "json"));
@@ -452,7 +441,7 @@ fn existing_results_are_kept() {
 fn bad_settings_are_usage_errors() {
     let dirs = ScanDirs::new();
     dirs.target(&"a".repeat(64));
-    let out = run(dirs.command("register").env("SERVER", "localhost:5000"));
+    let out = register(&dirs, "localhost:5000", &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains("invalid server URL \"localhost:5000\""),
@@ -475,9 +464,8 @@ fn too_many_requests_is_retried_after_the_servers_wait() {
     server.then(
         Reply::json(429, serde_json::json!({"summary": "slow down"})).header("Retry-After", "1"),
     );
-    let dirs = ScanDirs::new();
-    dirs.target(&id);
-    let out = run(dirs.command("register").env("SERVER", server.url()));
+    let dirs = one_target(&id);
+    let out = register(&dirs, &server.url(), &[]);
     assert_eq!(out.status.code(), Some(0));
     let requests = server.requests();
     assert_eq!(requests.len(), 2);
@@ -492,12 +480,8 @@ fn too_many_requests_is_retried_after_the_servers_wait() {
         503,
         serde_json::json!({"summary": "maintenance"}),
     ));
-    let dirs = ScanDirs::new();
-    dirs.target(&id);
-    let out = run(dirs
-        .command("register")
-        .env("SERVER", server.url())
-        .args(["--attempts", "2"]));
+    let dirs = one_target(&id);
+    let out = register(&dirs, &server.url(), &["--attempts", "2"]);
     assert_eq!(out.status.code(), Some(0));
     let register_calls = server
         .requests()
@@ -531,9 +515,8 @@ const GOOD_SHOWN: &str = "   Labels:
 fn atomic_shows_a_registered_target_as_passed() {
     let id = build_image("it-scan-view-ok:1", GOOD);
     let server = RecordingServer::analytics_ok();
-    let dirs = ScanDirs::new();
-    dirs.target(&id);
-    let out = run(dirs.command("register").env("SERVER", server.url()));
+    let dirs = one_target(&id);
+    let out = register(&dirs, &server.url(), &[]);
     assert_eq!(out.status.code(), Some(0));
     let url = server.url();
     assert_eq!(
@@ -550,13 +533,9 @@ fn atomic_shows_a_registered_target_as_passed() {
 #[test]
 fn atomic_shows_why_when_the_server_is_down() {
     let id = build_image("it-scan-view-down:1", GOOD);
-    let dirs = ScanDirs::new();
-    dirs.target(&id);
+    let dirs = one_target(&id);
     let url = format!("http://127.0.0.1:{}", closed_port());
-    let out = run(dirs
-        .command("register")
-        .env("SERVER", &url)
-        .args(["--attempts", "1"]));
+    let out = register(&dirs, &url, &["--attempts", "1"]);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(atomic(&dirs, &id)["Successful"], "true");
     assert_eq!(legacy(&dirs, &id)["Successful"], false);
@@ -573,14 +552,8 @@ fn atomic_shows_why_when_the_server_is_down() {
     assert!(text.ends_with(&expected_tail), "{text}");
     assert!(!text.contains("not supported"), "{text}");
 
-    let dirs = ScanDirs::new();
-    dirs.target(&id);
-    let out = run(dirs.command("register").env("SERVER", &url).args([
-        "--attempts",
-        "1",
-        "--exit-code",
-        "4",
-    ]));
+    let dirs = one_target(&id);
+    let out = register(&dirs, &url, &["--attempts", "1", "--exit-code", "4"]);
     assert_eq!(
         out.status.code(),
         Some(4),
@@ -606,12 +579,8 @@ fn atomic_shows_the_servers_refusal() {
     ] {
         let server = RecordingServer::analytics_ok();
         server.then(Reply::json(status, serde_json::json!({"error": said})));
-        let dirs = ScanDirs::new();
-        dirs.target(&id);
-        let out = run(dirs
-            .command("register")
-            .env("SERVER", server.url())
-            .args(["--attempts", "1"]));
+        let dirs = one_target(&id);
+        let out = register(&dirs, &server.url(), &["--attempts", "1"]);
         assert_eq!(out.status.code(), Some(0));
         assert_eq!(legacy(&dirs, &id)["Successful"], false);
         let text = shown(&dirs, &id, "it-scan-view-401:1");
@@ -632,9 +601,8 @@ fn atomic_shows_the_servers_refusal() {
 fn atomic_shows_missing_labels() {
     let id = build_image("it-scan-view-nolabel:1", &GOOD[1..]);
     let server = RecordingServer::analytics_ok();
-    let dirs = ScanDirs::new();
-    dirs.target(&id);
-    let out = run(dirs.command("register").env("SERVER", server.url()));
+    let dirs = one_target(&id);
+    let out = register(&dirs, &server.url(), &[]);
     assert_eq!(out.status.code(), Some(0));
     assert!(
         server
@@ -667,8 +635,7 @@ fn atomic_shows_verify_problems() {
             ("email-ids", "dev@example.com"),
         ],
     );
-    let dirs = ScanDirs::new();
-    dirs.target(&id);
+    let dirs = one_target(&id);
     let out = run(&mut dirs.command("verify"));
     assert_eq!(out.status.code(), Some(0));
     let text = shown(&dirs, &id, "it-scan-view-verify:1");
@@ -682,8 +649,7 @@ fn atomic_shows_verify_problems() {
 #[test]
 fn atomic_shows_an_unreadable_target_as_not_supported() {
     let unknown = "0123456789abcdef".repeat(4);
-    let dirs = ScanDirs::new();
-    dirs.target(&unknown);
+    let dirs = one_target(&unknown);
     let out = run(&mut dirs.command("register"));
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(
@@ -700,8 +666,7 @@ fn atomic_shows_an_unreadable_target_as_not_supported() {
 fn legacy_file_has_the_seed_readme_name_as_a_hard_link() {
     use std::os::unix::fs::MetadataExt;
     let id = build_image("it-scan-alias:1", GOOD);
-    let dirs = ScanDirs::new();
-    dirs.target(&id);
+    let dirs = one_target(&id);
     for _ in 0..2 {
         let out = run(&mut dirs.command("verify"));
         assert_eq!(out.status.code(), Some(0));
@@ -767,7 +732,7 @@ fn one_unwritable_target_does_not_abort_the_others() {
     let dirs = ScanDirs::new();
     dirs.target(&a).target(&b);
     std::fs::create_dir_all(dirs.scanout.join(&a).join("json")).unwrap();
-    let out = run(dirs.command("register").env("SERVER", server.url()));
+    let out = register(&dirs, &server.url(), &[]);
     assert_eq!(out.status.code(), Some(1));
     let text = stdout(&out);
     let (sa, sb) = if a < b { (0, 1) } else { (1, 0) };
@@ -821,11 +786,8 @@ fn a_huge_answer_is_cut_and_said_so() {
             });
         }
     });
-    let dirs = ScanDirs::new();
-    dirs.target(&id);
-    let out = run(dirs
-        .command("register")
-        .env("SERVER", format!("http://127.0.0.1:{port}")));
+    let dirs = one_target(&id);
+    let out = register(&dirs, &format!("http://127.0.0.1:{port}"), &[]);
     assert_eq!(out.status.code(), Some(0));
     let l = legacy(&dirs, &id);
     assert_eq!(l["Successful"], true, "a 2xx is a registration");
@@ -840,8 +802,7 @@ fn a_huge_answer_is_cut_and_said_so() {
 fn url_credentials_and_a_token_send_one_authorization_header() {
     let id = build_image("it-scan-auth:1", GOOD);
     let server = RecordingServer::analytics_ok();
-    let dirs = ScanDirs::new();
-    dirs.target(&id);
+    let dirs = one_target(&id);
     let with_creds = server.url().replace("http://", "http://u:p@");
     let out = run(dirs
         .command("register")
@@ -912,9 +873,8 @@ fn environment_json_leaves_out_a_refused_huge_label() {
         "Labels": {"git-url": huge, "git-sha": "46e443d", "email-ids": "dev@example.com"},
     }));
     let server = RecordingServer::analytics_ok();
-    let dirs = ScanDirs::new();
-    dirs.target(&id);
-    let out = run(dirs.command("register").env("SERVER", server.url()));
+    let dirs = one_target(&id);
+    let out = register(&dirs, &server.url(), &[]);
     crate::support::docker::docker(&["rm", &id]);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(legacy(&dirs, &id)["Successful"], false);
@@ -953,8 +913,7 @@ fn on_a_terminal(args: &[&str], env: &[(&str, &str)]) -> String {
 #[test]
 fn scan_logs_plain_text_on_a_terminal_unless_asked() {
     let id = build_image("it-scan-colour:1", &GOOD[1..]);
-    let dirs = ScanDirs::new();
-    dirs.target(&id);
+    let dirs = one_target(&id);
     let (scanin, scanout) = (
         dirs.scanin.to_str().unwrap(),
         dirs.scanout.to_str().unwrap(),
