@@ -2,6 +2,7 @@
 //! deployments and callbacks: after a restart on the same state directory, every request that
 //! was answered 2xx is there, and the history reads.
 
+use std::path::PathBuf;
 use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,15 +23,20 @@ fn spawn_server(state: &std::path::Path, keys: &std::path::Path) -> (Child, Stri
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_during_a_stream_loses_no_answered_request() {
-    let dir = tempfile::Builder::new()
-        .prefix("it-srv-crash-")
-        .tempdir()
-        .unwrap();
+/// A temporary directory (removed on drop) with a path for the state directory, not created,
+/// and an API keys file holding the test key: (dir, state, keys).
+fn state_and_keys(prefix: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
     let state = dir.path().join("state");
     let keys = dir.path().join("keys");
+    // A comment line too: the keys file format allows them.
     std::fs::write(&keys, format!("# test keys\nci {KEY}\n")).unwrap();
+    (dir, state, keys)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_stream_loses_no_answered_request() {
+    let (_dir, state, keys) = state_and_keys("it-srv-crash-");
     let (mut child, url) = spawn_server(&state, &keys);
 
     let answered: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
@@ -201,13 +207,7 @@ async fn sigkill_during_a_stream_loses_no_answered_request() {
 /// the history, and the server brings the files up to date when it starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn info_files_a_crash_left_behind_are_overruled_and_replaced_at_start() {
-    let dir = tempfile::Builder::new()
-        .prefix("it-srv-info-")
-        .tempdir()
-        .unwrap();
-    let state = dir.path().join("state");
-    let keys = dir.path().join("keys");
-    std::fs::write(&keys, format!("ci {KEY}\n")).unwrap();
+    let (_dir, state, keys) = state_and_keys("it-srv-info-");
     let web_info = state.join("prod/web/deploy-info.yml");
     let api_info = state.join("prod/api/deploy-info.yml");
     let client = reqwest::Client::new();
@@ -377,13 +377,7 @@ async fn post(client: &reqwest::Client, url: &str, body: Value) -> (u16, Value) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_noncharacter_in_deployed_by_or_the_platform_is_a_400_and_the_environment_survives_a_restart()
  {
-    let dir = tempfile::Builder::new()
-        .prefix("it-srv-field-")
-        .tempdir()
-        .unwrap();
-    let state = dir.path().join("state");
-    let keys = dir.path().join("keys");
-    std::fs::write(&keys, format!("ci {KEY}\n")).unwrap();
+    let (_dir, state, keys) = state_and_keys("it-srv-field-");
     let client = reqwest::Client::new();
     let body = |n: u32| {
         json!({
@@ -456,13 +450,7 @@ fn file_times(history: &str) -> Vec<chrono::DateTime<chrono::Utc>> {
 /// environment's lock, which the other process may hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_deployments_are_appended_in_time_order_and_at_answers_each_one() {
-    let dir = tempfile::Builder::new()
-        .prefix("it-srv-order-")
-        .tempdir()
-        .unwrap();
-    let state = dir.path().join("state");
-    let keys = dir.path().join("keys");
-    std::fs::write(&keys, format!("ci {KEY}\n")).unwrap();
+    let (_dir, state, keys) = state_and_keys("it-srv-order-");
     let (mut one, url_one) = spawn_server(&state, &keys);
     let (mut two, url_two) = spawn_server(&state, &keys);
     let client = reqwest::Client::new();
@@ -534,13 +522,7 @@ async fn racing_deployments_are_appended_in_time_order_and_at_answers_each_one()
 /// `imagetrail history` fail for every app.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_broken_entry_is_reported_never_moved_and_does_not_hide_other_apps() {
-    let dir = tempfile::Builder::new()
-        .prefix("it-srv-hand-")
-        .tempdir()
-        .unwrap();
-    let state = dir.path().join("state");
-    let keys = dir.path().join("keys");
-    std::fs::write(&keys, format!("ci {KEY}\n")).unwrap();
+    let (_dir, state, keys) = state_and_keys("it-srv-hand-");
     let client = reqwest::Client::new();
     let body = |app: &str, n: u32| {
         json!({
