@@ -1,9 +1,10 @@
 //! Untrusted text (label values, server answers) made safe before it reaches a terminal, and
 //! the one definition of the character classes that make text unsafe: [`hidden`] (what
 //! [`crate::output`] shows escaped) is made of [`char::is_control`], [`format_char`] and
-//! [`noncharacter`]; the record field rules ([`crate::records::fields`]) refuse the control
-//! characters, the noncharacters, [`bidi_control`] and [`separator_or_bom`], all of them
-//! [`hidden`] too, so whatever the store accepts prints as itself.
+//! [`noncharacter`]; the record field rules (`records/fields.rs`) refuse the control
+//! characters, the noncharacters, [`bidi_control`] and [`separator_or_bom`]: a part of
+//! [`hidden`], so nothing they refuse would print as itself, and a hidden character they accept
+//! (a zero-width joiner in an emoji) is stored and shown escaped.
 
 /// The most bytes of one untrusted value kept (labels come from arbitrary images).
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
@@ -102,8 +103,8 @@ mod tests {
         assert_eq!(sanitize("a\u{1b}[31mred\u{7}"), "a\\u{1b}[31mred\\u{7}");
     }
 
-    /// The narrower classes the field rules use lie inside [`format_char`], so a value the
-    /// store accepts never needs an escape it did not get.
+    /// The narrower classes the field rules refuse lie inside [`format_char`]: the rules never
+    /// refuse a character the tables would print as itself.
     #[test]
     fn the_narrow_classes_are_format_characters() {
         for c in (0..=0x10FFFFu32).filter_map(char::from_u32) {
