@@ -12,9 +12,8 @@ use reqwest::StatusCode;
 use thiserror::Error;
 use url::Url;
 
-use crate::retry_post::{
-    self, Failure, error_chain, root_cause, server_words, untrusted_certificate,
-};
+use crate::error::{error_chain, root_cause};
+use crate::retry_post::{self, Failure, server_words, untrusted_certificate};
 use crate::terminal::cap;
 
 pub use crate::retry_post::{MAX_ANSWER_BYTES, redacted};

@@ -1,6 +1,8 @@
 //! The error kinds a caller can branch on. Each outside system has its own error enum in
 //! its module (engine, analytics, registry, records); this type gathers them so `main`
 //! can choose an exit code, and so the library's public functions share one `Result`.
+//! [`error_chain`] and [`root_cause`] put a foreign error (reqwest's, which hides the useful
+//! part in its source chain) into one line of a message.
 
 use thiserror::Error;
 
@@ -42,3 +44,29 @@ impl Error {
 
 /// The library's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error and its causes on one line (reqwest hides the useful part in the source chain).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// The innermost cause of an error (e.g. "Connection refused (os error 111)").
+pub fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut last = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        last = s.to_string();
+        source = s.source();
+    }
+    last
+}

@@ -14,8 +14,8 @@
 //! * At most [`MAX_ANSWER_BYTES`] of an answer are read.
 //!
 //! The callers turn a [`Failure`] into their own error type, so each keeps its messages; the
-//! text helpers here ([`server_words`], [`error_chain`], [`root_cause`],
-//! [`untrusted_certificate`]) are what they word them with.
+//! helpers here ([`server_words`], [`untrusted_certificate`]) and in [`crate::error`]
+//! ([`error_chain`], [`root_cause`](crate::error::root_cause)) are what they word them with.
 
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, RETRY_AFTER, USER_AGENT};
 use url::Url;
 
+use crate::error::error_chain;
 use crate::terminal::sanitize;
 
 /// The wait after the first failed attempt is at most this long; each later one doubles.
@@ -258,17 +259,6 @@ pub fn redacted(url: &Url) -> String {
     u.to_string().trim_end_matches('/').to_string()
 }
 
-/// The innermost cause of an error (e.g. "Connection refused (os error 111)").
-pub fn root_cause(e: &dyn std::error::Error) -> String {
-    let mut last = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        last = s.to_string();
-        source = s.source();
-    }
-    last
-}
-
 /// Why the server's certificate was refused, when that is what failed: found in the cause
 /// chain, where the TLS error sits inside nested `io::Error`s (whose `source` skips the error
 /// they wrap, so they are opened with `get_ref`).
@@ -286,21 +276,6 @@ pub fn untrusted_certificate(e: &reqwest::Error) -> Option<String> {
         };
     }
     None
-}
-
-/// An error and its causes on one line (reqwest hides the useful part in the source chain).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

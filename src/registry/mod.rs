@@ -28,6 +28,8 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use thiserror::Error;
 
+use crate::error::error_chain;
+
 pub use manifest::{ConfigSection, ImageConfig, MANIFEST_ACCEPT, Manifest};
 
 pub use crate::reference::{ImageRef as Reference, Platform};
@@ -576,20 +578,6 @@ fn next_link(h: &HeaderMap, base: &str) -> Option<String> {
         }
     }
     None
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]
