@@ -391,26 +391,15 @@ mod tests {
             parse_time_from("2026-01-25T05:00:00+01:00", today).unwrap(),
             Utc.with_ymd_and_hms(2026, 1, 25, 4, 0, 0).unwrap()
         );
-        assert_eq!(
-            parse_time_from("2026-01-25 05:00", today).unwrap(),
-            local(2026, 1, 25, 5, 0)
-        );
-        assert_eq!(
-            parse_time_from("yesterday 05:00", today).unwrap(),
-            local(2026, 1, 25, 5, 0)
-        );
-        assert_eq!(
-            parse_time_from("Yesterday at 05:00", today).unwrap(),
-            local(2026, 1, 25, 5, 0)
-        );
-        assert_eq!(
-            parse_time_from("today", today).unwrap(),
-            local(2026, 1, 26, 0, 0)
-        );
-        assert_eq!(
-            parse_time_from("2026-01-25", today).unwrap(),
-            local(2026, 1, 25, 0, 0)
-        );
+        for (text, want) in [
+            ("2026-01-25 05:00", local(2026, 1, 25, 5, 0)),
+            ("yesterday 05:00", local(2026, 1, 25, 5, 0)),
+            ("Yesterday at 05:00", local(2026, 1, 25, 5, 0)),
+            ("today", local(2026, 1, 26, 0, 0)),
+            ("2026-01-25", local(2026, 1, 25, 0, 0)),
+        ] {
+            assert_eq!(parse_time_from(text, today).unwrap(), want, "{text}");
+        }
         let err = parse_time_from("last tuesday", today).unwrap_err();
         assert!(err.contains("\"yesterday 05:00\""), "{err}");
         assert!(parse_time_from("yesterday 25:00", today).is_err());
