@@ -1,6 +1,8 @@
 //! A deploy pipeline and the scanner's `deploy` scan type against the real server: the records
 //! it writes are the ones the CLI's queries read.
 
+use std::process::Output;
+
 use serde_json::Value;
 
 use crate::server::{KEY, TestServer};
@@ -9,30 +11,39 @@ use crate::support::registry::{shared, unique_repo};
 use crate::support::scan::ScanDirs;
 use crate::support::{imagetrail, run, stderr, stdout};
 
+/// Push a CI image to the shared registry under a new repository named after `repo`, and
+/// `imagetrail deploy` it into production as `name` from a throwaway state directory,
+/// notifying the deployments API at `base` with the test key: (the deploy's output, the
+/// repository as `host/path`, the image's digest). Blocking: call it off the runtime.
+fn deploy_to_endpoint(repo: &str, name: &str, base: &str) -> (Output, String, String) {
+    let reg = shared();
+    let repo = unique_repo(repo);
+    let digest = reg.push_ci_image(&repo, "v1", "2026-01-24T22:41:03Z", "46e443d", "x");
+    let local = tempfile::Builder::new()
+        .prefix("it-srv-")
+        .tempdir()
+        .unwrap();
+    let key = local.path().join("key");
+    std::fs::write(&key, format!("{KEY}\n")).unwrap();
+    let deploy = run(imagetrail()
+        .args(["deploy", "--env", "production", "--name", name, "--image"])
+        .arg(format!("{}/{repo}:v1", reg.addr))
+        .arg("--endpoint")
+        .arg(format!("{base}/api/v1/deployments"))
+        .arg("--api-key-file")
+        .arg(&key)
+        .arg("--state-dir")
+        .arg(local.path()));
+    (deploy, format!("{}/{repo}", reg.addr), digest)
+}
+
 #[tokio::test]
 async fn imagetrail_deploy_endpoint_records_on_the_server_and_the_cli_reads_it_back() {
     let server = TestServer::start(|_| {}).await;
     let url = server.url.clone();
     let server_state = server.dir().to_path_buf();
     let out = tokio::task::spawn_blocking(move || {
-        let reg = shared();
-        let repo = unique_repo("srv");
-        let digest = reg.push_ci_image(&repo, "v1", "2026-01-24T22:41:03Z", "46e443d", "x");
-        let local = tempfile::Builder::new()
-            .prefix("it-srv-")
-            .tempdir()
-            .unwrap();
-        let key = local.path().join("key");
-        std::fs::write(&key, format!("{KEY}\n")).unwrap();
-        let deploy = run(imagetrail()
-            .args(["deploy", "--env", "production", "--name", "web", "--image"])
-            .arg(format!("{}/{repo}:v1", reg.addr))
-            .arg("--endpoint")
-            .arg(format!("{url}/api/v1/deployments"))
-            .arg("--api-key-file")
-            .arg(&key)
-            .arg("--state-dir")
-            .arg(local.path()));
+        let (deploy, repo, digest) = deploy_to_endpoint("srv", "web", &url);
         let history = run(imagetrail()
             .args([
                 "history",
@@ -43,7 +54,7 @@ async fn imagetrail_deploy_endpoint_records_on_the_server_and_the_cli_reads_it_b
                 "--state-dir",
             ])
             .arg(&server_state));
-        (deploy, history, format!("{}/{repo}", reg.addr), digest)
+        (deploy, history, repo, digest)
     })
     .await
     .unwrap();
@@ -184,36 +195,10 @@ async fn fault_proxy(upstream: String, faults: usize) -> (String, Seen) {
 async fn deploy_endpoint_retries_a_lost_answer_with_the_same_key_and_is_recorded_once() {
     let server = TestServer::start(|_| {}).await;
     let (proxy, seen) = fault_proxy(server.url.clone(), 2).await;
-    let (deploy, digest) = tokio::task::spawn_blocking(move || {
-        let reg = shared();
-        let repo = unique_repo("srvretry");
-        let digest = reg.push_ci_image(&repo, "v1", "2026-01-24T22:41:03Z", "46e443d", "x");
-        let local = tempfile::Builder::new()
-            .prefix("it-srv-")
-            .tempdir()
+    let (deploy, _, digest) =
+        tokio::task::spawn_blocking(move || deploy_to_endpoint("srvretry", "retried", &proxy))
+            .await
             .unwrap();
-        let key = local.path().join("key");
-        std::fs::write(&key, format!("{KEY}\n")).unwrap();
-        let deploy = run(imagetrail()
-            .args([
-                "deploy",
-                "--env",
-                "production",
-                "--name",
-                "retried",
-                "--image",
-            ])
-            .arg(format!("{}/{repo}:v1", reg.addr))
-            .arg("--endpoint")
-            .arg(format!("{proxy}/api/v1/deployments"))
-            .arg("--api-key-file")
-            .arg(&key)
-            .arg("--state-dir")
-            .arg(local.path()));
-        (deploy, digest)
-    })
-    .await
-    .unwrap();
     assert_eq!(deploy.status.code(), Some(0), "{}", stderr(&deploy));
     assert!(stdout(&deploy).contains("HTTP 201"), "{}", stdout(&deploy));
     let seen = seen.lock().unwrap().clone();
