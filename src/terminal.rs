@@ -9,12 +9,13 @@
 /// The most bytes of one untrusted value kept (labels come from arbitrary images).
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 
-/// Replace control characters (ESC, CR, BEL, C1 controls...) with visible escapes so that a
-/// hostile label cannot move the cursor, recolour or rewrite what the operator sees.
+/// Replace control characters (ESC, CR, BEL, C1 controls...), format characters (bidi
+/// overrides, zero-width characters) and noncharacters with visible escapes, so that a hostile
+/// label cannot move the cursor, recolour, reorder or hide what the operator sees.
 pub fn sanitize(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if c.is_control() && c != '\n' && c != '\t' {
+        if hidden(c) && c != '\n' && c != '\t' {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -101,6 +102,12 @@ mod tests {
     #[test]
     fn escapes_terminal_sequences() {
         assert_eq!(sanitize("a\u{1b}[31mred\u{7}"), "a\\u{1b}[31mred\\u{7}");
+        // A right-to-left override would show "evil.exe" as "exe.live" and a zero-width space
+        // would hide a difference: both are shown as escapes; lines and tabs stay.
+        assert_eq!(
+            sanitize("a\u{202E}b\u{200B}c\u{FFFE}\n\td é"),
+            "a\\u{202e}b\\u{200b}c\\u{fffe}\n\td é"
+        );
     }
 
     /// The narrower classes the field rules refuse lie inside [`format_char`]: the rules never
