@@ -329,21 +329,23 @@ impl RecordStore for PgRecords {
         f: &mut dyn FnMut(&Deployment) -> anyhow::Result<()>,
     ) -> anyhow::Result<MergeReport> {
         if let Some(n) = range.last {
-            let entries = self.block(self.pg.newest(pairs, range.since, range.until, n))
+            let entries = self
+                .block(self.pg.newest(pairs, range.since, range.until, n))
                 .map_err(RecordsError::from)?;
             entries.iter().try_for_each(f)?;
             return Ok(MergeReport::default());
         }
         let mut failed = None;
-        self.block(self.pg.visit(pairs, range.since, range.until, &mut |d| {
-            match f(&d) {
-                Ok(()) => true,
-                Err(e) => {
-                    failed = Some(e);
-                    false
-                }
-            }
-        }))
+        self.block(
+            self.pg
+                .visit(pairs, range.since, range.until, &mut |d| match f(&d) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
+                }),
+        )
         .map_err(RecordsError::from)?;
         match failed {
             Some(e) => Err(e),

@@ -142,9 +142,9 @@ fn duplicate(e: &RecordsError) -> RecordsError {
             example: example.clone(),
         },
         // Not an error of the files; rebuilt from its message.
-        RecordsError::Database(e) => RecordsError::Database(Box::new(
-            super::postgres::PgError::Query(e.to_string()),
-        )),
+        RecordsError::Database(e) => {
+            RecordsError::Database(Box::new(super::postgres::PgError::Query(e.to_string())))
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use crate::exit::ExitCode;
 use crate::records::protect::{Named, Protection, Role};
 use crate::records::{Deployment, Platform, RecordStore, check_names};
 use crate::registry::{Client, Reference, RegistryError};
+use anyhow::Context as _;
 // Every value printed here is a table cell: escaped and cut (see `crate::output`).
 use crate::output::{cell as sanitize, cell_or_dash as sanitize_or_dash};
 
@@ -163,7 +164,11 @@ fn short(digest: &str) -> String {
 }
 
 /// Every current deployment of `repo`, per environment (only the environments given, or all).
-fn deployed(store: &dyn RecordStore, repo: &str, envs: &[String]) -> anyhow::Result<Vec<Deployment>> {
+fn deployed(
+    store: &dyn RecordStore,
+    repo: &str,
+    envs: &[String],
+) -> anyhow::Result<Vec<Deployment>> {
     let envs = if envs.is_empty() {
         store.environments()?
     } else {
@@ -565,7 +570,10 @@ pub async fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
     let state = &args.state.state_dir;
     // The files, or PostgreSQL: an unreachable database stops the prune here, before the
     // registry is asked anything.
-    let store = args.state.open(&args.database)?;
+    let store = args
+        .state
+        .open(&args.database)
+        .context("prune deletes nothing without its records")?;
 
     // 1. Every digest the records name (every file under the state directory, every row of
     //    the database); anything that cannot be read stops the prune before the registry is

@@ -149,7 +149,11 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
         .transpose()
         .map_err(Error::Usage)?;
     let store = args.query.state.open(&args.query.database)?;
-    let pairs = selected(&*store, args.query.env.as_deref(), args.query.app.as_deref())?;
+    let pairs = selected(
+        &*store,
+        args.query.env.as_deref(),
+        args.query.app.as_deref(),
+    )?;
     let range = HistoryRange {
         since,
         until,
@@ -157,9 +161,7 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
     };
     // Streamed (see records::range): memory stays flat in the histories' length. Text output
     // reads twice, once for the column widths and once to print.
-    let each = |f: &mut dyn FnMut(&Deployment) -> anyhow::Result<()>| {
-        store.visit(&pairs, range, f)
-    };
+    let each = |f: &mut dyn FnMut(&Deployment) -> anyhow::Result<()>| store.visit(&pairs, range, f);
     let report = if args.query.format == Format::Json {
         print_json_stream(each)?
     } else {
@@ -218,7 +220,11 @@ pub fn at(args: AtArgs) -> anyhow::Result<ExitCode> {
     let store = args.query.state.open(&args.query.database)?;
     let mut found = Vec::new();
     let mut pairs = 0;
-    for (env, app) in selected(&*store, args.query.env.as_deref(), args.query.app.as_deref())? {
+    for (env, app) in selected(
+        &*store,
+        args.query.env.as_deref(),
+        args.query.app.as_deref(),
+    )? {
         pairs += 1;
         let (d, torn) = store.at(&env, &app, t)?;
         if let Some(torn) = &torn {

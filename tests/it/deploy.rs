@@ -63,8 +63,7 @@ pub struct Records {
 impl Records {
     /// Empty records on `backend`.
     pub fn new(backend: Backend) -> Records {
-        let url = (backend == Backend::Postgres)
-            .then(crate::support::postgres::fresh_database);
+        let url = (backend == Backend::Postgres).then(crate::support::postgres::fresh_database);
         Records {
             backend,
             dir: state(),

@@ -504,3 +504,79 @@ async fn hostile_fields_are_stored_exactly_or_refused_alone() {
     assert_eq!(s.current("prod", "fine").await.unwrap(), Some(fine));
     assert_eq!(pg.psql("it", "SELECT count(*) FROM deployments"), "2\n");
 }
+
+/// The record commands on `--database-url` never change the schema: an unmigrated database
+/// and one migrated by a newer imagetrail are each one clear line and exit 1, and so is a
+/// database nobody listens for; nothing is written anywhere.
+#[test]
+fn record_commands_refuse_an_unmigrated_or_newer_schema_and_an_unreachable_database() {
+    let pg = crate::support::postgres::shared();
+    let name = format!("it_{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let url = pg.create_database(&name);
+    let state = tempfile::tempdir().unwrap();
+    let cmd = |args: &[&str], url: &str| {
+        run(imagetrail()
+            .args(args)
+            .arg("--state-dir")
+            .arg(state.path())
+            .args(["--database-url", url]))
+    };
+    let one_line = |out: &std::process::Output, want: &str| {
+        assert_eq!(out.status.code(), Some(1));
+        let err = stderr(out);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(want), "{want:?}: {err}");
+    };
+    let deploy = [
+        "deploy",
+        "--env",
+        "prod",
+        "--app",
+        "a",
+        "--image",
+        "127.0.0.1:9/x:v1",
+    ];
+    for args in [&["status"][..], &["history"], &deploy] {
+        one_line(
+            &cmd(args, &url),
+            "this imagetrail needs version 1: run `imagetrail db migrate --database-url …` first",
+        );
+    }
+    assert_eq!(
+        pg.psql(
+            &name,
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        ),
+        "0\n",
+        "nothing migrated implicitly"
+    );
+    assert!(migrate(&url).status.success());
+    pg.psql(
+        &name,
+        "INSERT INTO imagetrail_schema_version (version, description) VALUES (7, 'future')",
+    );
+    for args in [
+        &["at", "2026-01-01T00:00:00Z"][..],
+        &["where", "sha256:00"],
+        &deploy,
+    ] {
+        one_line(
+            &cmd(args, &url),
+            "schema is version 7, newer than the 1 this imagetrail knows",
+        );
+    }
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let down = format!("postgres://postgres:s3cret@127.0.0.1:{port}/it");
+    for args in [&["status"][..], &deploy] {
+        let out = cmd(args, &down);
+        one_line(
+            &out,
+            &format!("cannot reach PostgreSQL at 127.0.0.1:{port}"),
+        );
+        assert!(!stderr(&out).contains("s3cret"));
+    }
+    assert_eq!(pg.psql(&name, "SELECT count(*) FROM deployments"), "0\n");
+    assert!(std::fs::read_dir(state.path()).unwrap().next().is_none());
+}

@@ -116,7 +116,8 @@ impl PgStore {
         until: Option<DateTime<Utc>>,
         f: &mut dyn FnMut(Deployment) -> bool,
     ) -> Result<(), PgError> {
-        let page = (PAGE * 8 / i64::try_from(pairs.len().max(1)).unwrap_or(i64::MAX)).clamp(16, PAGE);
+        let page =
+            (PAGE * 8 / i64::try_from(pairs.len().max(1)).unwrap_or(i64::MAX)).clamp(16, PAGE);
         let ((since_us, since_ns), until) = time_bounds(since, until);
         let mut cursors: Vec<Cursor> = pairs
             .iter()

@@ -358,9 +358,15 @@ pub fn fresh_database() -> String {
     let pg = shared();
     let name = format!("it_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let url = pg.create_database(&name);
-    let out = crate::support::run(
-        crate::support::imagetrail().args(["db", "migrate", "--database-url", &url]),
+    let out = crate::support::run(crate::support::imagetrail().args([
+        "db",
+        "migrate",
+        "--database-url",
+        &url,
+    ]));
+    assert!(
+        out.status.success(),
+        "db migrate of a fresh database failed"
     );
-    assert!(out.status.success(), "db migrate of a fresh database failed");
     url
 }
