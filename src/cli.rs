@@ -341,6 +341,9 @@ pub struct MetricsArgs {
     /// Where the records live.
     #[command(flatten)]
     pub state: StateOpts,
+    /// Or PostgreSQL.
+    #[command(flatten)]
+    pub database: DatabaseOpts,
 }
 
 /// `imagetrail at TIME`.

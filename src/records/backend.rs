@@ -25,8 +25,8 @@ use super::postgres::{PgError, PgItem, PgStore, PgWritten};
 use super::protect::{self, ProtectError, Protection};
 use super::range::for_each_merged;
 use super::{
-    Checks, Deployment, HistoryRange, HistoryRead, MergeReport, Recorded, RecordsError, Stamp,
-    Store, TornTail, fields, names,
+    Checks, Deployment, HistoryRange, HistoryRead, MergeReport, OpenHistory, Recorded,
+    RecordsError, Stamp, Store, TornTail, fields, names,
 };
 
 /// The deployment records, on whichever backend was chosen (see the module documentation).
@@ -107,6 +107,67 @@ pub trait RecordStore: Send + Sync + std::fmt::Debug {
     /// Every digest the records name, for `registry prune`: what it must never delete. Any
     /// failure to read is an error, never an empty answer.
     fn protection(&self) -> Result<Protection, ProtectError>;
+
+    /// One history opened for several bounded reads (the delivery metrics read a window, its
+    /// look-back and the entry before that): the files open it and check its tail once.
+    fn open_history<'a>(
+        &'a self,
+        env: &str,
+        app: &str,
+    ) -> Result<Box<dyn HistoryReader + 'a>, RecordsError>;
+}
+
+/// One app's history open for bounded reads (see [`RecordStore::open_history`]).
+pub trait HistoryReader {
+    /// The entries within `range`, oldest first, held in memory (meant for small ranges).
+    fn read(&self, range: HistoryRange) -> Result<Vec<Deployment>, RecordsError>;
+
+    /// The most recent entry deployed before `before` whose digest (or index digest) is
+    /// `digest`.
+    fn last_with_digest_before(
+        &self,
+        digest: &str,
+        before: DateTime<Utc>,
+    ) -> Result<Option<Deployment>, RecordsError>;
+}
+
+impl HistoryReader for OpenHistory {
+    fn read(&self, range: HistoryRange) -> Result<Vec<Deployment>, RecordsError> {
+        OpenHistory::read(self, range)
+    }
+
+    fn last_with_digest_before(
+        &self,
+        digest: &str,
+        before: DateTime<Utc>,
+    ) -> Result<Option<Deployment>, RecordsError> {
+        OpenHistory::last_with_digest_before(self, digest, before)
+    }
+}
+
+/// One app's history in PostgreSQL: each read is one indexed statement.
+struct PgHistory<'a> {
+    records: &'a PgRecords,
+    env: String,
+    app: String,
+}
+
+impl HistoryReader for PgHistory<'_> {
+    fn read(&self, range: HistoryRange) -> Result<Vec<Deployment>, RecordsError> {
+        Ok(self
+            .records
+            .read_range(&self.env, &self.app, range)?
+            .entries)
+    }
+
+    fn last_with_digest_before(
+        &self,
+        digest: &str,
+        before: DateTime<Utc>,
+    ) -> Result<Option<Deployment>, RecordsError> {
+        self.records
+            .last_with_digest(&self.env, &self.app, digest, Some(before))
+    }
 }
 
 /// Check that `env` and `app` can be stored (not empty, no `..` segment...), the same rule for
@@ -220,6 +281,14 @@ impl RecordStore for Store {
 
     fn protection(&self) -> Result<Protection, ProtectError> {
         protect::collect(self.root())
+    }
+
+    fn open_history<'a>(
+        &'a self,
+        env: &str,
+        app: &str,
+    ) -> Result<Box<dyn HistoryReader + 'a>, RecordsError> {
+        Ok(Box::new(Store::open_history(self, env, app)?))
     }
 }
 
@@ -418,5 +487,18 @@ impl RecordStore for PgRecords {
                 reason: e.to_string(),
             })?;
         Ok(protect::from_database(self.pg.target(), digests))
+    }
+
+    fn open_history<'a>(
+        &'a self,
+        env: &str,
+        app: &str,
+    ) -> Result<Box<dyn HistoryReader + 'a>, RecordsError> {
+        check_names(env, app)?;
+        Ok(Box::new(PgHistory {
+            records: self,
+            env: env.to_string(),
+            app: app.to_string(),
+        }))
     }
 }

@@ -128,7 +128,7 @@ pub enum RecordsError {
     Database(Box<postgres::PgError>),
 }
 
-pub use backend::{PgRecords, RecordStore, check_names, open};
+pub use backend::{HistoryReader, PgRecords, RecordStore, check_names, open};
 pub use batch::{Checks, Stamp, Written};
 pub use fields::{MAX_LABEL, MAX_NAME, MAX_TOKEN};
 pub use history::TornTail;

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use imagetrail::records::postgres::{PgError, PgItem, PgStore, PgWritten};
 use imagetrail::records::{
     Deployment, DeploymentRecord, ImageRecord, Platform, RecordsError, Store,
@@ -627,8 +627,9 @@ fn the_query_commands_answer_the_same_from_the_files_and_from_postgresql() {
     };
     let last = &all[n - 1];
     let current_web = all.iter().rev().find(|d| d.app == "web").unwrap();
-    let middle = (base + Duration::seconds(61 * 700)).to_rfc3339();
-    let later = (base + Duration::seconds(61 * 900)).to_rfc3339();
+    // With a `Z`: a `+` would be a space in the dashboard's query string.
+    let middle = (base + Duration::seconds(61 * 700)).to_rfc3339_opts(SecondsFormat::Secs, true);
+    let later = (base + Duration::seconds(61 * 900)).to_rfc3339_opts(SecondsFormat::Secs, true);
     let cases: Vec<Vec<&str>> = vec![
         vec!["history", "--format", "json"],
         vec!["history"],
@@ -656,6 +657,82 @@ fn the_query_commands_answer_the_same_from_the_files_and_from_postgresql() {
         let (f, p) = (query(&args, false), query(&args, true));
         assert!(f.2.is_empty(), "files {args:?}: {}", f.2);
         assert_eq!(f, p, "files and postgres differ on {args:?}");
+    }
+    // The delivery metrics, but for the window's end (now, taken by each run).
+    let metrics = |pg: bool| {
+        let (code, out, err) = query(
+            &[
+                "metrics",
+                "--since",
+                "2025-12-01T00:00:00Z",
+                "--format",
+                "json",
+            ],
+            pg,
+        );
+        assert_eq!(code, Some(0), "{err}");
+        let mut v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v.as_object_mut().unwrap().remove("window");
+        v
+    };
+    let m = metrics(false);
+    assert!(m.to_string().contains("\"deployments\":"), "{m}");
+    assert_eq!(m, metrics(true), "files and postgres differ on metrics");
+    // The dashboard's pages of `serve` on each.
+    let serve = |pg: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = imagetrail();
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--state-dir"]);
+        if pg {
+            cmd.arg(dir.path()).args(["--database-url", &url]);
+        } else {
+            cmd.arg(seed.path());
+        }
+        let (mut child, base) = crate::support::spawn_serve(&mut cmd);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let pages: Vec<(u16, String)> = [
+            "/".to_string(),
+            format!("/?at={middle}"),
+            "/apps?app=web&days=365".to_string(),
+            format!("/search?q={}", current_web.image.digest),
+        ]
+        .iter()
+        .map(|p| {
+            rt.block_on(async {
+                let r = reqwest::get(format!("{base}{p}")).await.unwrap();
+                (r.status().as_u16(), r.text().await.unwrap())
+            })
+        })
+        .collect();
+        let _ = child.kill();
+        let _ = child.wait();
+        pages
+    };
+    let (f, p) = (serve(false), serve(true));
+    assert!(f.iter().all(|(code, _)| *code == 200), "{f:?}");
+    assert!(
+        f[0].1.contains(&current_web.image.digest[..19]),
+        "{}",
+        f[0].1
+    );
+    // The app page places points by the time of the request: its points' texts are compared.
+    let titles = |page: &str| -> Vec<String> {
+        page.split("<title>")
+            .skip(1)
+            .filter_map(|t| t.split("</title>").next().map(str::to_string))
+            .collect()
+    };
+    assert!(titles(&f[2].1).len() > 100, "{}", f[2].1);
+    assert_eq!(
+        titles(&f[2].1),
+        titles(&p[2].1),
+        "app page: files and postgres differ"
+    );
+    for i in [0, 1, 3] {
+        assert_eq!(f[i], p[i], "page {i}: files and postgres differ");
     }
     // And it really is the whole history (every deployment once), in time order.
     let (_, json, _) = query(&["history", "--format", "json"], true);
