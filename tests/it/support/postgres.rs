@@ -315,7 +315,14 @@ impl Drop for Postgres {
     }
 }
 
-static SHARED: std::sync::OnceLock<Postgres> = std::sync::OnceLock::new();
+/// The shared cluster and the shell that stops it after this process.
+struct Shared {
+    pg: Postgres,
+    // Kept so it is not a zombie-in-waiting nobody owns.
+    _watcher: std::process::Child,
+}
+
+static SHARED: std::sync::OnceLock<Shared> = std::sync::OnceLock::new();
 
 /// The cluster shared by this test process (started on first use): record-level tests take a
 /// fresh database in it each ([`Postgres::create_database`]), so one `initdb` serves them all.
@@ -323,34 +330,39 @@ static SHARED: std::sync::OnceLock<Postgres> = std::sync::OnceLock::new();
 /// Statics are never dropped, so a shell watches this process and stops the cluster
 /// (immediate mode) and removes its directory when the process is gone.
 pub fn shared() -> &'static Postgres {
-    SHARED.get_or_init(|| {
-        let pg = Postgres::start();
-        let stop = pg.server_cmd("pg_ctl");
-        let mut argv: Vec<String> = vec![stop.get_program().to_string_lossy().into_owned()];
-        argv.extend(stop.get_args().map(|a| a.to_string_lossy().into_owned()));
-        argv.extend([
-            "-D".into(),
-            pg.data_dir().display().to_string(),
-            "-m".into(),
-            "immediate".into(),
-            "-w".into(),
-            "stop".into(),
-        ]);
-        let script = r#"pid=$1; dir=$2; shift 2
+    &SHARED.get_or_init(start_shared).pg
+}
+
+fn start_shared() -> Shared {
+    let pg = Postgres::start();
+    let stop = pg.server_cmd("pg_ctl");
+    let mut argv: Vec<String> = vec![stop.get_program().to_string_lossy().into_owned()];
+    argv.extend(stop.get_args().map(|a| a.to_string_lossy().into_owned()));
+    argv.extend([
+        "-D".into(),
+        pg.data_dir().display().to_string(),
+        "-m".into(),
+        "immediate".into(),
+        "-w".into(),
+        "stop".into(),
+    ]);
+    let script = r#"pid=$1; dir=$2; shift 2
 while kill -0 "$pid" 2>/dev/null; do sleep 1; done
 "$@" >/dev/null 2>&1; rm -rf "$dir""#;
-        Command::new("sh")
-            .args(["-c", script, "sh"])
-            .arg(std::process::id().to_string())
-            .arg(pg.dir.path())
-            .args(&argv)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the watcher of the shared PostgreSQL cluster");
-        pg
-    })
+    let watcher = Command::new("sh")
+        .args(["-c", script, "sh"])
+        .arg(std::process::id().to_string())
+        .arg(pg.dir.path())
+        .args(&argv)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the watcher of the shared PostgreSQL cluster");
+    Shared {
+        pg,
+        _watcher: watcher,
+    }
 }
 
 /// A fresh database in the [`shared`] cluster, migrated by `imagetrail db migrate`: its URL.
