@@ -77,6 +77,24 @@ r = json.load(open(sys.argv[1]))["results"]
 print(f"{sys.argv[2]}: " + "; ".join(f"{x['command']} median {x['median']*1000:.1f} ms" for x in r))
 EOF
 done
+# Where a PostgreSQL command's time goes: the process alone, connecting and checking the schema
+# (`status` on an empty migrated database), and the same over the Unix socket (no TCP, no
+# SCRAM: the cluster trusts local connections).
+psql -c 'CREATE DATABASE empty' >/dev/null
+$NEW db migrate --database-url "postgres://postgres:bench@127.0.0.1:$PORT/empty" >/dev/null
+sock=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$d")
+hyperfine -N --warmup 2 --runs "$RUNS" --export-json "$d/h.json" \
+  -n "process only (--version)" "$NEW --version" \
+  -n "status, empty database, TCP + SCRAM" \
+  "$NEW status --database-url postgres://postgres:bench@127.0.0.1:$PORT/empty" \
+  -n "status, empty database, Unix socket, trust" \
+  "$NEW status --database-url postgres://postgres@$sock:$PORT/empty" \
+  >/dev/null
+python3 - "$d/h.json" <<'EOF'
+import json, sys
+for x in json.load(open(sys.argv[1]))["results"]:
+    print(f"{x['command']}: median {x['median']*1000:.1f} ms")
+EOF
 for who in "files, base|$BASE|$files_base" "files, this|$NEW|$files_new" "postgres|$NEW|$pg"; do
   IFS='|' read -r name bin flags <<<"$who"
   /usr/bin/time -f "history --format json (all $N), $name: %e s, peak RSS %M KiB" \
