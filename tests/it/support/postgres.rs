@@ -346,7 +346,9 @@ fn start_shared() -> Shared {
         "-w".into(),
         "stop".into(),
     ]);
-    let script = r#"pid=$1; dir=$2; shift 2
+    // Signals ignored: a test run stopped by a signal to its process group (`timeout`, ^C)
+    // must still stop the cluster once the test process is gone.
+    let script = r#"trap '' HUP INT TERM; pid=$1; dir=$2; shift 2
 while kill -0 "$pid" 2>/dev/null; do sleep 1; done
 "$@" >/dev/null 2>&1; rm -rf "$dir""#;
     let watcher = Command::new("sh")
