@@ -188,6 +188,29 @@ pub struct StateOpts {
     pub state_dir: PathBuf,
 }
 
+/// Where the record commands read and write: the state directory's files, or PostgreSQL.
+/// (`serve` has its own `--database-url`, which also migrates the schema.)
+#[derive(Debug, Args, Clone, Default)]
+pub struct DatabaseOpts {
+    /// Read and write the deployment records in PostgreSQL instead of --state-dir's files:
+    /// postgres://USER:PASSWORD@HOST:PORT/DATABASE (sslmode=, sslrootcert=). The schema must
+    /// be the one this imagetrail knows (`imagetrail db migrate` creates it); it is never
+    /// migrated by these commands.
+    #[arg(long, env = "IMAGETRAIL_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+impl StateOpts {
+    /// The records these options and `db` name: PostgreSQL when a database URL is given, else
+    /// the state directory (see [`crate::records::open`]).
+    pub fn open(
+        &self,
+        db: &DatabaseOpts,
+    ) -> Result<Box<dyn crate::records::RecordStore>, crate::records::RecordsError> {
+        crate::records::open(&self.state_dir, db.database_url.as_deref())
+    }
+}
+
 /// How to reach registries.
 #[derive(Debug, Args, Clone)]
 pub struct RegistryOpts {
@@ -258,6 +281,9 @@ pub struct DeployArgs {
     /// Where the records live.
     #[command(flatten)]
     pub state: StateOpts,
+    /// Or PostgreSQL.
+    #[command(flatten)]
+    pub database: DatabaseOpts,
     /// Registry access.
     #[command(flatten)]
     pub registry: RegistryOpts,
@@ -278,6 +304,9 @@ pub struct QueryArgs {
     /// Where the records live.
     #[command(flatten)]
     pub state: StateOpts,
+    /// Or PostgreSQL.
+    #[command(flatten)]
+    pub database: DatabaseOpts,
 }
 
 /// `imagetrail history`.
@@ -312,6 +341,9 @@ pub struct MetricsArgs {
     /// Where the records live.
     #[command(flatten)]
     pub state: StateOpts,
+    /// Or PostgreSQL.
+    #[command(flatten)]
+    pub database: DatabaseOpts,
 }
 
 /// `imagetrail at TIME`.
@@ -341,6 +373,9 @@ pub struct CompareArgs {
     /// Where the records live.
     #[command(flatten)]
     pub state: StateOpts,
+    /// Or PostgreSQL.
+    #[command(flatten)]
+    pub database: DatabaseOpts,
     /// Registry access.
     #[command(flatten)]
     pub registry: RegistryOpts,
@@ -357,6 +392,9 @@ pub struct WhereArgs {
     /// Where the records live.
     #[command(flatten)]
     pub state: StateOpts,
+    /// Or PostgreSQL.
+    #[command(flatten)]
+    pub database: DatabaseOpts,
 }
 
 /// `imagetrail registry ...`.
@@ -397,6 +435,9 @@ pub struct PruneArgs {
     /// Where the records live (every record protects its digests).
     #[command(flatten)]
     pub state: StateOpts,
+    /// Or PostgreSQL.
+    #[command(flatten)]
+    pub database: DatabaseOpts,
     /// Registry access.
     #[command(flatten)]
     pub access: RegistryOpts,
@@ -423,6 +464,9 @@ pub struct ImagesOverviewArgs {
     /// Where the records live.
     #[command(flatten)]
     pub state: StateOpts,
+    /// Or PostgreSQL.
+    #[command(flatten)]
+    pub database: DatabaseOpts,
     /// Registry access.
     #[command(flatten)]
     pub access: RegistryOpts,

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashSet};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde::Serialize;
 
-use crate::records::{Deployment, HistoryRange, RecordsError, Store};
+use crate::records::{Deployment, HistoryRange, RecordStore, RecordsError};
 
 /// One app's history in one environment, as [`compute`] needs it.
 #[derive(Debug, Clone, Default)]
@@ -251,7 +251,7 @@ pub fn compute(histories: &[AppHistory], window: Window) -> Report {
 /// Read what [`compute`] needs for `window` from `store`: every app of `envs` (all
 /// environments when `None`).
 pub fn collect(
-    store: &Store,
+    store: &dyn RecordStore,
     envs: Option<&[String]>,
     window: Window,
 ) -> Result<Vec<AppHistory>, RecordsError> {
@@ -294,7 +294,7 @@ pub fn collect(
 
 /// Read what [`compute`] needs for one app in one environment over `window`.
 pub fn collect_one(
-    store: &Store,
+    store: &dyn RecordStore,
     env: &str,
     app: &str,
     window: Window,
@@ -403,17 +403,15 @@ pub fn run(args: crate::cli::MetricsArgs) -> anyhow::Result<crate::exit::ExitCod
         .into());
     }
     let window = Window { since, until: now };
-    let store = Store::new(&args.state.state_dir);
     let envs = match &args.env {
         Some(e) => {
-            store
-                .info_path(e, "x")
-                .map_err(crate::track::deploy::usage_if_name)?;
+            crate::records::check_names(e, "x").map_err(crate::track::deploy::usage_if_name)?;
             Some(vec![e.clone()])
         }
         None => None,
     };
-    let report = compute(&collect(&store, envs.as_deref(), window)?, window);
+    let store = args.state.open(&args.database)?;
+    let report = compute(&collect(&*store, envs.as_deref(), window)?, window);
     if args.format == crate::cli::Format::Json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(crate::exit::ExitCode::Success);

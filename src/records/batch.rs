@@ -141,6 +141,10 @@ fn duplicate(e: &RecordsError) -> RecordsError {
             repo: repo.clone(),
             example: example.clone(),
         },
+        // Not an error of the files; rebuilt from its message.
+        RecordsError::Database(e) => {
+            RecordsError::Database(Box::new(super::postgres::PgError::Query(e.to_string())))
+        }
     }
 }
 

@@ -7,7 +7,11 @@
 //! `<env>` and `<app>` are each stored as one reversibly encoded path segment, so
 //! `cluster/namespace` environments and repository-path apps cannot escape the state directory
 //! or collide. The CLI (`imagetrail deploy`, the queries) and the server use this module alone.
+//!
+//! The same records can live in PostgreSQL instead ([`postgres`], `--database-url`): the
+//! commands reach either through one interface, [`RecordStore`] ([`backend`]).
 
+pub mod backend;
 mod batch;
 mod current;
 mod fields;
@@ -118,8 +122,13 @@ pub enum RecordsError {
         /// One of the names in use.
         example: String,
     },
+    /// The PostgreSQL store failed (unreachable, refused the password, a schema this build
+    /// does not know, a statement refused); the message says what to check.
+    #[error("{0}")]
+    Database(Box<postgres::PgError>),
 }
 
+pub use backend::{HistoryReader, PgRecords, RecordStore, check_names, open};
 pub use batch::{Checks, Stamp, Written};
 pub use fields::{MAX_LABEL, MAX_NAME, MAX_TOKEN};
 pub use history::TornTail;

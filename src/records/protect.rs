@@ -66,6 +66,19 @@ pub enum ProtectError {
         #[source]
         source: std::io::Error,
     },
+    /// The PostgreSQL store could not be read whole (unreachable, a statement refused).
+    #[error(
+        "cannot read the deployments in PostgreSQL at {target}: {reason}; prune refuses to run \
+         while a record may be hidden from it (it never takes \"could not read\" for \"no \
+         record\"), nothing was deleted: start the database or fix --database-url \
+         (IMAGETRAIL_DATABASE_URL), then run prune again"
+    )]
+    Database {
+        /// host:port.
+        target: String,
+        /// What failed.
+        reason: String,
+    },
 }
 
 /// What a record says about a digest it names.
@@ -85,6 +98,10 @@ pub enum Role {
     InHistory,
     /// Found in the raw bytes of the file only (not parsed, or not in a field prune knows).
     NamedInFile,
+    /// The app's current deployment in PostgreSQL.
+    DeployedNowInDatabase,
+    /// A deployment in the app's history in PostgreSQL.
+    InDatabaseHistory,
 }
 
 /// One record naming a digest.
@@ -122,6 +139,8 @@ pub struct Protection {
     pub doubts: Vec<Doubt>,
     /// How many files were read.
     pub files: usize,
+    /// The PostgreSQL database (host:port) the digests were read from, when they were.
+    pub database: Option<String>,
 }
 
 impl Protection {
@@ -135,6 +154,38 @@ impl Protection {
     fn doubt(&mut self, path: PathBuf, why: String) {
         self.doubts.push(Doubt { path, why });
     }
+}
+
+/// Every digest the deployments in PostgreSQL at `target` name (as read by
+/// [`crate::records::postgres::PgStore::digests`]), each with the apps naming it: the whole
+/// history protects, as in the files.
+pub fn from_database(
+    target: &str,
+    digests: BTreeMap<String, Vec<crate::records::postgres::StoredDigest>>,
+) -> Protection {
+    let mut p = Protection {
+        database: Some(target.to_string()),
+        ..Protection::default()
+    };
+    for (digest, names) in digests {
+        for n in names {
+            p.add(
+                &digest,
+                Named {
+                    path: PathBuf::from(format!("PostgreSQL at {target}")),
+                    place: Some((n.environment, n.app)),
+                    role: if n.current {
+                        Role::DeployedNowInDatabase
+                    } else {
+                        Role::InDatabaseHistory
+                    },
+                    index: n.index,
+                    repo: Some(n.repo),
+                },
+            );
+        }
+    }
+    p
 }
 
 /// Walk the state directory `root` and collect every digest it names (see the module

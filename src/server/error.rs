@@ -133,6 +133,7 @@ impl From<crate::records::RecordsError> for ApiError {
             RecordsError::Io { .. } => {
                 ApiError::internal("cannot read or write the deployment records", &err)
             }
+            RecordsError::Database(e) => (*e).into(),
         }
     }
 }

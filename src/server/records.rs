@@ -10,7 +10,9 @@ use serde_json::Value;
 use super::error::ApiError;
 use super::metrics::Metrics;
 use crate::records::postgres::{PgError, PgItem, PgStore, PgWritten};
-use crate::records::{Checks, Deployment};
+use std::sync::Arc;
+
+use crate::records::{Checks, Deployment, PgRecords, RecordStore, Store};
 
 /// Seconds a client is told to wait (`Retry-After`) when the database cannot be reached.
 pub const RETRY_AFTER_SECONDS: u32 = 2;
@@ -22,6 +24,21 @@ pub enum Records {
     Files,
     /// One PostgreSQL database, possibly shared with other replicas.
     Postgres(PgStore),
+}
+
+impl Records {
+    /// The records as a [`RecordStore`], for the sync readers (the dashboard, the delivery
+    /// metrics) that run in `spawn_blocking`: the state directory's `files`, or PostgreSQL
+    /// driven by the current runtime (call from the server's runtime).
+    pub fn reader(&self, files: &Store) -> Arc<dyn RecordStore> {
+        match self {
+            Records::Files => Arc::new(files.clone()),
+            Records::Postgres(pg) => Arc::new(PgRecords::new(
+                pg.clone(),
+                tokio::runtime::Handle::current(),
+            )),
+        }
+    }
 }
 
 /// What a PostgreSQL write answered the route.

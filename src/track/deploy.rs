@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::cli::DeployArgs;
 use crate::error::Error;
 use crate::exit::ExitCode;
-use crate::records::{Deployment, DeploymentRecord, ImageRecord, RecordsError, Store};
+use crate::records::{Deployment, DeploymentRecord, ImageRecord, RecordsError, check_names};
 use crate::registry::{Client, ClientOptions, Resolved};
 // Values printed on their own lines: escaped and cut (see `crate::output`).
 use crate::output::value as sanitize;
@@ -100,9 +100,10 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         .filter(|a| !a.is_empty())
         .or_else(|| args.name.clone().filter(|n| !n.is_empty()))
         .unwrap_or_else(|| reference.familiar_path().to_string());
-    let store = Store::new(&args.state.state_dir);
     // Check the names before any network call, so a bad --env fails fast and writes nothing.
-    store.info_path(&args.env, &app).map_err(usage_if_name)?;
+    check_names(&args.env, &app).map_err(usage_if_name)?;
+    // Opened before the registry is asked: an unreachable database fails fast too.
+    let store = args.state.open(&args.database)?;
     let deployed_at = match &args.deployed_at {
         Some(t) => crate::output::parse_time(t).map_err(Error::Usage)?,
         None => now_secs(),
@@ -163,7 +164,7 @@ pub async fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         ..Default::default()
     };
     let recorded = store
-        .record_with(&deployment, checks)
+        .record(&deployment, checks)
         .map_err(usage_if_name)
         .context("nothing was recorded")?;
     if let Some(t) = recorded.stamped {

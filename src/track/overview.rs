@@ -13,9 +13,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use crate::cli::{Format, ImagesOverviewArgs, PruneArgs, RegistryOverviewArgs};
 use crate::error::Error;
 use crate::exit::ExitCode;
-use crate::records::protect::{self, Named, Protection, Role};
-use crate::records::{Deployment, Platform, Store};
+use crate::records::protect::{Named, Protection, Role};
+use crate::records::{Deployment, Platform, RecordStore, check_names};
 use crate::registry::{Client, Reference, RegistryError};
+use anyhow::Context as _;
 // Every value printed here is a table cell: escaped and cut (see `crate::output`).
 use crate::output::{cell as sanitize, cell_or_dash as sanitize_or_dash};
 
@@ -163,7 +164,11 @@ fn short(digest: &str) -> String {
 }
 
 /// Every current deployment of `repo`, per environment (only the environments given, or all).
-fn deployed(store: &Store, repo: &str, envs: &[String]) -> anyhow::Result<Vec<Deployment>> {
+fn deployed(
+    store: &dyn RecordStore,
+    repo: &str,
+    envs: &[String],
+) -> anyhow::Result<Vec<Deployment>> {
     let envs = if envs.is_empty() {
         store.environments()?
     } else {
@@ -171,9 +176,7 @@ fn deployed(store: &Store, repo: &str, envs: &[String]) -> anyhow::Result<Vec<De
     };
     let mut out = Vec::new();
     for env in envs {
-        store
-            .info_path(&env, "x")
-            .map_err(crate::track::deploy::usage_if_name)?;
+        check_names(&env, "x").map_err(crate::track::deploy::usage_if_name)?;
         for app in store.apps(&env)? {
             if let Some(mut d) = store.current(&env, &app)?
                 && same_repo_for_display(&d.image.repo, repo)
@@ -190,14 +193,14 @@ fn deployed(store: &Store, repo: &str, envs: &[String]) -> anyhow::Result<Vec<De
 pub async fn images(args: ImagesOverviewArgs) -> anyhow::Result<ExitCode> {
     let r = repo_ref(&args.repository)?;
     let client = crate::track::deploy::client(&args.access)?;
-    let store = Store::new(&args.state.state_dir);
+    let store = args.state.open(&args.database)?;
     let envs: Vec<String> = args
         .envs
         .iter()
         .filter(|e| !e.is_empty())
         .cloned()
         .collect();
-    let running = deployed(&store, &r.repo(), &envs)?;
+    let running = deployed(&*store, &r.repo(), &envs)?;
     let tags = tag_infos(&client, &r).await?;
     let marks = |t: &TagInfo| -> Vec<String> {
         running
@@ -349,6 +352,14 @@ fn record_reason(n: &Named, pruned: &str) -> String {
             Some(_) => format!("named in a record file of {}", place("")),
             None => "named in a file of the state directory".to_string(),
         },
+        (Role::DeployedNowInDatabase, false) => format!("deployed now ({})", place("?")),
+        (Role::DeployedNowInDatabase, true) => {
+            format!("index of what is deployed now ({})", place("?"))
+        }
+        (Role::InDatabaseHistory, false) => format!("in the history of {}", place("?")),
+        (Role::InDatabaseHistory, true) => {
+            format!("index recorded in the history of {}", place("?"))
+        }
     };
     let mut file = sanitize(&n.path.display().to_string());
     if let Some(repo) = &n.repo
@@ -557,10 +568,17 @@ pub async fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
     let repo = r.repo();
     let client = crate::track::deploy::client(&args.access)?;
     let state = &args.state.state_dir;
+    // The files, or PostgreSQL: an unreachable database stops the prune here, before the
+    // registry is asked anything.
+    let store = args
+        .state
+        .open(&args.database)
+        .context("prune deletes nothing without its records")?;
 
-    // 1. Every digest any file under the state directory names; a path that cannot be read
-    //    stops the prune before the registry is asked anything.
-    let records = protect::collect(state)?;
+    // 1. Every digest the records name (every file under the state directory, every row of
+    //    the database); anything that cannot be read stops the prune before the registry is
+    //    asked anything.
+    let records = store.protection()?;
     // 2. The tags, newest first; 3. the plan.
     let tags = tag_infos(&client, &r).await?;
     let mut lookups = Lookups::default();
@@ -581,11 +599,18 @@ pub async fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
             " (dry run: nothing is deleted without --yes)"
         }
     );
-    println!(
-        "records: {} ({} files read; every digest named in any of them is kept)",
-        sanitize(&state.display().to_string()),
-        records.files
-    );
+    match &records.database {
+        None => println!(
+            "records: {} ({} files read; every digest named in any of them is kept)",
+            sanitize(&state.display().to_string()),
+            records.files
+        ),
+        Some(target) => println!(
+            "records: PostgreSQL at {} ({} digests named by its deployments; every one is kept)",
+            sanitize(target),
+            records.digests.len()
+        ),
+    }
     for d in &records.doubts {
         println!(
             "in doubt {}: {}",
@@ -664,7 +689,7 @@ pub async fn prune(args: PruneArgs) -> anyhow::Result<ExitCode> {
     // A deployment recorded while the plan was made must still protect its digest (and what
     // it reaches): the records are read and the plan made again, and only what both plans
     // delete is deleted.
-    let again = protect::collect(state)?;
+    let again = store.protection()?;
     let recheck = make_plan(&client, &r, &tags, &again, args.keep, &mut lookups).await?;
     let mut deleted = 0;
     for d in &plan.delete {

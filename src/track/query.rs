@@ -16,7 +16,7 @@ use crate::output::{
     StreamedTable, cell, cell_or_dash, print_json, print_json_stream, print_table, short_digest,
     time, value, write_line,
 };
-use crate::records::{Deployment, HistoryRange, Store, TornTail, for_each_merged};
+use crate::records::{Deployment, HistoryRange, RecordStore, TornTail, check_names};
 use crate::registry::Reference;
 use crate::track::deploy::usage_if_name;
 
@@ -29,15 +29,13 @@ fn warn_torn(t: &TornTail) {
 
 /// The (env, app) pairs selected by `--env` / `--app`.
 fn selected(
-    store: &Store,
+    store: &dyn RecordStore,
     env: Option<&str>,
     app: Option<&str>,
 ) -> anyhow::Result<Vec<(String, String)>> {
     let envs = match env {
         Some(e) => {
-            store
-                .info_path(e, app.unwrap_or("x"))
-                .map_err(usage_if_name)?;
+            check_names(e, app.unwrap_or("x")).map_err(usage_if_name)?;
             vec![e.to_string()]
         }
         None => store.environments()?,
@@ -46,7 +44,7 @@ fn selected(
     for e in envs {
         match app {
             Some(a) => {
-                store.info_path(&e, a).map_err(usage_if_name)?;
+                check_names(&e, a).map_err(usage_if_name)?;
                 out.push((e.clone(), a.to_string()));
             }
             None => out.extend(store.apps(&e)?.into_iter().map(|a| (e.clone(), a))),
@@ -100,9 +98,9 @@ fn block(d: &Deployment) {
 
 /// `imagetrail status`.
 pub fn status(args: QueryArgs) -> anyhow::Result<ExitCode> {
-    let store = Store::new(&args.state.state_dir);
+    let store = args.state.open(&args.database)?;
     let mut rows = Vec::new();
-    for (env, app) in selected(&store, args.env.as_deref(), args.app.as_deref())? {
+    for (env, app) in selected(&*store, args.env.as_deref(), args.app.as_deref())? {
         if let Some(d) = store.current(&env, &app)? {
             rows.push(d);
         }
@@ -112,10 +110,7 @@ pub fn status(args: QueryArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::Success);
     }
     if rows.is_empty() {
-        println!(
-            "no deployments recorded under {}",
-            args.state.state_dir.display()
-        );
+        println!("no deployments recorded {}", store.place());
         return Ok(ExitCode::Success);
     }
     let table: Vec<[String; 7]> = rows
@@ -153,8 +148,12 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
         .map(parse_time)
         .transpose()
         .map_err(Error::Usage)?;
-    let store = Store::new(&args.query.state.state_dir);
-    let pairs = selected(&store, args.query.env.as_deref(), args.query.app.as_deref())?;
+    let store = args.query.state.open(&args.query.database)?;
+    let pairs = selected(
+        &*store,
+        args.query.env.as_deref(),
+        args.query.app.as_deref(),
+    )?;
     let range = HistoryRange {
         since,
         until,
@@ -162,9 +161,7 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
     };
     // Streamed (see records::range): memory stays flat in the histories' length. Text output
     // reads twice, once for the column widths and once to print.
-    let each = |f: &mut dyn FnMut(&Deployment) -> anyhow::Result<()>| {
-        for_each_merged(&store, &pairs, range, f)
-    };
+    let each = |f: &mut dyn FnMut(&Deployment) -> anyhow::Result<()>| store.visit(&pairs, range, f);
     let report = if args.query.format == Format::Json {
         print_json_stream(each)?
     } else {
@@ -220,12 +217,16 @@ pub fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
 /// `imagetrail at TIME`.
 pub fn at(args: AtArgs) -> anyhow::Result<ExitCode> {
     let t = parse_time(&args.time).map_err(Error::Usage)?;
-    let store = Store::new(&args.query.state.state_dir);
+    let store = args.query.state.open(&args.query.database)?;
     let mut found = Vec::new();
     let mut pairs = 0;
-    for (env, app) in selected(&store, args.query.env.as_deref(), args.query.app.as_deref())? {
+    for (env, app) in selected(
+        &*store,
+        args.query.env.as_deref(),
+        args.query.app.as_deref(),
+    )? {
         pairs += 1;
-        let (d, torn) = store.at_reporting(&env, &app, t)?;
+        let (d, torn) = store.at(&env, &app, t)?;
         if let Some(torn) = &torn {
             warn_torn(torn);
         }
@@ -273,8 +274,8 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
         .app
         .clone()
         .unwrap_or_else(|| reference.familiar_path().to_string());
-    let store = Store::new(&args.state.state_dir);
-    store.info_path(&args.env, &app).map_err(usage_if_name)?;
+    check_names(&args.env, &app).map_err(usage_if_name)?;
+    let store = args.state.open(&args.database)?;
     let client = crate::track::deploy::client(&args.registry)?;
     let current = store.current(&args.env, &app)?;
     let platform = current
@@ -318,7 +319,7 @@ pub async fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
     let earlier = if same {
         None
     } else {
-        store.last_with_digest(&args.env, &app, &candidate.digest)?
+        store.last_with_digest(&args.env, &app, &candidate.digest, None)?
     };
     let mut label_changes = BTreeMap::new();
     if let Some(cur) = &current_labels {
@@ -465,9 +466,9 @@ impl Wanted {
 /// `imagetrail where REF`.
 pub fn where_(args: WhereArgs) -> anyhow::Result<ExitCode> {
     let wanted = Wanted::parse(&args.reference).map_err(Error::Usage)?;
-    let store = Store::new(&args.state.state_dir);
+    let store = args.state.open(&args.database)?;
     let mut hits = Vec::new();
-    for (env, app) in selected(&store, None, None)? {
+    for (env, app) in selected(&*store, None, None)? {
         let Some(cur) = store.current(&env, &app)? else {
             continue;
         };

@@ -3,6 +3,10 @@
 //! unreadable app directory, a hand-broken or torn history, a hand-written `deploy-info.yml`;
 //! plus a registry that never answers and `--keep` with date-only build times. Against the
 //! real `docker-registry` on loopback, the real binary and the real server.
+//!
+//! What the protection reads is the backend's: the first test runs on the files and on
+//! PostgreSQL (`--database-url`); an unreachable database refuses the prune. The tests about
+//! the shapes files can take (unreadable, torn, hand-written) stay file-only.
 
 use std::path::Path;
 use std::process::Output;
@@ -62,6 +66,76 @@ fn deletes(out: &Output, tag: &str) {
 
 fn ok(out: &Output) {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(out));
+}
+
+crate::on_both_backends! {
+    /// A digest deployed now, a digest only in the history and the newest tag are kept; the
+    /// other is deleted with --yes, and only it.
+    fn prune_keeps_every_digest_the_records_name(r) {
+        let reg = shared();
+        let repo = unique_repo("prunebk");
+        let d1 = push(reg, &repo, Some("t1"), 1, "amd64");
+        let d2 = push(reg, &repo, Some("t2"), 2, "amd64");
+        let d3 = push(reg, &repo, Some("t3"), 3, "amd64");
+        let d4 = push(reg, &repo, Some("t4"), 4, "amd64");
+        let image = |t: &str| format!("{}/{repo}:{t}", reg.addr);
+        // t1 deployed, then replaced by t2: t1 is in the history only, t2 runs now.
+        ok(&r.deploy("hello", "prod", &image("t1"), "2026-01-10T00:00:00Z"));
+        ok(&r.deploy("hello", "prod", &image("t2"), "2026-01-11T00:00:00Z"));
+        let target = format!("{}/{repo}", reg.addr);
+        let out = r.it(&["registry", "prune", &target, "--keep", "1"]);
+        ok(&out);
+        keeps(&out, "t4", "one of the 1 newest tags");
+        keeps(&out, "t2", "deployed now (hello in prod");
+        keeps(&out, "t1", "in the history of hello in prod");
+        deletes(&out, "t3");
+        assert!(reg.has_manifest(&repo, &d3), "a dry run deletes nothing");
+        let out = r.it(&["registry", "prune", &target, "--keep", "1", "--yes"]);
+        ok(&out);
+        assert!(stdout(&out).contains(&format!("deleted {d3}")), "{}", stdout(&out));
+        assert!(!reg.has_manifest(&repo, &d3));
+        for d in [&d1, &d2, &d4] {
+            assert!(reg.has_manifest(&repo, d), "{d} was deleted");
+        }
+    }
+}
+
+/// With PostgreSQL as the records, a database that cannot be reached is "could not read", never
+/// "no record": prune stops before it asks the registry anything, says so, deletes nothing.
+#[test]
+fn prune_refuses_when_the_database_cannot_be_reached() {
+    let reg = shared();
+    let repo = unique_repo("prunedown");
+    let d1 = push(reg, &repo, Some("t1"), 1, "amd64");
+    let d2 = push(reg, &repo, Some("t2"), 2, "amd64");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let state = tempfile::tempdir().unwrap();
+    let target = format!("{}/{repo}", reg.addr);
+    let out = it(
+        state.path(),
+        &[
+            "registry",
+            "prune",
+            &target,
+            "--keep",
+            "0",
+            "--yes",
+            "--database-url",
+            &format!("postgres://postgres:pw@127.0.0.1:{port}/it"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let se = stderr(&out);
+    assert_eq!(se.lines().count(), 1, "{se}");
+    assert!(
+        se.contains("prune deletes nothing without its records")
+            && se.contains(&format!("cannot reach PostgreSQL at 127.0.0.1:{port}")),
+        "{se}"
+    );
+    assert!(stdout(&out).is_empty(), "no plan: {}", stdout(&out));
+    assert!(reg.has_manifest(&repo, &d1) && reg.has_manifest(&repo, &d2));
 }
 
 /// A server on 127.0.0.1 with its own runtime, for records made through the deployments API;

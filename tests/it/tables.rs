@@ -5,6 +5,10 @@
 //! The records are written by `imagetrail deploy` against the tests' registry and then edited
 //! by hand, as a person or an older version (before the field limits) could have left them:
 //! the writer refuses such values now, the readers must still answer.
+//!
+//! Files only: such values reach the readers only through a hand-edited YAML file; the
+//! database is written by the writer alone, which refuses them (the readers' printing is the
+//! same code for both backends, see the `postgres` comparison test).
 
 use std::path::Path;
 

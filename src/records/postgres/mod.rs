@@ -1,7 +1,7 @@
 //! Deployment records in PostgreSQL: the groundwork of a second backend beside the YAML files
 //! (issue 10), so several `imagetrail serve` replicas can share one store. The `imagetrail db`
 //! commands and `imagetrail serve --database-url` (deployments API, queries, admission) use
-//! it; the CLI query commands still read the files.
+//! it, and so do the CLI's record commands through [`crate::records::RecordStore`].
 //!
 //! Operations map onto the model types of [`crate::records`] ([`Deployment`], with its
 //! [`ImageRecord`] and [`DeploymentRecord`]), and the file backend's rules hold:
@@ -29,6 +29,7 @@
 //! transaction; a migration crate would add a dependency for forty lines.
 
 pub mod migrate;
+mod read;
 mod tls;
 mod write;
 
@@ -46,6 +47,7 @@ use tokio_postgres::config::Host;
 use super::{Deployment, DeploymentRecord, ImageRecord, Platform, RecordsError};
 
 pub use migrate::{LATEST, Migrated};
+pub use read::{PAGE, StoredDigest};
 pub use tls::SslMode;
 pub use write::{PgItem, PgWritten};
 

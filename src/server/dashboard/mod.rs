@@ -35,7 +35,7 @@ use serde::Deserialize;
 use super::AppState;
 use super::error::ApiError;
 use crate::delivery::{self, Window};
-use crate::records::{Deployment, Store};
+use crate::records::{Deployment, RecordStore};
 use html::{Html, page, q};
 
 /// The cookie that carries a read key for a browser.
@@ -255,10 +255,10 @@ fn error_page(status: StatusCode, title: &str, message: &str) -> Response {
 /// Run a blocking records read off the async workers.
 async fn blocking<T: Send + 'static>(
     state: &Arc<AppState>,
-    f: impl FnOnce(&Store) -> anyhow::Result<T> + Send + 'static,
+    f: impl FnOnce(&dyn RecordStore) -> anyhow::Result<T> + Send + 'static,
 ) -> Result<T, Response> {
-    let store = state.store.clone();
-    match tokio::task::spawn_blocking(move || f(&store)).await {
+    let store = state.records.reader(&state.store);
+    match tokio::task::spawn_blocking(move || f(&*store)).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => {
             tracing::warn!("dashboard read failed: {e:#}");
@@ -308,7 +308,7 @@ fn time(t: &DateTime<Utc>) -> String {
 type Layout = (Vec<String>, BTreeSet<String>, BTreeSet<(String, String)>);
 
 /// Every app name across environments, and each environment's apps.
-fn layout(store: &Store) -> anyhow::Result<Layout> {
+fn layout(store: &dyn RecordStore) -> anyhow::Result<Layout> {
     let envs = store.environments()?;
     let mut apps = BTreeSet::new();
     let mut pairs = BTreeSet::new();
@@ -339,7 +339,7 @@ async fn matrix(State(state): State<Arc<AppState>>, Query(mq): Query<MatrixQuery
         let mut cells: BTreeMap<(String, String), Deployment> = BTreeMap::new();
         for (env, app) in pairs {
             let d = match at {
-                Some(t) => store.at_reporting(&env, &app, t)?.0,
+                Some(t) => store.at(&env, &app, t)?.0,
                 None => store.current(&env, &app)?,
             };
             if let Some(d) = d {
@@ -868,9 +868,9 @@ async fn report(
     }
     let window = Window { since, until: now };
     let envs = mq.env.filter(|e| !e.is_empty()).map(|e| vec![e]);
-    let store = state.store.clone();
+    let store = state.records.reader(&state.store);
     let r = tokio::task::spawn_blocking(move || -> anyhow::Result<delivery::Report> {
-        let h = delivery::collect(&store, envs.as_deref(), window)?;
+        let h = delivery::collect(&*store, envs.as_deref(), window)?;
         Ok(delivery::compute(&h, window))
     })
     .await

@@ -314,3 +314,73 @@ impl Drop for Postgres {
             .status();
     }
 }
+
+/// The shared cluster and the shell that stops it after this process.
+struct Shared {
+    pg: Postgres,
+    // Kept so it is not a zombie-in-waiting nobody owns.
+    _watcher: std::process::Child,
+}
+
+static SHARED: std::sync::OnceLock<Shared> = std::sync::OnceLock::new();
+
+/// The cluster shared by this test process (started on first use): record-level tests take a
+/// fresh database in it each ([`Postgres::create_database`]), so one `initdb` serves them all.
+///
+/// Statics are never dropped, so a shell watches this process and stops the cluster
+/// (immediate mode) and removes its directory when the process is gone.
+pub fn shared() -> &'static Postgres {
+    &SHARED.get_or_init(start_shared).pg
+}
+
+fn start_shared() -> Shared {
+    let pg = Postgres::start();
+    let stop = pg.server_cmd("pg_ctl");
+    let mut argv: Vec<String> = vec![stop.get_program().to_string_lossy().into_owned()];
+    argv.extend(stop.get_args().map(|a| a.to_string_lossy().into_owned()));
+    argv.extend([
+        "-D".into(),
+        pg.data_dir().display().to_string(),
+        "-m".into(),
+        "immediate".into(),
+        "-w".into(),
+        "stop".into(),
+    ]);
+    // Signals ignored: a test run stopped by a signal to its process group (`timeout`, ^C)
+    // must still stop the cluster once the test process is gone.
+    let script = r#"trap '' HUP INT TERM; pid=$1; dir=$2; shift 2
+while kill -0 "$pid" 2>/dev/null; do sleep 1; done
+"$@" >/dev/null 2>&1; rm -rf "$dir""#;
+    let watcher = Command::new("sh")
+        .args(["-c", script, "sh"])
+        .arg(std::process::id().to_string())
+        .arg(pg.dir.path())
+        .args(&argv)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the watcher of the shared PostgreSQL cluster");
+    Shared {
+        pg,
+        _watcher: watcher,
+    }
+}
+
+/// A fresh database in the [`shared`] cluster, migrated by `imagetrail db migrate`: its URL.
+pub fn fresh_database() -> String {
+    let pg = shared();
+    let name = format!("it_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let url = pg.create_database(&name);
+    let out = crate::support::run(crate::support::imagetrail().args([
+        "db",
+        "migrate",
+        "--database-url",
+        &url,
+    ]));
+    assert!(
+        out.status.success(),
+        "db migrate of a fresh database failed"
+    );
+    url
+}
