@@ -11,6 +11,7 @@
 #   BASE=/tmp/old/imagetrail bench/scan.sh   # the previous build as a contender in every run
 #   IMAGE_BIN=target/static/x86_64-unknown-linux-gnu/image/imagetrail bench/scan.sh
 #                            # also the peak RSS of the binary the scanner image runs
+#   BIN=/path/to/imagetrail bench/scan.sh   # that binary instead of building target/release
 #   KEEP=1 bench/scan.sh     # keep the engine's targets for the next run (they are reused:
 #                            # 1,800 more `docker create` for BIG=2000 take minutes)
 #   SETUP_ONLY=1 BIG=2000 KEEP=1 bench/scan.sh   # only create the targets
@@ -98,9 +99,11 @@ if [ "${SETUP_ONLY:-0}" = 1 ]; then
   exit 0
 fi
 
-echo "== building the release binary" >&2
-cargo build --release --quiet
-BIN=${BIN:-$PWD/target/release/imagetrail}
+if [ -z "${BIN:-}" ]; then
+  echo "== building the release binary" >&2
+  cargo build --release --quiet
+  BIN=$PWD/target/release/imagetrail
+fi
 
 echo "== loopback analytics server" >&2
 cat >"$W/server.py" <<'EOF'

@@ -104,6 +104,55 @@ fn compact_inspect(mut v: serde_json::Value, capped: &[(String, usize)]) -> Stri
     v.to_string()
 }
 
+/// A target's inspects in `environment.json`'s compact form.
+#[derive(Default)]
+struct Compacted {
+    /// The image's, keyed by id (shared by the targets of one image).
+    image: Option<(String, Arc<str>)>,
+    /// The container's, keyed by id.
+    container: Option<(String, String)>,
+}
+
+/// Make a target's inspects compact as soon as it is read, and keep of the parsed container
+/// inspect only the fields the rest of the work reads: a parsed inspect takes several times
+/// its text's memory, and many targets are read ahead of the server calls.
+fn compact(o: &mut Outcome, images: &CompactImages) -> Compacted {
+    // A label cut at the cap is not copied whole into environment.json either.
+    let capped: Vec<(String, usize)> = o
+        .labels
+        .as_ref()
+        .map(|l| l.capped.clone())
+        .unwrap_or_default();
+    let Some(obj) = o.object.as_mut() else {
+        return Compacted::default();
+    };
+    let image = obj.image.as_ref().map(|i| {
+        let id = crate::engine::strip_sha(i.get("Id").and_then(|v| v.as_str()).unwrap_or_default());
+        if !capped.is_empty() {
+            let text: Arc<str> = compact_inspect((**i).clone(), &capped).into();
+            return (id, text);
+        }
+        let mut cache = images.0.lock().expect("not poisoned");
+        let text = cache
+            .entry(id.clone())
+            .or_insert_with(|| compact_inspect((**i).clone(), &[]).into())
+            .clone();
+        (id, text)
+    });
+    let container = obj.container.take().map(|c| {
+        // The only holder of a container's inspect: no copy needed.
+        let v = Arc::try_unwrap(c).unwrap_or_else(|c| (*c).clone());
+        let slim = serde_json::json!({
+            "Id": v.get("Id"),
+            "Image": v.get("Image"),
+            "Config": {"Image": v.get("Config").and_then(|c| c.get("Image"))},
+        });
+        obj.container = Some(Arc::new(slim));
+        (obj.id.clone(), compact_inspect(v, &capped))
+    });
+    Compacted { image, container }
+}
+
 /// What is kept of one target once its files are written: enough for stdout, the log, the
 /// exit code and `environment.json`, so memory stays flat however many targets there are.
 struct Done {
@@ -178,10 +227,19 @@ async fn run(
     // anyway), many at once and ahead of the work with the server, and passed on in order as
     // it arrives. No list request first: it made every target wait for it, and it costs the
     // engine as much as the inspects it would save.
-    let (read_tx, mut read_rx) = tokio::sync::mpsc::channel::<Outcome>(READ_AHEAD);
+    let (read_tx, mut read_rx) = tokio::sync::mpsc::channel::<(Outcome, Compacted)>(READ_AHEAD);
+    let compact_images = &compact_images;
+    let output_ref = &output;
     let reads = async move {
         let mut reads = futures_util::stream::iter(targets)
-            .map(|t| outcome::read(ctx, t))
+            .map(|t| async {
+                let mut o = outcome::read(ctx, t).await;
+                let compacted = match output_ref {
+                    Some(_) => compact(&mut o, compact_images),
+                    None => Compacted::default(),
+                };
+                (o, compacted)
+            })
             .buffered(crate::engine::ENGINE_IN_FLIGHT);
         while let Some(o) = reads.next().await {
             if read_tx.send(o).await.is_err() {
@@ -193,7 +251,7 @@ async fn run(
     // Each target stages its files as soon as its work is done, so file-system latency
     // overlaps with the network; `buffered` keeps the order of the results.
     let work = read
-        .map(|mut o| async {
+        .map(|(mut o, compacted)| async {
             // Two names for one image (full id, short id, `sha256:` id...) make one target,
             // claimed before anything is sent, so it is registered once.
             if !claimed.lock().expect("not poisoned").insert(o.dir.clone()) {
@@ -210,7 +268,7 @@ async fn run(
                 }
                 _ => Ok(()),
             };
-            let mut done = finish(o, &settings, &compact_images);
+            let mut done = finish(o, &settings, compacted);
             if let Err(e) = staged {
                 done.unwritten(&e);
             }
@@ -286,7 +344,7 @@ fn is_invisible(c: char) -> bool {
 }
 
 /// Keep what is needed of an outcome once its files are written.
-fn finish(o: Outcome, settings: &Settings, images: &CompactImages) -> Done {
+fn finish(o: Outcome, settings: &Settings, compacted: Compacted) -> Done {
     let name = escape_name(&o.image_name.clone().unwrap_or_else(|| o.dir.clone()));
     let mut log = vec![format!(
         "{name}: {}",
@@ -310,38 +368,7 @@ fn finish(o: Outcome, settings: &Settings, images: &CompactImages) -> Done {
             "server answer": o.answer,
         })
     });
-    // A label cut at the cap is not copied whole into environment.json either.
-    let capped: Vec<(String, usize)> = o
-        .labels
-        .as_ref()
-        .map(|l| l.capped.clone())
-        .unwrap_or_default();
-    let (image, container) = match o.object {
-        Some(obj) => {
-            let image = obj.image.map(|i| {
-                let id = crate::engine::strip_sha(
-                    i.get("Id").and_then(|v| v.as_str()).unwrap_or_default(),
-                );
-                if !capped.is_empty() {
-                    let text: Arc<str> = compact_inspect((*i).clone(), &capped).into();
-                    return (id, text);
-                }
-                let mut cache = images.0.lock().expect("not poisoned");
-                let text = cache
-                    .entry(id.clone())
-                    .or_insert_with(|| compact_inspect((*i).clone(), &[]).into())
-                    .clone();
-                (id, text)
-            });
-            let container = obj.container.map(|c| {
-                // The last holder of the inspect: no copy needed.
-                let v = Arc::try_unwrap(c).unwrap_or_else(|c| (*c).clone());
-                (obj.id.clone(), compact_inspect(v, &capped))
-            });
-            (image, container)
-        }
-        None => (None, None),
-    };
+    let Compacted { image, container } = compacted;
     Done {
         dir: o.dir,
         successful: o.successful,

@@ -173,6 +173,12 @@ fn register_all_mixes_images_and_containers() {
     assert!(image_ids.contains(&image.as_str()) && image_ids.contains(&base.as_str()));
     assert_eq!(env["containers"][0]["Id"], container.as_str());
     assert_eq!(env["containers"][0]["Image"], base.as_str());
+    // Each inspect is the engine's own answer, whole (what `docker inspect` shows, `null`s and
+    // all), with only `sha256:` stripped as atomic does.
+    let mut shown: serde_json::Value =
+        serde_json::from_str(&docker(&["inspect", &container])).unwrap();
+    imagetrail::engine::strip_sha_fields(&mut shown[0]);
+    assert_eq!(env["containers"][0], shown[0]);
     assert!(env["info"].is_object());
     assert_eq!(env["scanner"]["name"], "analytics-integration");
     assert_eq!(env["scanner"]["scan type"], "register");
