@@ -54,7 +54,7 @@ pub enum EngineError {
     },
     /// Neither a container nor an image has this id or name.
     #[error(
-        "no container or image {what:?} on the engine at {endpoint}; check the name for typos, or pull or load the image first"
+        "no container or image \"{what}\" on the engine at {endpoint}; check the name for typos, or pull or load the image first"
     )]
     NotFound {
         /// The id or name looked up.
@@ -432,7 +432,8 @@ impl Engine {
             .entry(strip_sha(id))
             .or_default()
             .clone();
-        slot.get_or_init(|| async { self.image(id).await.map_err(|e| e.to_string()) })
+        // By the bare id: `sha256:` is how a container names its image, not how it is asked.
+        slot.get_or_init(|| async { self.image(&strip_sha(id)).await.map_err(|e| e.to_string()) })
             .await
             .clone()
             .map_err(|reason| self.request_error(format!("GET /images/{id}/json"), reason))

@@ -48,6 +48,7 @@ fn register_all_mixes_images_and_containers() {
         .env("SERVER", format!("{}/base/", server.url()))
         .env("SERVER_TOKEN", "s3cret")
         .env("IMAGE_NAME", ""));
+    let inspected = docker(&["inspect", &container]);
     docker(&["rm", &container]);
     assert_eq!(out.status.code(), Some(0));
 
@@ -175,8 +176,7 @@ fn register_all_mixes_images_and_containers() {
     assert_eq!(env["containers"][0]["Image"], base.as_str());
     // Each inspect is the engine's own answer, whole (what `docker inspect` shows, `null`s and
     // all), with only `sha256:` stripped as atomic does.
-    let mut shown: serde_json::Value =
-        serde_json::from_str(&docker(&["inspect", &container])).unwrap();
+    let mut shown: serde_json::Value = serde_json::from_str(&inspected).unwrap();
     imagetrail::engine::strip_sha_fields(&mut shown[0]);
     assert_eq!(env["containers"][0], shown[0]);
     assert!(env["info"].is_object());
