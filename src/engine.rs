@@ -1,26 +1,28 @@
 //! The container engine (Docker or Podman) behind its socket: endpoint resolution, API version
 //! negotiation, and read-only inspection. The scanner never creates, changes or deletes anything:
-//! every request this module sends is a GET (`/_ping`, `/version`, `/info`, `/containers/{id}/json`,
-//! `/images/{id}/json`), because operators hand a root-equivalent socket to a plug-in.
+//! every request this module sends is a GET (`/version`, `/info`, `/containers/{id}/json`,
+//! `/images/{id}/json`), because operators hand a root-equivalent socket to a plug-in. The
+//! HTTP itself is in [`http`] (keep-alive connections; answers parsed once, untyped).
+
+mod http;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bollard::Docker;
-use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerInspectResponse, ImageInspect};
+use serde_json::Value;
 use thiserror::Error;
 
 /// How long the first contact with the engine may take before we call it unreachable.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Engine requests in flight at once for many targets: enough to keep the engine busy, few
-/// enough not to queue hundreds of connections on its socket.
-pub const ENGINE_IN_FLIGHT: usize = 32;
+/// Targets read from the engine at once: enough to keep the engine busy (it answers requests
+/// in parallel), few enough not to queue hundreds of connections on its socket.
+pub const ENGINE_IN_FLIGHT: usize = 16;
 
-/// Seconds any later engine request may take (bollard counts whole seconds).
-const REQUEST_TIMEOUT_SECS: u64 = 30;
+/// How long any later engine request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The hint every "no engine" message ends with.
 const MOUNT_HINT: &str = "mount the engine socket into the scanner (-v /var/run/docker.sock:/var/run/docker.sock), or point --host / DOCKER_HOST / CONTAINER_HOST at it (for Podman: `systemctl enable --now podman.socket`, or `podman system service`)";
@@ -52,7 +54,7 @@ pub enum EngineError {
     },
     /// Neither a container nor an image has this id or name.
     #[error(
-        "no container or image {what:?} on the engine at {endpoint}; check the name for typos, or pull or load the image first"
+        "no container or image \"{what}\" on the engine at {endpoint}; check the name for typos, or pull or load the image first"
     )]
     NotFound {
         /// The id or name looked up.
@@ -175,6 +177,10 @@ impl Kind {
     }
 }
 
+/// An inspect answer (`docker inspect`'s object) as the engine sent it, parsed once and shared:
+/// `environment.json` carries it whole, and one image's inspect serves all its containers.
+pub type Inspect = Arc<Value>;
+
 /// One inspected target: a container (with the image it runs) or an image.
 #[derive(Debug, Clone)]
 pub struct Object {
@@ -184,66 +190,87 @@ pub struct Object {
     pub id: String,
     /// The object's own labels (a container's config labels, or the image's).
     pub labels: HashMap<String, String>,
-    /// The container inspect, for a container (boxed: a few KiB each, and many targets are
-    /// held before their inspects are fetched).
-    pub container: Option<Box<ContainerInspectResponse>>,
+    /// The container inspect, for a container.
+    pub container: Option<Inspect>,
     /// The image inspect: the image itself, or the image a container runs (when still present).
-    pub image: Option<Box<ImageInspect>>,
-    /// What the list endpoints said, for an object read from them (no inspect yet).
-    pub listed: Option<Listed>,
+    pub image: Option<Inspect>,
 }
 
-/// One target as the engine's list endpoints describe it (`GET /containers/json`,
-/// `GET /images/json`): enough to register it; `environment.json` still needs the inspect.
-#[derive(Debug, Clone, Default)]
-pub struct Listed {
-    /// The image id without `sha256:` (for a container, its image's).
-    pub image_id: Option<String>,
-    /// The image's `RepoTags`.
-    pub repo_tags: Vec<String>,
-    /// The image's `RepoDigests`.
-    pub repo_digests: Vec<String>,
-    /// The image name a container was created with.
-    pub image_name: Option<String>,
+/// A string field at a JSON path.
+fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
+    path.iter()
+        .try_fold(v, |v, k| v.get(k))
+        .and_then(Value::as_str)
+}
+
+/// A list of strings at a key (`RepoTags`, `RepoDigests`); `null` or absent is empty.
+fn strings_at(v: &Value, key: &str) -> Vec<String> {
+    v.get(key)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `Config.Labels` of an inspect (string values only; `null` is none).
+fn labels_of(v: &Value) -> HashMap<String, String> {
+    v.get("Config")
+        .and_then(|c| c.get("Labels"))
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl Object {
     /// The image's id without `sha256:` (for a container, the image it was created from).
     pub fn image_id(&self) -> Option<String> {
-        match (&self.image, &self.container, &self.listed) {
-            (Some(i), _, _) => i.id.as_deref().map(strip_sha),
-            (None, Some(c), _) => c.image.as_deref().map(strip_sha),
-            (None, None, Some(l)) => l.image_id.clone(),
+        match (&self.image, &self.container) {
+            (Some(i), _) => str_at(i, &["Id"]).map(strip_sha),
+            (None, Some(c)) => str_at(c, &["Image"]).map(strip_sha),
             _ => None,
         }
+        .filter(|s| !s.is_empty())
     }
 
     /// `RepoTags` of the image.
     pub fn repo_tags(&self) -> Vec<String> {
-        match (&self.image, &self.listed) {
-            (Some(i), _) => i.repo_tags.clone().unwrap_or_default(),
-            (None, Some(l)) => l.repo_tags.clone(),
-            _ => vec![],
-        }
+        self.image
+            .as_ref()
+            .map(|i| strings_at(i, "RepoTags"))
+            .unwrap_or_default()
     }
 
     /// `RepoDigests` of the image (`repo@sha256:...`).
     pub fn repo_digests(&self) -> Vec<String> {
-        match (&self.image, &self.listed) {
-            (Some(i), _) => i.repo_digests.clone().unwrap_or_default(),
-            (None, Some(l)) => l.repo_digests.clone(),
-            _ => vec![],
-        }
+        self.image
+            .as_ref()
+            .map(|i| strings_at(i, "RepoDigests"))
+            .unwrap_or_default()
     }
 
     /// The image name a container was created with (`Config.Image`).
     pub fn container_image_name(&self) -> Option<String> {
-        match (&self.container, &self.listed) {
-            (Some(c), _) => c.config.as_ref().and_then(|c| c.image.clone()),
-            (None, Some(l)) if self.kind == Kind::Container => l.image_name.clone(),
-            _ => None,
-        }
-        .filter(|s| !s.is_empty())
+        self.container
+            .as_ref()
+            .and_then(|c| str_at(c, &["Config", "Image"]))
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    }
+
+    /// A string field of the image inspect (`Os`, `Architecture`, `Variant`).
+    pub fn image_field(&self, key: &str) -> Option<String> {
+        self.image
+            .as_ref()
+            .and_then(|i| str_at(i, &[key]))
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
     }
 }
 
@@ -252,14 +279,29 @@ pub fn strip_sha(id: &str) -> String {
     id.strip_prefix("sha256:").unwrap_or(id).to_string()
 }
 
+/// The newest API version asked for: what the scanner was written against. An older engine
+/// (Docker 20.10 speaks 1.41) is spoken to in its own version.
+const MAX_API: (u32, u32) = (1, 53);
+
+/// One image's inspect, fetched once however many targets ask for it at the same time.
+type ImageSlot = Arc<tokio::sync::OnceCell<Result<Option<Inspect>, String>>>;
+
 /// A connected, version-negotiated engine client.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Engine {
-    docker: Docker,
+    http: http::Client,
     endpoint: Endpoint,
+    /// `/v1.41` (the negotiated API version), prefixed to every later request.
+    prefix: String,
     /// Image inspects by id: many containers of one image (`atomic scan --all`) need the same
-    /// image, which is asked for once.
-    images: std::sync::Arc<std::sync::Mutex<HashMap<String, ImageInspect>>>,
+    /// image, which is asked for once, even by targets read at the same time.
+    images: std::sync::Mutex<HashMap<String, ImageSlot>>,
+}
+
+/// Parse `1.41` into (1, 41).
+fn parse_api(text: &str) -> Option<(u32, u32)> {
+    let (major, minor) = text.trim().split_once('.')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
 }
 
 impl Engine {
@@ -270,32 +312,20 @@ impl Engine {
             endpoint: endpoint.to_string(),
             reason,
         };
-        let docker = match &endpoint {
-            Endpoint::Unix(path) => Docker::connect_with_unix(
-                &path.to_string_lossy(),
-                REQUEST_TIMEOUT_SECS,
-                bollard::API_DEFAULT_VERSION,
-            ),
-            Endpoint::Tcp(addr) => {
-                Docker::connect_with_http(addr, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+        let address = match &endpoint {
+            Endpoint::Unix(path) => {
+                if !path.exists() {
+                    return Err(unreachable(format!("{} does not exist", path.display())));
+                }
+                http::Address::Unix(path.clone())
             }
-        }
-        .map_err(|e| match e {
-            BollardError::SocketNotFoundError(p) => unreachable(format!("{p} does not exist")),
-            other => unreachable(other.to_string()),
-        })?
-        // bollard sends no User-Agent of its own; engines log this one.
-        .with_request_modifier(|mut req| {
-            req.headers_mut().insert(
-                http::header::USER_AGENT,
-                http::HeaderValue::from_static(concat!("imagetrail/", env!("CARGO_PKG_VERSION"))),
-            );
-            req
-        });
-        // `negotiate_version` is a GET /version; the timeout makes a hung socket a quick,
-        // clear error instead of a 30 s wait.
-        let docker = match tokio::time::timeout(PING_TIMEOUT, docker.negotiate_version()).await {
-            Ok(Ok(d)) => d,
+            Endpoint::Tcp(addr) => http::Address::Tcp(addr.clone()),
+        };
+        // Engines log the User-Agent.
+        let client = http::Client::new(address, concat!("imagetrail/", env!("CARGO_PKG_VERSION")));
+        // The timeout makes a hung socket a quick, clear error instead of a long wait.
+        let answer = match tokio::time::timeout(PING_TIMEOUT, client.get("/version")).await {
+            Ok(Ok(a)) => a,
             Ok(Err(e)) => return Err(unreachable(e.to_string())),
             Err(_) => {
                 return Err(unreachable(format!(
@@ -304,10 +334,33 @@ impl Engine {
                 )));
             }
         };
-        tracing::debug!(%endpoint, version = ?docker.client_version(), "engine connected");
+        if answer.status != 200 {
+            return Err(unreachable(format!(
+                "GET /version answered {}: {}",
+                answer.status,
+                message_of(&answer.body)
+            )));
+        }
+        let version: Value = serde_json::from_slice(&answer.body).map_err(|e| {
+            unreachable(format!(
+                "GET /version did not answer JSON ({e}); is this a container engine's socket?"
+            ))
+        })?;
+        let server = version
+            .get("ApiVersion")
+            .and_then(Value::as_str)
+            .and_then(parse_api);
+        let prefix = match server {
+            Some(v) if v < MAX_API => format!("/v{}.{}", v.0, v.1),
+            Some(_) => format!("/v{}.{}", MAX_API.0, MAX_API.1),
+            // No version said: the engine's own (unversioned paths).
+            None => String::new(),
+        };
+        tracing::debug!(%endpoint, api = %prefix, "engine connected");
         Ok(Engine {
-            docker,
+            http: client,
             endpoint,
+            prefix,
             images: Default::default(),
         })
     }
@@ -317,66 +370,86 @@ impl Engine {
         &self.endpoint
     }
 
-    fn request_error(&self, request: String, e: BollardError) -> EngineError {
+    fn request_error(&self, request: String, reason: String) -> EngineError {
         EngineError::Request {
             endpoint: self.endpoint.to_string(),
             request,
-            reason: e.to_string(),
+            reason,
+        }
+    }
+
+    /// `GET path` (after the version prefix): the parsed JSON, `None` for a 404.
+    async fn get_json(&self, path: &str) -> Result<Option<Value>, EngineError> {
+        let request = format!("GET {path}");
+        let answer = match tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            self.http.get(&format!("{}{path}", self.prefix)),
+        )
+        .await
+        {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => return Err(self.request_error(request, e.to_string())),
+            Err(_) => {
+                return Err(self.request_error(
+                    request,
+                    format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()),
+                ));
+            }
+        };
+        match answer.status {
+            200..=299 => serde_json::from_slice(&answer.body)
+                .map(Some)
+                .map_err(|e| self.request_error(request, format!("the answer is not JSON: {e}"))),
+            404 => Ok(None),
+            status => {
+                Err(self.request_error(request, format!("{status}: {}", message_of(&answer.body))))
+            }
         }
     }
 
     /// `GET /info`, as JSON.
-    pub async fn info(&self) -> Result<serde_json::Value, EngineError> {
-        let info = self
-            .docker
-            .info()
-            .await
-            .map_err(|e| self.request_error("GET /info".into(), e))?;
-        Ok(serde_json::to_value(info).unwrap_or_default())
+    pub async fn info(&self) -> Result<Value, EngineError> {
+        self.get_json("/info")
+            .await?
+            .ok_or_else(|| self.request_error("GET /info".into(), "404".into()))
     }
 
     /// `GET /images/{name}/json`; `None` when the engine has no such image.
-    pub async fn image(&self, name: &str) -> Result<Option<ImageInspect>, EngineError> {
-        match self.docker.inspect_image(name).await {
-            Ok(i) => Ok(Some(i)),
-            Err(BollardError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(None),
-            Err(e) => Err(self.request_error(format!("GET /images/{name}/json"), e)),
-        }
+    pub async fn image(&self, name: &str) -> Result<Option<Inspect>, EngineError> {
+        Ok(self
+            .get_json(&format!("/images/{}/json", path_segment(name)))
+            .await?
+            .map(Arc::new))
     }
 
-    /// [`Engine::image`] for an image id, asked of the engine once per run.
-    async fn image_by_id(&self, id: &str) -> Result<Option<ImageInspect>, EngineError> {
-        if let Some(i) = self.images.lock().expect("not poisoned").get(id) {
-            return Ok(Some(i.clone()));
-        }
-        let found = self.image(id).await?;
-        if let Some(i) = &found {
-            self.images
-                .lock()
-                .expect("not poisoned")
-                .insert(id.to_string(), i.clone());
-        }
-        Ok(found)
+    /// [`Engine::image`] for an image id, asked of the engine once per run (targets asking at
+    /// the same time wait for the one request).
+    async fn image_by_id(&self, id: &str) -> Result<Option<Inspect>, EngineError> {
+        let slot = self
+            .images
+            .lock()
+            .expect("not poisoned")
+            .entry(strip_sha(id))
+            .or_default()
+            .clone();
+        // By the bare id: `sha256:` is how a container names its image, not how it is asked.
+        slot.get_or_init(|| async { self.image(&strip_sha(id)).await.map_err(|e| e.to_string()) })
+            .await
+            .clone()
+            .map_err(|reason| self.request_error(format!("GET /images/{id}/json"), reason))
     }
 
     /// `GET /containers/{name}/json`; `None` when the engine has no such container.
-    pub async fn container(
-        &self,
-        name: &str,
-    ) -> Result<Option<ContainerInspectResponse>, EngineError> {
-        match self.docker.inspect_container(name, None).await {
-            Ok(c) => Ok(Some(c)),
-            Err(BollardError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(None),
-            Err(e) => Err(self.request_error(format!("GET /containers/{name}/json"), e)),
-        }
+    pub async fn container(&self, name: &str) -> Result<Option<Inspect>, EngineError> {
+        Ok(self
+            .get_json(&format!("/containers/{}/json", path_segment(name)))
+            .await?
+            .map(Arc::new))
     }
 
     /// Resolve an id or name: container first then image (as atomic does), or image first
-    /// when `images_first` (names given on the command line are images).
+    /// when `images_first` (names given on the command line are images). A container comes
+    /// with the image it runs (which may have been removed since: not an error).
     pub async fn resolve(&self, what: &str, images_first: bool) -> Result<Object, EngineError> {
         let order = if images_first {
             [Kind::Image, Kind::Container]
@@ -387,41 +460,28 @@ impl Engine {
             match kind {
                 Kind::Container => {
                     if let Some(c) = self.container(what).await? {
-                        let labels = c
-                            .config
-                            .as_ref()
-                            .and_then(|c| c.labels.clone())
-                            .unwrap_or_default();
-                        // The image a container runs gives the digest and tags; it may have
-                        // been removed since, which is not an error for the container.
-                        let image = match c.image.as_deref() {
+                        let image = match str_at(&c, &["Image"]) {
                             Some(img) if !img.is_empty() => self.image_by_id(img).await?,
                             _ => None,
                         };
                         return Ok(Object {
                             kind,
-                            id: strip_sha(c.id.as_deref().unwrap_or(what)),
-                            labels,
-                            container: Some(Box::new(c)),
-                            image: image.map(Box::new),
-                            listed: None,
+                            id: strip_sha(str_at(&c, &["Id"]).unwrap_or(what)),
+                            labels: labels_of(&c),
+                            container: Some(c),
+                            image,
                         });
                     }
                 }
                 Kind::Image => {
-                    if let Some(i) = self.image(what).await? {
-                        let labels = i
-                            .config
-                            .as_ref()
-                            .and_then(|c| c.labels.clone())
-                            .unwrap_or_default();
+                    // Through the cache: the image may also be a container's image.
+                    if let Some(i) = self.image_by_id(what).await? {
                         return Ok(Object {
                             kind,
-                            id: strip_sha(i.id.as_deref().unwrap_or(what)),
-                            labels,
+                            id: strip_sha(str_at(&i, &["Id"]).unwrap_or(what)),
+                            labels: labels_of(&i),
                             container: None,
-                            image: Some(Box::new(i)),
-                            listed: None,
+                            image: Some(i),
                         });
                     }
                 }
@@ -434,141 +494,29 @@ impl Engine {
     }
 }
 
-impl Engine {
-    /// Read many targets (full ids) with one list request instead of an inspect each: the
-    /// containers in chunks of ids (`GET /containers/json?all=1&filters={"id":[...]}`), then one
-    /// image inspect per distinct image (cached: `environment.json` needs them anyway). Not
-    /// `GET /images/json`: the engine builds the whole image list for it (280 ms for 211 images
-    /// on Docker 20.10, measured), longer than the rest of a 200-target scan. Ids the container
-    /// list does not answer are tried as images. A container id wins over an image id, as in
-    /// [`Engine::resolve`]. Ids still unanswered are left out (the caller inspects them); a list
-    /// the engine refuses or answers in a shape we cannot read only means every target is
-    /// inspected.
-    pub async fn list_targets(&self, ids: &[String]) -> HashMap<String, Object> {
-        use futures_util::StreamExt;
-        let mut found = HashMap::new();
-        if ids.is_empty() {
-            return found;
-        }
-        let chunks = ids.chunks(100).map(|chunk| {
-            let filters = HashMap::from([("id".to_string(), chunk.to_vec())]);
-            self.docker
-                .list_containers(Some(bollard::query_parameters::ListContainersOptions {
-                    all: true,
-                    filters: Some(filters),
-                    ..Default::default()
-                }))
-        });
-        let containers = futures_util::future::join_all(chunks).await;
-        let wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
-        for answer in containers {
-            let list = match answer {
-                Ok(list) => list,
-                Err(e) => {
-                    tracing::debug!(error = %e, "GET /containers/json failed; targets are inspected");
-                    return HashMap::new();
-                }
-            };
-            for c in list {
-                let Some(id) = c.id.as_deref().map(strip_sha) else {
-                    continue;
-                };
-                // The engine's id filter matches prefixes: keep exact ids only.
-                if !wanted.contains(id.as_str()) {
-                    continue;
-                }
-                let listed = Listed {
-                    image_id: c.image_id.as_deref().map(strip_sha),
-                    repo_tags: vec![],
-                    repo_digests: vec![],
-                    image_name: c.image.clone(),
-                };
-                found.insert(
-                    id.clone(),
-                    Object {
-                        kind: Kind::Container,
-                        id,
-                        labels: c.labels.unwrap_or_default(),
-                        container: None,
-                        image: None,
-                        listed: Some(listed),
-                    },
-                );
-            }
-        }
-        // The containers' images and the ids that are not containers, each inspected once,
-        // many in flight (the engine answers them in parallel).
-        let mut images: Vec<String> = found
-            .values()
-            .filter_map(|o| o.listed.as_ref().and_then(|l| l.image_id.clone()))
-            .chain(ids.iter().filter(|id| !found.contains_key(*id)).cloned())
-            .collect();
-        images.sort_unstable();
-        images.dedup();
-        let inspected: HashMap<String, ImageInspect> = futures_util::stream::iter(images)
-            .map(|id| async move {
-                let image = self.image_by_id(&id).await.ok().flatten();
-                image.map(|i| (id, i))
-            })
-            .buffer_unordered(ENGINE_IN_FLIGHT)
-            .filter_map(|x| async { x })
-            .collect()
-            .await;
-        for object in found.values_mut() {
-            if let Some(listed) = object.listed.as_mut()
-                && let Some(image) = listed.image_id.as_ref().and_then(|i| inspected.get(i))
-            {
-                listed.repo_tags = image.repo_tags.clone().unwrap_or_default();
-                listed.repo_digests = image.repo_digests.clone().unwrap_or_default();
-            }
-        }
-        for id in ids {
-            if found.contains_key(id) {
-                continue;
-            }
-            if let Some(i) = inspected.get(id) {
-                found.insert(
-                    id.clone(),
-                    Object {
-                        kind: Kind::Image,
-                        id: id.clone(),
-                        labels: i
-                            .config
-                            .as_ref()
-                            .and_then(|c| c.labels.clone())
-                            .unwrap_or_default(),
-                        container: None,
-                        image: Some(Box::new(i.clone())),
-                        listed: None,
-                    },
-                );
-            }
-        }
-        found
-    }
+/// The engine's `{"message": ...}` of an error answer, or the body's start.
+fn message_of(body: &[u8]) -> String {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_else(|| {
+            let text = String::from_utf8_lossy(body);
+            crate::terminal::cap(text.trim(), 300).0.to_string()
+        })
+}
 
-    /// The inspects of an object read from the lists, for `environment.json`: the container's
-    /// and its image's, or the image's. `None` where the engine no longer has it.
-    pub async fn inspects(
-        &self,
-        kind: Kind,
-        id: &str,
-        image_id: Option<&str>,
-    ) -> (Option<ContainerInspectResponse>, Option<ImageInspect>) {
-        match kind {
-            Kind::Container => {
-                let image = async {
-                    match image_id {
-                        Some(i) => self.image_by_id(i).await.ok().flatten(),
-                        None => None,
-                    }
-                };
-                let (c, i) = tokio::join!(self.container(id), image);
-                (c.ok().flatten(), i)
-            }
-            Kind::Image => (None, self.image_by_id(id).await.ok().flatten()),
+/// A name or id as one path segment: characters outside `[A-Za-z0-9._:@-]` (and `/`, which
+/// image names carry and the engine's routes accept) are percent-encoded.
+fn path_segment(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"._:@-/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
         }
     }
+    out
 }
 
 /// Strip `sha256:` from the values of `Id`, `Parent`, `Image` and `ImageID` and from lists made

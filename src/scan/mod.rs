@@ -15,7 +15,9 @@ pub mod outputs;
 pub mod settings;
 pub mod targets;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
 
@@ -85,6 +87,72 @@ async fn connect(settings: &Settings) -> Result<Engine, Error> {
     Ok(Engine::connect(endpoint).await?)
 }
 
+/// Targets read from the engine and waiting for their turn with the server: enough to keep
+/// the server calls fed, few enough that memory does not grow with the number of targets.
+const READ_AHEAD: usize = 32;
+
+/// The compact `environment.json` form of each image inspect, made once per image: many
+/// targets (the containers of one image) share it.
+#[derive(Default)]
+struct CompactImages(Mutex<HashMap<String, Arc<str>>>);
+
+/// An inspect as one compact JSON line for `environment.json`: `sha256:` stripped as atomic
+/// does, and the labels a target was refused for left out.
+fn compact_inspect(mut v: serde_json::Value, capped: &[(String, usize)]) -> String {
+    crate::engine::strip_sha_fields(&mut v);
+    omit_capped_labels(&mut v, capped);
+    v.to_string()
+}
+
+/// A target's inspects in `environment.json`'s compact form.
+#[derive(Default)]
+struct Compacted {
+    /// The image's, keyed by id (shared by the targets of one image).
+    image: Option<(String, Arc<str>)>,
+    /// The container's, keyed by id.
+    container: Option<(String, String)>,
+}
+
+/// Make a target's inspects compact as soon as it is read, and keep of the parsed container
+/// inspect only the fields the rest of the work reads: a parsed inspect takes several times
+/// its text's memory, and many targets are read ahead of the server calls.
+fn compact(o: &mut Outcome, images: &CompactImages) -> Compacted {
+    // A label cut at the cap is not copied whole into environment.json either.
+    let capped: Vec<(String, usize)> = o
+        .labels
+        .as_ref()
+        .map(|l| l.capped.clone())
+        .unwrap_or_default();
+    let Some(obj) = o.object.as_mut() else {
+        return Compacted::default();
+    };
+    let image = obj.image.as_ref().map(|i| {
+        let id = crate::engine::strip_sha(i.get("Id").and_then(|v| v.as_str()).unwrap_or_default());
+        if !capped.is_empty() {
+            let text: Arc<str> = compact_inspect((**i).clone(), &capped).into();
+            return (id, text);
+        }
+        let mut cache = images.0.lock().expect("not poisoned");
+        let text = cache
+            .entry(id.clone())
+            .or_insert_with(|| compact_inspect((**i).clone(), &[]).into())
+            .clone();
+        (id, text)
+    });
+    let container = obj.container.take().map(|c| {
+        // The only holder of a container's inspect: no copy needed.
+        let v = Arc::try_unwrap(c).unwrap_or_else(|c| (*c).clone());
+        let slim = serde_json::json!({
+            "Id": v.get("Id"),
+            "Image": v.get("Image"),
+            "Config": {"Image": v.get("Config").and_then(|c| c.get("Image"))},
+        });
+        obj.container = Some(Arc::new(slim));
+        (obj.id.clone(), compact_inspect(v, &capped))
+    });
+    Compacted { image, container }
+}
+
 /// What is kept of one target once its files are written: enough for stdout, the log, the
 /// exit code and `environment.json`, so memory stays flat however many targets there are.
 struct Done {
@@ -98,8 +166,9 @@ struct Done {
     log: Vec<String>,
     /// The `--format json` entry.
     json: Option<serde_json::Value>,
-    /// Compact inspect JSON (`sha256:` stripped) of the image, keyed by id.
-    image: Option<(String, String)>,
+    /// Compact inspect JSON (`sha256:` stripped) of the image, keyed by id (shared by the
+    /// targets of one image).
+    image: Option<(String, Arc<str>)>,
     /// Compact inspect JSON of the container, keyed by id.
     container: Option<(String, String)>,
 }
@@ -133,72 +202,62 @@ async fn run(
     // IMAGE_NAME names the image in payloads only for the target that is that image.
     let image_name_id = match &settings.image_name {
         // A name the engine rejects or does not know only means no target is named by it.
-        Some(name) => engine
-            .image(name)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|i| i.id)
-            .map(|id| crate::engine::strip_sha(&id)),
+        Some(name) => engine.image(name).await.ok().flatten().and_then(|i| {
+            i.get("Id")
+                .and_then(|v| v.as_str())
+                .map(crate::engine::strip_sha)
+        }),
         None => None,
     };
     let results = match &output {
         Some((dir, _)) => Some(outputs::ResultsDir::open(dir)?),
         None => None,
     };
-    // Many /scanin targets are read with two list requests instead of an inspect each; a
-    // deploy needs each image's platform, which only the inspect has.
-    let ids: Vec<String> = targets
-        .iter()
-        .filter_map(|t| match &t.source {
-            targets::Source::ScanDir(id) => Some(id.clone()),
-            _ => None,
-        })
-        .collect();
-    let listed = if ids.len() >= 2 && settings.scan_type != ScanType::Deploy {
-        engine.list_targets(&ids).await
-    } else {
-        Default::default()
-    };
     let ctx = Context {
         settings: &settings,
         engine: &engine,
         client: client.as_ref(),
         image_name_id,
-        listed,
     };
+    let ctx = &ctx;
     let stamp = chrono::Local::now();
     let claimed = std::sync::Mutex::new(std::collections::HashSet::new());
+    let compact_images = CompactImages::default();
+    // Each target is read from the engine by its inspects (which `environment.json` needs
+    // anyway), many at once and ahead of the work with the server, and passed on in order as
+    // it arrives. No list request first: it made every target wait for it, and it costs the
+    // engine as much as the inspects it would save.
+    let (read_tx, mut read_rx) = tokio::sync::mpsc::channel::<(Outcome, Compacted)>(READ_AHEAD);
+    let compact_images = &compact_images;
+    let output_ref = &output;
+    let reads = async move {
+        let mut reads = futures_util::stream::iter(targets)
+            .map(|t| async {
+                let mut o = outcome::read(ctx, t).await;
+                let compacted = match output_ref {
+                    Some(_) => compact(&mut o, compact_images),
+                    None => Compacted::default(),
+                };
+                (o, compacted)
+            })
+            .buffered(crate::engine::ENGINE_IN_FLIGHT);
+        while let Some(o) = reads.next().await {
+            if read_tx.send(o).await.is_err() {
+                break;
+            }
+        }
+    };
+    let read = futures_util::stream::poll_fn(move |cx| read_rx.poll_recv(cx));
     // Each target stages its files as soon as its work is done, so file-system latency
     // overlaps with the network; `buffered` keeps the order of the results.
-    let work = futures_util::stream::iter(targets)
-        .map(|t| async {
-            let mut o = outcome::read(&ctx, t).await;
+    let work = read
+        .map(|(mut o, compacted)| async {
             // Two names for one image (full id, short id, `sha256:` id...) make one target,
             // claimed before anything is sent, so it is registered once.
             if !claimed.lock().expect("not poisoned").insert(o.dir.clone()) {
                 return None;
             }
-            // A target read from the lists still needs its inspects for environment.json;
-            // they are fetched while the server is called.
-            let inspect = o
-                .object
-                .as_ref()
-                .filter(|obj| obj.listed.is_some() && output.is_some())
-                .map(|obj| (obj.kind, obj.id.clone(), obj.image_id()));
-            let inspects = async {
-                match &inspect {
-                    Some((kind, id, image_id)) => {
-                        Some(engine.inspects(*kind, id, image_id.as_deref()).await)
-                    }
-                    None => None,
-                }
-            };
-            let (_, inspects) = tokio::join!(outcome::act(&ctx, &mut o), inspects);
-            if let (Some((container, image)), Some(obj)) = (inspects, o.object.as_mut()) {
-                obj.container = container.map(Box::new);
-                obj.image = image.map(Box::new);
-            }
+            outcome::act(ctx, &mut o).await;
             let staged = match (&results, &output) {
                 (Some(rd), Some((_, uuid_base))) => {
                     let files = [
@@ -209,7 +268,7 @@ async fn run(
                 }
                 _ => Ok(()),
             };
-            let mut done = finish(o, &settings);
+            let mut done = finish(o, &settings, compacted);
             if let Err(e) = staged {
                 done.unwritten(&e);
             }
@@ -224,7 +283,7 @@ async fn run(
             None => None,
         }
     };
-    let (done, info) = tokio::join!(work, info);
+    let ((), done, info) = tokio::join!(reads, work, info);
     let mut outcomes: Vec<Done> = done.into_iter().flatten().collect();
     if let Some(rd) = &results {
         let info = info.expect("fetched when there is an output");
@@ -285,7 +344,7 @@ fn is_invisible(c: char) -> bool {
 }
 
 /// Keep what is needed of an outcome once its files are written.
-fn finish(o: Outcome, settings: &Settings) -> Done {
+fn finish(o: Outcome, settings: &Settings, compacted: Compacted) -> Done {
     let name = escape_name(&o.image_name.clone().unwrap_or_else(|| o.dir.clone()));
     let mut log = vec![format!(
         "{name}: {}",
@@ -309,32 +368,7 @@ fn finish(o: Outcome, settings: &Settings) -> Done {
             "server answer": o.answer,
         })
     });
-    // A label cut at the cap is not copied whole into environment.json either.
-    let capped: Vec<(String, usize)> = o
-        .labels
-        .as_ref()
-        .map(|l| l.capped.clone())
-        .unwrap_or_default();
-    let compact = |v: serde_json::Result<serde_json::Value>| {
-        let mut v = v.unwrap_or_default();
-        crate::engine::strip_sha_fields(&mut v);
-        omit_capped_labels(&mut v, &capped);
-        v.to_string()
-    };
-    let (image, container) = match &o.object {
-        Some(obj) => (
-            obj.image.as_ref().map(|i| {
-                (
-                    i.id.clone().unwrap_or_default(),
-                    compact(serde_json::to_value(i)),
-                )
-            }),
-            obj.container
-                .as_ref()
-                .map(|c| (obj.id.clone(), compact(serde_json::to_value(c)))),
-        ),
-        None => (None, None),
-    };
+    let Compacted { image, container } = compacted;
     Done {
         dir: o.dir,
         successful: o.successful,
@@ -391,7 +425,7 @@ fn write_environment(
         .iter()
         .filter_map(|o| o.image.as_ref())
         .filter(|(id, _)| seen.insert(format!("i{id}")))
-        .map(|(_, j)| j.as_str())
+        .map(|(_, j)| &**j)
         .collect();
     let containers: Vec<&str> = outcomes
         .iter()

@@ -110,8 +110,6 @@ pub struct Context<'a> {
     pub client: Option<&'a Client>,
     /// The id of `IMAGE_NAME`, when it is set and the engine knows it.
     pub image_name_id: Option<String>,
-    /// `/scanin` targets already read from the engine's list endpoints, by id.
-    pub listed: std::collections::HashMap<String, Object>,
 }
 
 /// Do one target's work. Never fails: every problem ends up in the outcome.
@@ -153,10 +151,7 @@ pub async fn read(ctx: &Context<'_>, target: Target) -> Outcome {
             todo: "Set IMAGE_NAME to the image the root filesystem belongs to, then scan again.".into(),
             message: "A --rootfs target has no image to read labels from; set IMAGE_NAME to the image the root filesystem belongs to.".into(),
         }),
-        Some((what, images_first)) => match match ctx.listed.get(&what) {
-            Some(object) if !images_first => Ok(object.clone()),
-            _ => ctx.engine.resolve(&what, images_first).await,
-        } {
+        Some((what, images_first)) => match ctx.engine.resolve(&what, images_first).await {
             Ok(object) => {
                 if out.dir.is_empty() {
                     out.dir = object.id.clone();
@@ -429,15 +424,12 @@ async fn deploy(ctx: &Context<'_>, out: &mut Outcome) {
         });
         return;
     };
-    let image = object.image.as_ref();
     let body = DeploymentBody::new(url.clone(), ctx.settings.environment.clone()).with_platform(
-        image
-            .and_then(|i| i.os.clone())
-            .unwrap_or_else(|| "linux".into()),
-        image
-            .and_then(|i| i.architecture.clone())
+        object.image_field("Os").unwrap_or_else(|| "linux".into()),
+        object
+            .image_field("Architecture")
             .unwrap_or_else(|| "amd64".into()),
-        image.and_then(|i| i.variant.clone()),
+        object.image_field("Variant"),
     );
     let body = serde_json::to_value(&body).unwrap_or_default();
     let key = uuid::Uuid::new_v4().to_string();

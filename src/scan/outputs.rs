@@ -579,14 +579,16 @@ impl ResultsDir {
                 synced.push(s.dir.clone());
             }
         }
-        synced.push(self.fd.clone());
+        if !synced.iter().any(|d| std::sync::Arc::ptr_eq(d, &self.fd)) {
+            synced.push(self.fd.clone());
+        }
         // The renames made durable: many directories with a second `syncfs` (an fsync per
-        // target directory cost 40-200 ms for 200 targets), a few with an fsync each. A lost
-        // directory sync only risks a rename; the files themselves are synced.
+        // target directory cost 40-200 ms for 200 targets), a few with an fsync each, all at
+        // once. A lost directory sync only risks a rename; the files themselves are synced.
         let result = if staged.len() > FSYNC_EACH_UP_TO {
             rustix::fs::syncfs(&*self.fd)
         } else {
-            synced.iter().try_for_each(|dir| rustix::fs::fsync(&**dir))
+            fsync_all(synced.iter().map(|d| &**d))
         };
         if let Err(e) = result {
             tracing::warn!("could not sync the results directories: {e}");
@@ -597,21 +599,25 @@ impl ResultsDir {
     /// Make the staged files durable. Many files: one `syncfs`, far cheaper than an fsync
     /// each. A few files (a single-target run): an fsync each, because `syncfs` also flushes
     /// whatever else is dirty on that file system, which on a busy host costs more than a
-    /// handful of fsyncs.
+    /// handful of fsyncs; and all at once, so the file system commits them together (one
+    /// after the other, each waited for its own journal commit: 150 ms for three files on
+    /// this busy host, measured with `strace -T`).
     fn sync(&self, staged: &[Staged]) -> rustix::io::Result<()> {
         if staged.len() > FSYNC_EACH_UP_TO {
             return rustix::fs::syncfs(&*self.fd);
         }
-        for s in staged {
-            let fd = rustix::fs::openat(
-                &*s.dir,
-                s.tmp.as_str(),
-                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )?;
-            rustix::fs::fsync(&fd)?;
-        }
-        Ok(())
+        let files = staged
+            .iter()
+            .map(|s| {
+                rustix::fs::openat(
+                    &*s.dir,
+                    s.tmp.as_str(),
+                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+            })
+            .collect::<rustix::io::Result<Vec<OwnedFd>>>()?;
+        fsync_all(files.iter())
     }
 
     /// Keep an existing `name` as `name.previous-<stamp>` (a hard link, so `name` stays in
@@ -694,6 +700,27 @@ impl ResultsDir {
         })?;
         Ok(kept.into_iter().collect())
     }
+}
+
+/// fsync every file at once, one thread each: concurrent fsyncs share the file system's
+/// journal commits instead of waiting for one each.
+fn fsync_all<'a>(fds: impl Iterator<Item = &'a OwnedFd>) -> rustix::io::Result<()> {
+    let fds: Vec<&OwnedFd> = fds.collect();
+    if fds.len() <= 1 {
+        return fds.iter().try_for_each(|fd| rustix::fs::fsync(*fd));
+    }
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = fds
+            .iter()
+            .map(|fd| scope.spawn(move || rustix::fs::fsync(*fd)))
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().unwrap_or(Err(rustix::io::Errno::IO)))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .collect()
+    })
 }
 
 #[cfg(test)]

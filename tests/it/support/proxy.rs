@@ -68,6 +68,11 @@ impl RecordingProxy {
         RecordingProxy { socket, sent }
     }
 
+    /// How many connections the client opened.
+    pub fn connections(&self) -> usize {
+        self.sent.lock().unwrap().len()
+    }
+
     /// The request heads (request line + headers) every connection sent, in order. The
     /// scanner's requests carry no body, so heads are separated by blank lines.
     pub fn requests(&self) -> Vec<String> {
