@@ -513,7 +513,10 @@ pub fn lean_entry(text: &str) -> Option<LeanEntry<'_>> {
             BUILT_AT => built_at = Some(yaml::plain_quoted(v)?),
             DEPLOYED_AT => deployed_at = Some(parse_utc(yaml::plain_quoted(v)?)?),
             EVENT_ID => {
-                yaml::plain_quoted(v)?.parse::<uuid::Uuid>().ok()?;
+                let id = yaml::plain_quoted(v)?;
+                if !hyphenated_uuid(id) {
+                    id.parse::<uuid::Uuid>().ok()?;
+                }
             }
             _ if !yaml::is_quoted(v) => return None,
             _ => {}
@@ -527,6 +530,16 @@ pub fn lean_entry(text: &str) -> Option<LeanEntry<'_>> {
         digest: digest?,
         built_at,
     })
+}
+
+/// Whether `s` is a UUID in the hyphenated form the writer writes (which `Uuid`'s parser
+/// always accepts), checked without the general parser.
+fn hyphenated_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.bytes().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
 }
 
 /// Indexes into [`FRAMING`] of the lines [`lean_entry`] keeps.
@@ -707,6 +720,25 @@ mod tests {
             assert!(frame.is(&line), "{line:?}");
             assert_eq!(frame_of(&line).map(|f| f.0), Some(i), "{line:?}");
         }
+    }
+
+    #[test]
+    fn the_quick_uuid_check_accepts_only_what_the_parser_accepts() {
+        for s in [
+            "0190d7a0-0000-7000-8000-00000000000a",
+            "0190D7A0-0000-7000-8000-00000000000A",
+            "0190d7a0-0000-7000-8000-00000000000g",
+            "0190d7a0+0000-7000-8000-00000000000a",
+            "0190d7a000007000800000000000000a",
+            "{0190d7a0-0000-7000-8000-00000000000a}",
+            "",
+        ] {
+            if hyphenated_uuid(s) {
+                assert!(s.parse::<uuid::Uuid>().is_ok(), "{s}");
+            }
+        }
+        assert!(hyphenated_uuid("0190d7a0-0000-7000-8000-00000000000a"));
+        assert!(!hyphenated_uuid("0190d7a0-0000-7000-8000-00000000000g"));
     }
 
     /// Whatever the lean reader accepts, the fast reader accepts with the same values.

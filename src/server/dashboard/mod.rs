@@ -503,31 +503,53 @@ async fn app_page(State(state): State<Arc<AppState>>, Query(aq): Query<AppQuery>
     let name = app.clone();
     let data = blocking(&state, move |store| {
         let mut lanes = Vec::new();
-        let mut histories = Vec::new();
-        // The window's deployments as points (time, digest, rollback or not): the chart needs
-        // no more, so whole entries are read only for what the page writes out below.
-        let mut rows: Vec<TimelineRow> = Vec::new();
         for env in store.environments()? {
-            if !store.apps(&env)?.contains(&name) {
-                continue;
+            if store.apps(&env)?.contains(&name) {
+                lanes.push(env);
             }
-            let history = store.open_history(&env, &name)?;
-            let h = delivery::collect_history(&history, &env, &name, window)?;
+        }
+        // The window's deployments as points (time, digest, rollback or not): the chart needs
+        // no more, so whole entries are read only for what the page writes out below. The
+        // lanes are read side by side (a dense one is thousands of entries).
+        let read_lane = |lane: usize| -> anyhow::Result<_> {
+            let env = &lanes[lane];
+            let history = store.open_history(env, &name)?;
+            let h = delivery::collect_history(&history, env, &name, window)?;
             let marks = delivery::rollbacks(&h);
-            let lane = lanes.len();
-            lanes.push(env);
-            for (d, rb) in h.entries.iter().zip(marks) {
-                if d.deployed_at >= window.since {
-                    rows.push(TimelineRow {
-                        lane,
-                        at: d.deployed_at,
-                        offset: d.offset,
-                        rollback: rb.is_some(),
-                        whole: None,
-                    });
-                }
-            }
+            let rows: Vec<TimelineRow> = h
+                .entries
+                .iter()
+                .zip(marks)
+                .filter(|(d, _)| d.deployed_at >= window.since)
+                .map(|(d, rb)| TimelineRow {
+                    lane,
+                    at: d.deployed_at,
+                    offset: d.offset,
+                    rollback: rb.is_some(),
+                    whole: None,
+                })
+                .collect();
+            Ok((history, rows))
+        };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per_thread = lanes.len().div_ceil(threads).max(1);
+        let ids: Vec<usize> = (0..lanes.len()).collect();
+        let read: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = ids
+                .chunks(per_thread)
+                .map(|part| s.spawn(|| part.iter().map(|&l| read_lane(l)).collect::<Vec<_>>()))
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        let mut histories = Vec::with_capacity(lanes.len());
+        let mut rows: Vec<TimelineRow> = Vec::new();
+        for r in read {
+            let (history, lane_rows) = r?;
             histories.push(history);
+            rows.extend(lane_rows);
         }
         // Newest first (ties: environment order, then file order), as the table lists them.
         rows.sort_by_key(|r| std::cmp::Reverse(r.at));
