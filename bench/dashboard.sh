@@ -12,7 +12,10 @@
 #   ENTRIES=100000 SPACING_MIN=60 APPS=50 ENVS=5 RUNS=20 bench/dashboard.sh
 #
 # Page times are curl's time_total over loopback, median of RUNS (server time plus a loopback
-# round trip). The 250 histories are hard links to one generated file (250 x 40 MB would be
+# round trip), and the server's CPU time per request (user + system, from /proc/PID/stat over
+# the RUNS requests): on a shared machine the wall time follows the load, the CPU time much
+# less. With BASELINE, a second server runs the baseline build on the same records and each
+# page is measured on both, alternately, in the same run. The 250 histories are hard links to one generated file (250 x 40 MB would be
 # 10 GB of disk): every read still goes through its own path, but the page cache is shared.
 # Needs: python3, curl, hyperfine, /usr/bin/time. Traffic stays on 127.0.0.1.
 set -euo pipefail
@@ -29,7 +32,12 @@ W=$(mktemp -d /tmp/it-dash-bench.XXXXXX)
 cp "$BIN" "$W/imagetrail"
 BIN=$W/imagetrail
 SRV_PID=
-cleanup() { [ -n "$SRV_PID" ] && kill "$SRV_PID" 2>/dev/null; rm -rf "$W"; }
+BASE_PID=
+cleanup() {
+  [ -n "$SRV_PID" ] && kill "$SRV_PID" 2>/dev/null
+  [ -n "$BASE_PID" ] && kill "$BASE_PID" 2>/dev/null
+  rm -rf "$W"
+}
 trap cleanup EXIT
 
 echo "generating $ENTRIES entries, one every $SPACING_MIN min, ending now; $APPS apps x $ENVS envs" >&2
@@ -79,17 +87,33 @@ os.link(tpl, os.path.join(d, "deploy-history.yml"))
 EOF
 ls -la "$W/history.yml" >&2
 
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PORT=$(free_port)
 "$BIN" serve --state-dir "$W/state" --listen "127.0.0.1:$PORT" >"$W/serve.log" 2>&1 &
 SRV_PID=$!
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done
+if [ -n "${BASELINE:-}" ]; then
+  BASE_PORT=$(free_port)
+  "$BASELINE" serve --state-dir "$W/state" --listen "127.0.0.1:$BASE_PORT" >"$W/base.log" 2>&1 &
+  BASE_PID=$!
+  for _ in $(seq 100); do curl -fs "http://127.0.0.1:$BASE_PORT/healthz" >/dev/null && break; sleep 0.1; done
+fi
 
-page() { # name path: median time_total in ms over RUNS (one warm-up)
-  local url="http://127.0.0.1:$PORT$2"
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+measure() { # label port pid path: median time_total and CPU per request over RUNS (one warm-up)
+  local url="http://127.0.0.1:$2$4" before after
   curl -fs -o /dev/null "$url"
-  for _ in $(seq "$RUNS"); do curl -fs -o /dev/null -w '%{time_total}\n' "$url"; done |
-    sort -n | awk -v name="$1" -v runs="$RUNS" '{a[NR]=$1} END {printf "%-44s median %7.1f ms  (min %.1f, max %.1f, %d runs)\n", name, a[int((NR+1)/2)]*1000, a[1]*1000, a[NR]*1000, runs}'
+  before=$(cpu_ticks "$3")
+  for _ in $(seq "$RUNS"); do curl -fs -o /dev/null -w '%{time_total}\n' "$url"; done >"$W/times"
+  after=$(cpu_ticks "$3")
+  sort -n "$W/times" | awk -v name="$1" -v runs="$RUNS" -v cpu="$(( (after - before) * 1000 / $(getconf CLK_TCK) ))" \
+    '{a[NR]=$1} END {printf "%-52s median %7.1f ms  (min %.1f, max %.1f, %d runs), CPU %5.1f ms/request\n", name, a[int((NR+1)/2)]*1000, a[1]*1000, a[NR]*1000, runs, cpu/runs}'
 }
+page() { # name path: this build, then the baseline's (when given)
+  measure "$1" "$PORT" "$SRV_PID" "$2"
+  [ -z "$BASE_PID" ] || measure "  baseline: $1" "$BASE_PORT" "$BASE_PID" "$2"
+}
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 AT=$(python3 -c 'import datetime; print((datetime.datetime.now(datetime.timezone.utc)-datetime.timedelta(days=200)).strftime("%Y-%m-%dT%H:%M:%SZ"))')
 echo
 echo "== pages ($APPS apps x $ENVS envs, $ENTRIES-entry histories)"
@@ -101,6 +125,12 @@ page "delivery page /delivery?since=30d" "/delivery?since=30d"
 curl -fs -o "$W/timeline.html" "http://127.0.0.1:$PORT/apps?app=app07&days=90"
 echo "timeline marks drawn: $(grep -o 'class="point' "$W/timeline.html" | wc -l)" \
   "($(grep -o '[0-9,]* deployments in the last' "$W/timeline.html" | head -n1))"
+
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+if [ -n "$BASE_PID" ]; then
+  kill "$BASE_PID" 2>/dev/null
+  BASE_PID=
+fi
 
 echo
 echo "== imagetrail history on one $ENTRIES-entry history"

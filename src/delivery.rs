@@ -1,7 +1,8 @@
 //! Delivery metrics over the deployment records, per environment and time window: deployment
 //! frequency, lead time from build to deploy, rollback rate and time to restore. The
 //! definitions are in the README ("Delivery metrics"); [`compute`] is a pure function over
-//! histories, [`collect`] reads just the entries it needs from a [`Store`].
+//! histories, [`collect`] reads just the entries it needs from a [`Store`], and of each only
+//! what the metrics use ([`DeliveryPoint`]: deployed at, digest, built at).
 //!
 //! A rollback is what `imagetrail compare` calls one: a deployment of a digest that ran
 //! earlier in the same environment and app, other than the one running just before it (a
@@ -14,7 +15,9 @@ use std::collections::{BTreeMap, HashSet};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde::Serialize;
 
-use crate::records::{Deployment, HistoryRange, RecordStore, RecordsError};
+use crate::records::{
+    DeliveryPoint, DeliveryPoints, DigestId, Digests, HistoryReader, RecordStore, RecordsError,
+};
 
 /// One app's history in one environment, as [`compute`] needs it.
 #[derive(Debug, Clone, Default)]
@@ -24,10 +27,40 @@ pub struct AppHistory {
     /// The app.
     pub app: String,
     /// Entries oldest first: those in the window and any before it that [`compute`] needs
-    /// (from the oldest `built_at` in the window on, and the one just before the window).
-    pub entries: Vec<Deployment>,
+    /// (from the oldest `built_at` in the window on, and the one just before those).
+    pub entries: Vec<DeliveryPoint>,
+    /// The digests the entries name.
+    pub digests: Digests,
     /// Digests known to have run in this environment and app before `entries[0]`.
-    pub earlier_digests: HashSet<String>,
+    pub earlier_digests: HashSet<DigestId>,
+}
+
+impl AppHistory {
+    /// An app's history from whole deployments, oldest first (tests, and stores that hold
+    /// whole records).
+    pub fn from_deployments<'a>(
+        env: &str,
+        app: &str,
+        entries: impl IntoIterator<Item = &'a crate::records::Deployment>,
+    ) -> AppHistory {
+        let mut points = DeliveryPoints::default();
+        for d in entries {
+            points.push_deployment(d, 0);
+        }
+        AppHistory {
+            env: env.into(),
+            app: app.into(),
+            entries: points.points,
+            digests: points.digests,
+            earlier_digests: HashSet::new(),
+        }
+    }
+
+    /// Record that `digest` ran before the entries.
+    pub fn ran_earlier(&mut self, digest: &str) {
+        let id = self.digests.intern(digest);
+        self.earlier_digests.insert(id);
+    }
 }
 
 /// The time window `[since, until]`.
@@ -136,22 +169,29 @@ pub struct Report {
 /// Whether each entry of `h` is a rollback, and for a rollback the time the replaced
 /// deployment ran before it.
 pub fn rollbacks(h: &AppHistory) -> Vec<Option<Duration>> {
-    let mut seen: HashSet<&str> = h.earlier_digests.iter().map(String::as_str).collect();
+    // Digests are dense ids of the history's table: "ran before" is one flag each.
+    let mut seen = vec![false; h.digests.len()];
+    for id in &h.earlier_digests {
+        if let Some(s) = seen.get_mut(id.index()) {
+            *s = true;
+        }
+    }
     let mut out = Vec::with_capacity(h.entries.len());
-    let mut prev: Option<&Deployment> = None;
+    let mut prev: Option<&DeliveryPoint> = None;
     for d in &h.entries {
-        let digest = d.image.digest.as_str();
-        let redeploy = prev.is_some_and(|p| p.image.digest == digest);
-        let rolled_back = !redeploy && seen.contains(digest);
-        out.push(if rolled_back {
+        let redeploy = prev.is_some_and(|p| p.digest == d.digest);
+        let ran = seen.get(d.digest.index()).copied().unwrap_or(false);
+        out.push(if !redeploy && ran {
             Some(
-                prev.map(|p| d.deployment.deployed_at - p.deployment.deployed_at)
+                prev.map(|p| d.deployed_at - p.deployed_at)
                     .unwrap_or_default(),
             )
         } else {
             None
         });
-        seen.insert(digest);
+        if let Some(s) = seen.get_mut(d.digest.index()) {
+            *s = true;
+        }
         prev = Some(d);
     }
     out
@@ -159,13 +199,8 @@ pub fn rollbacks(h: &AppHistory) -> Vec<Option<Duration>> {
 
 /// Lead time of one deployment in seconds: deployed_at − built_at, clamped at 0 (a build
 /// clock ahead of the deployer's); `None` without a readable RFC 3339 `built_at`.
-pub fn lead_time(d: &Deployment) -> Option<i64> {
-    let built = DateTime::parse_from_rfc3339(d.image.built_at.as_deref()?.trim()).ok()?;
-    Some(
-        (d.deployment.deployed_at - built.with_timezone(&Utc))
-            .num_seconds()
-            .max(0),
-    )
+pub fn lead_time(d: &DeliveryPoint) -> Option<i64> {
+    Some((d.deployed_at - d.built_at?).num_seconds().max(0))
 }
 
 /// The metrics of `histories` over `window`, per environment.
@@ -177,21 +212,28 @@ pub fn compute(histories: &[AppHistory], window: Window) -> Report {
         leads: Vec<i64>,
         without_built_at: usize,
         restores: Vec<i64>,
-        days: BTreeMap<NaiveDate, (usize, usize, Vec<i64>)>,
+        /// Per UTC day of the window, from its first: deployments, rollbacks, lead times.
+        days: Vec<(usize, usize, Vec<i64>)>,
     }
+    let first_day = window.since.date_naive();
+    let day_count = (window.until.date_naive() - first_day).num_days().max(0) as usize + 1;
     let mut per_env: BTreeMap<&str, Acc> = BTreeMap::new();
     for h in histories {
         let acc = per_env.entry(h.env.as_str()).or_default();
+        if acc.days.is_empty() {
+            acc.days.resize_with(day_count, Default::default);
+        }
         let marks = rollbacks(h);
         let mut any = false;
         for (d, rb) in h.entries.iter().zip(marks) {
-            let t = d.deployment.deployed_at;
+            let t = d.deployed_at;
             if !window.contains(t) {
                 continue;
             }
             any = true;
             acc.deployments += 1;
-            let day = acc.days.entry(t.date_naive()).or_default();
+            let day = &mut acc.days
+                [((t.date_naive() - first_day).num_days().max(0) as usize).min(day_count - 1)];
             day.0 += 1;
             match lead_time(d) {
                 Some(s) => {
@@ -211,11 +253,9 @@ pub fn compute(histories: &[AppHistory], window: Window) -> Report {
         .into_iter()
         .map(|(env, acc)| {
             let per_day = acc.deployments as f64 / window.days();
-            let mut days = Vec::new();
-            let mut date = window.since.date_naive();
-            while date <= window.until.date_naive() {
-                let (deployments, rollbacks, mut leads) =
-                    acc.days.get(&date).cloned().unwrap_or_default();
+            let mut days = Vec::with_capacity(day_count);
+            let mut date = first_day;
+            for (deployments, rollbacks, mut leads) in acc.days {
                 leads.sort_unstable();
                 days.push(Day {
                     date,
@@ -299,63 +339,64 @@ pub fn collect_one(
     app: &str,
     window: Window,
 ) -> Result<AppHistory, RecordsError> {
-    // One open and one tail check for the three reads below.
-    let history = store.open_history(env, app)?;
-    let inside = history.read(HistoryRange {
-        since: Some(window.since),
-        until: Some(window.until),
-        last: None,
-    })?;
-    if inside.is_empty() {
-        return Ok(AppHistory {
-            env: env.into(),
-            app: app.into(),
-            ..Default::default()
-        });
+    collect_history(&*store.open_history(env, app)?, env, app, window)
+}
+
+/// Read what [`compute`] needs from one opened history over `window`, in one backwards pass
+/// from `window.until`: the window, then the look-back (only entries deployed after a window
+/// image was built can have run it before), then the one entry before that (what a first
+/// rollback replaced). Nothing older is read.
+pub fn collect_history(
+    history: &dyn HistoryReader,
+    env: &str,
+    app: &str,
+    window: Window,
+) -> Result<AppHistory, RecordsError> {
+    let mut rev = history.points_rev(Some(window.until))?;
+    let mut newest_first = Vec::new();
+    let mut inside = Vec::new();
+    let mut oldest_build = window.since;
+    let mut lookback_start = None;
+    while let Some(p) = rev.next_point()? {
+        if p.deployed_at >= window.since {
+            if let Some(b) = p.built_at {
+                oldest_build = oldest_build.min(b);
+            }
+            inside.push(newest_first.len());
+            newest_first.push(p);
+            continue;
+        }
+        if inside.is_empty() {
+            break;
+        }
+        newest_first.push(p);
+        if p.deployed_at < oldest_build {
+            lookback_start = Some(p.deployed_at);
+            break;
+        }
     }
-    // Only entries deployed after a window digest was built can have run it before.
-    let oldest_build = inside
-        .iter()
-        .filter_map(|d| {
-            DateTime::parse_from_rfc3339(d.image.built_at.as_deref()?.trim())
-                .ok()
-                .map(|t| t.with_timezone(&Utc))
-        })
-        .min()
-        .unwrap_or(window.since)
-        .min(window.since);
-    let before_window = window.since - Duration::nanoseconds(1);
-    let mut entries = history.read(HistoryRange {
-        since: Some(oldest_build),
-        until: Some(before_window),
-        last: None,
-    })?;
-    // The deployment just before those (what a first rollback in the window replaced).
-    let just_before = history.read(HistoryRange {
-        since: None,
-        until: Some(oldest_build - Duration::nanoseconds(1)),
-        last: Some(1),
-    })?;
-    let lookback_start = just_before.first().map(|d| d.deployment.deployed_at);
-    entries.splice(0..0, just_before);
+    let mut digests = rev.into_digests();
     // Digests without built_at may have run at any time: search their history from the end.
     let mut earlier_digests = HashSet::new();
     if let Some(start) = lookback_start {
         let mut asked = HashSet::new();
-        for d in inside.iter().filter(|d| lead_time(d).is_none()) {
-            if !asked.insert(d.image.digest.clone()) {
+        for &i in &inside {
+            let d = newest_first[i];
+            if lead_time(&d).is_some() || !asked.insert(d.digest) {
                 continue;
             }
-            if let Some(e) = history.last_with_digest_before(&d.image.digest, start)? {
-                earlier_digests.insert(e.image.digest);
+            let digest = digests.get(d.digest).to_string();
+            if let Some(e) = history.last_with_digest_before(&digest, start)? {
+                earlier_digests.insert(digests.intern(&e.image.digest));
             }
         }
     }
-    entries.extend(inside);
+    newest_first.reverse();
     Ok(AppHistory {
         env: env.into(),
         app: app.into(),
-        entries,
+        entries: newest_first,
+        digests,
         earlier_digests,
     })
 }
@@ -483,7 +524,7 @@ pub fn run(args: crate::cli::MetricsArgs) -> anyhow::Result<crate::exit::ExitCod
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::{DeploymentRecord, ImageRecord, Platform};
+    use crate::records::{Deployment, DeploymentRecord, ImageRecord, Platform};
     use chrono::TimeZone;
 
     fn t(day: u32, hour: u32) -> DateTime<Utc> {
@@ -516,12 +557,7 @@ mod tests {
     }
 
     fn hist(env: &str, entries: Vec<Deployment>) -> AppHistory {
-        AppHistory {
-            env: env.into(),
-            app: "web".into(),
-            entries,
-            earlier_digests: HashSet::new(),
-        }
+        AppHistory::from_deployments(env, "web", &entries)
     }
 
     #[test]
@@ -611,7 +647,7 @@ mod tests {
         };
         let mut h = hist("prod", vec![dep("prod", 5, t(2, 1), None)]);
         assert_eq!(compute(&[h.clone()], window).environments[0].rollbacks, 0);
-        h.earlier_digests.insert(format!("sha256:{:064x}", 5));
+        h.ran_earlier(&format!("sha256:{:064x}", 5));
         let m = &compute(&[h], window).environments[0];
         assert_eq!(m.rollbacks, 1);
         // Nothing before it in the entries: it replaced nothing known, restore 0.

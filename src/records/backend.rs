@@ -21,12 +21,12 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 use tokio::runtime::{Handle, RuntimeFlavor};
 
-use super::postgres::{PgError, PgItem, PgStore, PgWritten};
+use super::postgres::{Key, PAGE, PgError, PgItem, PgStore, PgWritten};
 use super::protect::{self, ProtectError, Protection};
-use super::range::for_each_merged;
+use super::range::{PointsRev, for_each_merged};
 use super::{
-    Checks, Deployment, HistoryRange, HistoryRead, MergeReport, OpenHistory, Recorded,
-    RecordsError, Stamp, Store, TornTail, fields, names,
+    Checks, DeliveryPoint, Deployment, Digests, HistoryRange, HistoryRead, MergeReport,
+    OpenHistory, Recorded, RecordsError, Stamp, Store, TornTail, built_time, fields, names,
 };
 
 /// The deployment records, on whichever backend was chosen (see the module documentation).
@@ -117,10 +117,22 @@ pub trait RecordStore: Send + Sync + std::fmt::Debug {
     ) -> Result<Box<dyn HistoryReader + 'a>, RecordsError>;
 }
 
-/// One app's history open for bounded reads (see [`RecordStore::open_history`]).
-pub trait HistoryReader {
+/// One app's history open for bounded reads (see [`RecordStore::open_history`]). `Send` and
+/// `Sync`: the dashboard reads several histories side by side.
+pub trait HistoryReader: Send + Sync {
     /// The entries within `range`, oldest first, held in memory (meant for small ranges).
     fn read(&self, range: HistoryRange) -> Result<Vec<Deployment>, RecordsError>;
+
+    /// The delivery points (deployed at, digest, built at) of the entries deployed at or
+    /// before `until` (all when `None`), newest first, read as the caller asks for them: a
+    /// caller that stops after the last 30 days reads only those.
+    fn points_rev(
+        &self,
+        until: Option<DateTime<Utc>>,
+    ) -> Result<Box<dyn PointStream + '_>, RecordsError>;
+
+    /// The whole entry of a point (its [`DeliveryPoint::offset`]), for what a page shows.
+    fn entry_at(&self, offset: u64) -> Result<Deployment, RecordsError>;
 
     /// The most recent entry deployed before `before` whose digest (or index digest) is
     /// `digest`.
@@ -131,9 +143,39 @@ pub trait HistoryReader {
     ) -> Result<Option<Deployment>, RecordsError>;
 }
 
+/// Delivery points, newest first (see [`HistoryReader::points_rev`]).
+pub trait PointStream {
+    /// The next point, newest first; `Ok(None)` past the oldest.
+    fn next_point(&mut self) -> Result<Option<DeliveryPoint>, RecordsError>;
+
+    /// The table of the digests the points returned name, to keep beside them.
+    fn into_digests(self: Box<Self>) -> Digests;
+}
+
+impl PointStream for PointsRev<'_> {
+    fn next_point(&mut self) -> Result<Option<DeliveryPoint>, RecordsError> {
+        PointsRev::next_point(self)
+    }
+
+    fn into_digests(self: Box<Self>) -> Digests {
+        PointsRev::into_digests(*self)
+    }
+}
+
 impl HistoryReader for OpenHistory {
     fn read(&self, range: HistoryRange) -> Result<Vec<Deployment>, RecordsError> {
         OpenHistory::read(self, range)
+    }
+
+    fn points_rev(
+        &self,
+        until: Option<DateTime<Utc>>,
+    ) -> Result<Box<dyn PointStream + '_>, RecordsError> {
+        Ok(Box::new(OpenHistory::points_rev(self, until)?))
+    }
+
+    fn entry_at(&self, offset: u64) -> Result<Deployment, RecordsError> {
+        OpenHistory::entry_at(self, offset)
     }
 
     fn last_with_digest_before(
@@ -152,12 +194,79 @@ struct PgHistory<'a> {
     app: String,
 }
 
+/// One app's delivery points in PostgreSQL, read a page at a time newest first (keyset
+/// pagination on the history order); a point's offset is its row's `seq`.
+struct PgPoints<'a> {
+    history: &'a PgHistory<'a>,
+    until: Option<DateTime<Utc>>,
+    /// Where the last page ended; `None` before the first.
+    after: Option<Key>,
+    /// The page's points not returned yet, oldest first (popped from the end).
+    pending: Vec<DeliveryPoint>,
+    done: bool,
+    digests: Digests,
+}
+
+impl PointStream for PgPoints<'_> {
+    fn next_point(&mut self) -> Result<Option<DeliveryPoint>, RecordsError> {
+        if self.pending.is_empty() && !self.done {
+            let h = self.history;
+            let rows = h.records.block(
+                h.records
+                    .pg
+                    .points_page(&h.env, &h.app, self.until, self.after, PAGE),
+            )?;
+            self.done = (rows.len() as i64) < PAGE;
+            self.after = rows.last().map(|r| r.key);
+            for r in rows.iter().rev() {
+                self.pending.push(DeliveryPoint {
+                    deployed_at: r.deployed_at,
+                    digest: self.digests.intern(&r.digest),
+                    built_at: r.built_at.as_deref().and_then(built_time),
+                    offset: u64::try_from(r.key.2).unwrap_or(0),
+                });
+            }
+        }
+        Ok(self.pending.pop())
+    }
+
+    fn into_digests(self: Box<Self>) -> Digests {
+        self.digests
+    }
+}
+
 impl HistoryReader for PgHistory<'_> {
     fn read(&self, range: HistoryRange) -> Result<Vec<Deployment>, RecordsError> {
         Ok(self
             .records
             .read_range(&self.env, &self.app, range)?
             .entries)
+    }
+
+    fn points_rev(
+        &self,
+        until: Option<DateTime<Utc>>,
+    ) -> Result<Box<dyn PointStream + '_>, RecordsError> {
+        Ok(Box::new(PgPoints {
+            history: self,
+            until,
+            after: None,
+            pending: Vec::new(),
+            done: false,
+            digests: Digests::default(),
+        }))
+    }
+
+    fn entry_at(&self, offset: u64) -> Result<Deployment, RecordsError> {
+        let seq = i64::try_from(offset).unwrap_or(i64::MAX);
+        self.records
+            .block(self.records.pg.by_seq(&self.env, &self.app, seq))?
+            .ok_or_else(|| {
+                RecordsError::Database(Box::new(PgError::Query(format!(
+                    "deployment row {seq} of {} in {} is gone",
+                    self.app, self.env
+                ))))
+            })
     }
 
     fn last_with_digest_before(

@@ -86,18 +86,30 @@ impl<'a> HistoryFile<'a> {
         Ok(HistoryFile { file, path, len })
     }
 
+    /// Wrap an open history file whose length is already known (one `fstat` fewer for each of
+    /// many small reads).
+    pub fn with_len(file: &'a File, path: &'a Path, len: u64) -> Self {
+        HistoryFile { file, path, len }
+    }
+
     /// File length in bytes.
     pub fn len(&self) -> u64 {
         self.len
     }
 
     fn read(&self, off: u64, len: usize) -> Result<Vec<u8>, RecordsError> {
-        let len = len.min((self.len - off.min(self.len)) as usize);
-        let mut buf = vec![0u8; len];
-        self.file
-            .read_exact_at(&mut buf, off)
-            .map_err(io_err(self.path))?;
+        let mut buf = Vec::new();
+        self.read_into(off, len, &mut buf)?;
         Ok(buf)
+    }
+
+    /// Read `len` bytes at `off` (fewer at the end of the file) into `buf`, replacing what it
+    /// held and reusing its allocation.
+    pub fn read_into(&self, off: u64, len: usize, buf: &mut Vec<u8>) -> Result<(), RecordsError> {
+        let len = len.min((self.len - off.min(self.len)) as usize);
+        buf.clear();
+        buf.resize(len, 0);
+        self.file.read_exact_at(buf, off).map_err(io_err(self.path))
     }
 
     /// The first entry start at or after `pos`, if any.
@@ -344,6 +356,28 @@ impl<'a> HistoryFile<'a> {
         Ok(out)
     }
 
+    /// Read the bytes of one entry starting at `start` (from its `- ` to the next entry) the
+    /// way [`HistoryFile::range`] reads each entry: the entries in them (normally one; text
+    /// that a hand edit made into several list items gives several), or the problem with its
+    /// line in the file.
+    pub fn parse_chunk(&self, start: u64, bytes: &[u8]) -> Result<Vec<HistoryEntry>, RecordsError> {
+        let text = std::str::from_utf8(bytes).map_err(|_| RecordsError::Malformed {
+            path: self.path.to_path_buf(),
+            line: self.line_of(start).unwrap_or(1),
+            message: "the entry is not valid UTF-8".into(),
+        })?;
+        if let Some(e) = yaml::fast_history_entry(text) {
+            return Ok(vec![e]);
+        }
+        yaml::parse::<Vec<HistoryEntry>>(text).or_else(|(l, message)| {
+            Err(RecordsError::Malformed {
+                path: self.path.to_path_buf(),
+                line: self.line_of(start)? + l - 1,
+                message,
+            })
+        })
+    }
+
     /// The start of the last entry before `end` whose bytes contain `needle` (e.g. a digest),
     /// found by a reverse substring search rather than by parsing every entry.
     pub fn last_containing(&self, needle: &[u8], end: u64) -> Result<Option<u64>, RecordsError> {
@@ -430,6 +464,163 @@ impl Frame {
     }
 }
 
+/// What the delivery metrics read of one entry, borrowed from its text (see [`lean_entry`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeanEntry<'a> {
+    /// `deployed_at`.
+    pub deployed_at: DateTime<Utc>,
+    /// `digest`, as written (it had no escape).
+    pub digest: &'a str,
+    /// `built_at` as written (it had no escape), when the entry has one.
+    pub built_at: Option<&'a str>,
+}
+
+/// Read `deployed_at`, `digest` and `built_at` of one entry written exactly as
+/// [`yaml::history_entry`] writes it (the lines of [`FRAMING`], in order, each value a
+/// well-formed double-quoted scalar, the three values read without escapes, a readable
+/// `deployed_at` and `event_id`), without allocating. Anything else gives `None` and the
+/// caller reads the entry with the full reader, which then also reports what is wrong: this
+/// accepts only entries that [`yaml::fast_history_entry`] accepts, and reads the same values.
+pub fn lean_entry(text: &str) -> Option<LeanEntry<'_>> {
+    let b = text.as_bytes();
+    let (mut deployed_at, mut digest, mut built_at) = (None, None, None);
+    // The next frame line expected; past the terminator only blank lines may follow.
+    let mut k = 0;
+    let mut pos = 0;
+    while pos < b.len() {
+        let nl = memchr::memchr(b'\n', &b[pos..]).map_or(b.len(), |i| pos + i);
+        let mut line = &text[pos..nl];
+        if nl < b.len() {
+            // As `str::lines` reads a "\r\n" line end.
+            line = line.strip_suffix('\r').unwrap_or(line);
+        }
+        pos = nl + 1;
+        if k == FRAMING.len() {
+            if !line.is_empty() {
+                return None;
+            }
+            continue;
+        }
+        let (j, value) = frame_of(line)?;
+        // This frame line, or a later one when only optional ones are left out before it.
+        if j < k || !FRAMING[k..j].iter().all(|&(_, optional)| optional) {
+            return None;
+        }
+        k = j + 1;
+        let Some(v) = value else { continue };
+        match j {
+            DIGEST => digest = Some(yaml::plain_quoted(v)?),
+            BUILT_AT => built_at = Some(yaml::plain_quoted(v)?),
+            DEPLOYED_AT => deployed_at = Some(parse_utc(yaml::plain_quoted(v)?)?),
+            EVENT_ID => {
+                let id = yaml::plain_quoted(v)?;
+                if !hyphenated_uuid(id) {
+                    id.parse::<uuid::Uuid>().ok()?;
+                }
+            }
+            _ if !yaml::is_quoted(v) => return None,
+            _ => {}
+        }
+    }
+    if k != FRAMING.len() {
+        return None;
+    }
+    Some(LeanEntry {
+        deployed_at: deployed_at?,
+        digest: digest?,
+        built_at,
+    })
+}
+
+/// Whether `s` is a UUID in the hyphenated form the writer writes (which `Uuid`'s parser
+/// always accepts), checked without the general parser.
+fn hyphenated_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.bytes().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+/// Indexes into [`FRAMING`] of the lines [`lean_entry`] keeps.
+const DIGEST: usize = 3;
+const BUILT_AT: usize = 10;
+const DEPLOYED_AT: usize = 16;
+const EVENT_ID: usize = 20;
+
+/// Which line of [`FRAMING`] `line` is by its indentation and key, and its value for a
+/// `Key` line (not yet checked); `None` for a line the writer never writes. The same lines as
+/// [`Frame::is`] recognises, found by one dispatch instead of trying each frame in turn (this
+/// runs for every line of every entry the delivery metrics read).
+fn frame_of(line: &str) -> Option<(usize, Option<&str>)> {
+    match line {
+        "- image:" => return Some((0, None)),
+        "    platform:" => return Some((5, None)),
+        "" => return Some((14, None)),
+        "  deployment:" => return Some((15, None)),
+        _ => {}
+    }
+    let (deep, rest) = match line.strip_prefix("    ") {
+        Some(r) => match r.strip_prefix("  ") {
+            Some(r2) => (true, r2),
+            None => (false, r),
+        },
+        None => return None,
+    };
+    let colon = memchr::memchr(b':', rest.as_bytes())?;
+    let value = rest[colon + 1..].strip_prefix(' ')?;
+    let j = match (deep, &rest[..colon]) {
+        (false, "repo") => 1,
+        (false, "tag") => 2,
+        (false, "digest") => DIGEST,
+        (false, "index_digest") => 4,
+        (true, "os") => 6,
+        (true, "architecture") => 7,
+        (true, "variant") => 8,
+        (false, "description") => 9,
+        (false, "built_at") => BUILT_AT,
+        (false, "revision") => 11,
+        (false, "source") => 12,
+        (false, "title") => 13,
+        (false, "deployed_at") => DEPLOYED_AT,
+        (false, "deployed_by") => 17,
+        (false, "workspace") => 18,
+        (false, "name") => 19,
+        (false, "event_id") => EVENT_ID,
+        _ => return None,
+    };
+    Some((j, Some(value)))
+}
+
+/// A time as `DateTime<Utc>`'s `FromStr` reads it (as the full reader reads `deployed_at`),
+/// with a fast path for the writer's `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn parse_utc(s: &str) -> Option<DateTime<Utc>> {
+    writer_time(s).or_else(|| s.parse().ok())
+}
+
+/// `s` when it is exactly `YYYY-MM-DDTHH:MM:SSZ` (what the writer and most build tools write)
+/// and a valid time: the value every RFC 3339 parser reads, read without one.
+pub fn writer_time(s: &str) -> Option<DateTime<Utc>> {
+    let b = s.as_bytes();
+    if b.len() == 20
+        && (b[4], b[7], b[10], b[13], b[16], b[19]) == (b'-', b'-', b'T', b':', b':', b'Z')
+    {
+        let n = |from: usize, to: usize| {
+            b[from..to].iter().try_fold(0u32, |acc, &c| {
+                c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
+            })
+        };
+        if let (Some(y), Some(mo), Some(d), Some(h), Some(mi), Some(sec)) =
+            (n(0, 4), n(5, 7), n(8, 10), n(11, 13), n(14, 16), n(17, 19))
+            && let Some(t) = chrono::NaiveDate::from_ymd_opt(y as i32, mo, d)
+                .and_then(|day| day.and_hms_opt(h, mi, sec))
+        {
+            return Some(t.and_utc());
+        }
+    }
+    None
+}
+
 /// Whether `bytes` (the last entry) is a proper prefix of an entry in the writer's framing
 /// without its terminator: what an append cut off by a crash leaves (see the module
 /// documentation).
@@ -512,4 +703,141 @@ pub fn append_locked(
     let data = format!("{prefix}{entry}");
     w.write_all(data.as_bytes()).map_err(io_err(path))?;
     Ok(torn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::{Deployment, DeploymentRecord, ImageRecord, Platform};
+
+    #[test]
+    fn the_lean_reader_knows_every_framing_line() {
+        for (i, (frame, _)) in FRAMING.iter().enumerate() {
+            let line = match *frame {
+                Frame::Literal(l) => l.to_string(),
+                Frame::Key(indent, key) => format!("{indent}{key}: \"v\""),
+            };
+            assert!(frame.is(&line), "{line:?}");
+            assert_eq!(frame_of(&line).map(|f| f.0), Some(i), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn the_quick_uuid_check_accepts_only_what_the_parser_accepts() {
+        for s in [
+            "0190d7a0-0000-7000-8000-00000000000a",
+            "0190D7A0-0000-7000-8000-00000000000A",
+            "0190d7a0-0000-7000-8000-00000000000g",
+            "0190d7a0+0000-7000-8000-00000000000a",
+            "0190d7a000007000800000000000000a",
+            "{0190d7a0-0000-7000-8000-00000000000a}",
+            "",
+        ] {
+            if hyphenated_uuid(s) {
+                assert!(s.parse::<uuid::Uuid>().is_ok(), "{s}");
+            }
+        }
+        assert!(hyphenated_uuid("0190d7a0-0000-7000-8000-00000000000a"));
+        assert!(!hyphenated_uuid("0190d7a0-0000-7000-8000-00000000000g"));
+    }
+
+    /// Whatever the lean reader accepts, the fast reader accepts with the same values.
+    fn agree(text: &str) -> bool {
+        let Some(l) = lean_entry(text) else {
+            return false;
+        };
+        let f = yaml::fast_history_entry(text)
+            .unwrap_or_else(|| panic!("lean accepted what the fast reader refuses: {text:?}"));
+        assert_eq!(l.deployed_at, f.deployment.deployed_at, "{text:?}");
+        assert_eq!(l.digest, f.image.digest, "{text:?}");
+        assert_eq!(l.built_at, f.image.built_at.as_deref(), "{text:?}");
+        true
+    }
+
+    #[test]
+    fn the_lean_reader_reads_only_what_the_fast_reader_reads_the_same() {
+        let d = Deployment {
+            app: "web".into(),
+            image: ImageRecord {
+                repo: "reg.example/web".into(),
+                tag: Some("v1".into()),
+                digest: format!("sha256:{:064x}", 7),
+                index_digest: Some(format!("sha256:{:064x}", 8)),
+                platform: Platform {
+                    os: "linux".into(),
+                    architecture: "arm64".into(),
+                    variant: Some("v8".into()),
+                },
+                description: Some("quote \" backslash \\ nl \n ünï 🙂: # - x \u{FFFE}".into()),
+                built_at: Some("2026-03-01T09:00:00Z".into()),
+                revision: Some("abc".into()),
+                source: Some("https://example/x".into()),
+                title: Some("t".into()),
+            },
+            deployment: DeploymentRecord {
+                deployed_at: "2026-03-01T10:00:00.5Z".parse().unwrap(),
+                deployed_by: "alice".into(),
+                workspace: "prod".into(),
+                name: Some("web".into()),
+                event_id: uuid::Uuid::now_v7(),
+            },
+        };
+        let text = yaml::history_entry(&d);
+        assert!(agree(&text), "the writer's own entry");
+        // Every prefix: only those with a whole terminator line are read.
+        let terminated = text.rfind('"').unwrap() + 1;
+        for cut in (0..=text.len()).filter(|&c| text.is_char_boundary(c)) {
+            let prefix = &text[..cut];
+            assert_eq!(agree(prefix), cut >= terminated, "{prefix:?}");
+        }
+        // Every line left out, every two neighbouring lines swapped, every line doubled.
+        let lines: Vec<&str> = text.lines().collect();
+        for i in 0..lines.len() {
+            let mut v = lines.clone();
+            v.remove(i);
+            agree(&(v.join("\n") + "\n"));
+            let mut v = lines.clone();
+            v.insert(i, lines[i]);
+            agree(&(v.join("\n") + "\n"));
+            if i + 1 < lines.len() {
+                let mut v = lines.clone();
+                v.swap(i, i + 1);
+                agree(&(v.join("\n") + "\n"));
+            }
+        }
+        // Other shapes are left to the full reader.
+        for other in [
+            text.replace("    digest: \"", "    digest:  \""),
+            text.replace("    built_at: \"", "    built_at: \"\\u0032"),
+            text.replace(
+                "deployed_at: \"2026-03-01T10:00:00.500Z\"",
+                "deployed_at: '2026-03-01T10:00:00.500Z'",
+            ),
+            text.replace("event_id: \"", "event_id: \"x"),
+            text.replace("    revision: \"abc\"", "    revision: \"a\"bc\""),
+            text.replace("    title: \"t\"", "    title: \"t\\q\""),
+            format!("{text}    # note\n"),
+            format!("# note\n{text}"),
+            text.replace('\n', "\n\n"),
+        ] {
+            assert_ne!(other, text);
+            assert!(lean_entry(&other).is_none(), "{other:?}");
+        }
+        // CRLF line ends are read as `str::lines` reads them, like the fast reader.
+        assert!(agree(&text.replace('\n', "\r\n")));
+        // Without the optional lines.
+        let mut bare = d.clone();
+        bare.image.tag = None;
+        bare.image.index_digest = None;
+        bare.image.platform.variant = None;
+        bare.image.description = None;
+        bare.image.built_at = None;
+        bare.image.revision = None;
+        bare.image.source = None;
+        bare.image.title = None;
+        bare.deployment.name = None;
+        let bare = yaml::history_entry(&bare);
+        assert!(agree(&bare));
+        assert_eq!(lean_entry(&bare).unwrap().built_at, None);
+    }
 }

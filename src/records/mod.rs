@@ -18,6 +18,7 @@ mod fields;
 mod history;
 mod info;
 mod names;
+mod points;
 pub mod postgres;
 pub mod protect;
 mod range;
@@ -128,12 +129,15 @@ pub enum RecordsError {
     Database(Box<postgres::PgError>),
 }
 
-pub use backend::{HistoryReader, PgRecords, RecordStore, check_names, open};
+pub use backend::{HistoryReader, PgRecords, PointStream, RecordStore, check_names, open};
 pub use batch::{Checks, Stamp, Written};
 pub use fields::{MAX_LABEL, MAX_NAME, MAX_TOKEN};
 pub use history::TornTail;
 pub use info::InfoFiles;
-pub use range::{HistoryCursor, HistoryRange, MergeReport, OpenHistory, for_each_merged};
+pub use points::{DeliveryPoint, DeliveryPoints, DigestId, Digests, built_time};
+pub use range::{
+    HistoryCursor, HistoryRange, MergeReport, OpenHistory, PointsRev, for_each_merged,
+};
 
 /// A history as read: the whole entries, and the torn last entry if an append was cut off.
 #[derive(Debug, Clone)]

@@ -13,11 +13,12 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 
-use super::history::HistoryFile;
+use super::history::{self, HistoryFile};
+use super::points::{DeliveryPoint, DeliveryPoints, Digests, built_time};
 use super::{Deployment, HistoryRead, RecordsError, Store, TornTail, open_existing, to_deployment};
 
 /// Which entries of one history to read.
@@ -119,6 +120,8 @@ pub struct OpenHistory {
     app: String,
     path: PathBuf,
     file: Option<File>,
+    /// The file's length when opened.
+    len: u64,
     whole_end: u64,
     torn: Option<TornTail>,
 }
@@ -140,6 +143,79 @@ impl OpenHistory {
             .into_iter()
             .map(|e| to_deployment(&self.app, e))
             .collect())
+    }
+
+    /// The points (deployed at, digest, built at) of the entries within `range`, oldest
+    /// first: what [`OpenHistory::read`] returns, without building a [`Deployment`] per entry.
+    pub fn points(&self, range: HistoryRange) -> Result<DeliveryPoints, RecordsError> {
+        let Some(file) = &self.file else {
+            return Ok(DeliveryPoints::default());
+        };
+        let h = HistoryFile::with_len(file, &self.path, self.len);
+        let (from, end) = bounds(&h, self.whole_end, range)?;
+        let mut rev = PointsRev::new(self, from, end);
+        let mut points = Vec::new();
+        while let Some(p) = rev.next_point()? {
+            points.push(p);
+        }
+        points.reverse();
+        Ok(DeliveryPoints {
+            points,
+            digests: rev.digests,
+        })
+    }
+
+    /// The points of the entries deployed at or before `until` (all when `None`), newest
+    /// first, read backwards from the end of the file as the caller asks for them: a caller
+    /// that stops after the last 30 days reads only those. When the newest entry is after
+    /// `until`, the end is found by bisection first.
+    pub fn points_rev(&self, until: Option<DateTime<Utc>>) -> Result<PointsRev<'_>, RecordsError> {
+        let mut rev = PointsRev::new(self, 0, self.whole_end);
+        let (Some(u), Some(file)) = (until, &self.file) else {
+            return Ok(rev);
+        };
+        if let Some(newest) = rev.next_point()? {
+            if newest.deployed_at <= u {
+                rev.pending.push(newest);
+            } else {
+                let h = HistoryFile::with_len(file, &self.path, self.len);
+                let (_, end) = bounds(
+                    &h,
+                    self.whole_end,
+                    HistoryRange {
+                        until: Some(u),
+                        ..Default::default()
+                    },
+                )?;
+                rev = PointsRev::new(self, 0, end);
+            }
+        }
+        Ok(rev)
+    }
+
+    /// The whole entry of a point (its [`DeliveryPoint::offset`]), e.g. for the rows a page
+    /// shows.
+    pub fn entry_at(&self, offset: u64) -> Result<Deployment, RecordsError> {
+        let malformed = |message: &str| RecordsError::Malformed {
+            path: self.path.clone(),
+            line: 0,
+            message: message.into(),
+        };
+        let Some(file) = &self.file else {
+            return Err(malformed("the history is empty"));
+        };
+        let h = HistoryFile::with_len(file, &self.path, self.len);
+        // Up to the next entry, and never into a torn tail (which may be a bare `-`).
+        let end = h
+            .next_start(offset + 1)?
+            .unwrap_or(self.whole_end)
+            .min(self.whole_end);
+        let mut bytes = Vec::new();
+        h.read_into(offset, end.saturating_sub(offset) as usize, &mut bytes)?;
+        match h.parse_chunk(offset, &bytes)?.into_iter().next() {
+            Some(e) => Ok(to_deployment(&self.app, e)),
+            None => Err(malformed("no entry starts at this offset")),
+        }
     }
 
     /// The most recent entry deployed before `before` whose digest (or index digest) is
@@ -173,6 +249,153 @@ impl OpenHistory {
     }
 }
 
+/// How many bytes [`PointsRev`] reads at a time, backwards (about 150 entries).
+const BACK_BLOCK: u64 = 64 * 1024;
+
+/// The points of one history, newest first, read backwards one block at a time (see
+/// [`OpenHistory::points_rev`]). Each entry is read by the lean reader
+/// ([`history::lean_entry`]: three values from the writer's fixed lines, no allocation);
+/// an entry in any other shape goes through the full reader, so both give the same points
+/// and the same errors.
+pub struct PointsRev<'a> {
+    file: Option<&'a File>,
+    path: &'a Path,
+    len: u64,
+    /// Entries starting before this are not read.
+    floor: u64,
+    /// The bytes `[floor, end)` are not loaded yet.
+    end: u64,
+    block: Vec<u8>,
+    /// The file offset of `block[0]`.
+    block_off: u64,
+    /// Entry starts in `block` not read yet, ascending.
+    starts: Vec<usize>,
+    /// Where in `block` the last unread entry ends.
+    block_end: usize,
+    /// Points already read, popped from the end (newest first).
+    pending: Vec<DeliveryPoint>,
+    digests: Digests,
+}
+
+impl std::fmt::Debug for PointsRev<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PointsRev")
+            .field("path", &self.path)
+            .field("floor", &self.floor)
+            .field("end", &self.end)
+            .finish()
+    }
+}
+
+impl<'a> PointsRev<'a> {
+    fn new(h: &'a OpenHistory, floor: u64, end: u64) -> PointsRev<'a> {
+        PointsRev {
+            file: h.file.as_ref(),
+            path: &h.path,
+            len: h.len,
+            floor,
+            end: if h.file.is_some() { end } else { floor },
+            block: Vec::new(),
+            block_off: 0,
+            starts: Vec::new(),
+            block_end: 0,
+            pending: Vec::new(),
+            digests: Digests::default(),
+        }
+    }
+
+    /// The digests the points returned so far name.
+    pub fn digests(&self) -> &Digests {
+        &self.digests
+    }
+
+    /// The digest table, to keep beside the points.
+    pub fn into_digests(self) -> Digests {
+        self.digests
+    }
+
+    /// The next point, newest first; `Ok(None)` past the oldest. A malformed entry is an
+    /// error with its file and line, as for every other read.
+    pub fn next_point(&mut self) -> Result<Option<DeliveryPoint>, RecordsError> {
+        loop {
+            if let Some(p) = self.pending.pop() {
+                return Ok(Some(p));
+            }
+            let Some(s) = self.starts.pop() else {
+                if !self.load()? {
+                    return Ok(None);
+                }
+                continue;
+            };
+            let bytes = &self.block[s..self.block_end];
+            self.block_end = s;
+            let offset = self.block_off + s as u64;
+            if let Ok(text) = std::str::from_utf8(bytes)
+                && let Some(l) = history::lean_entry(text)
+            {
+                return Ok(Some(DeliveryPoint {
+                    deployed_at: l.deployed_at,
+                    digest: self.digests.intern(l.digest),
+                    built_at: l.built_at.and_then(built_time),
+                    offset,
+                }));
+            }
+            // Any other shape: the full reader, which also reports what is wrong.
+            let Some(file) = self.file else {
+                return Ok(None);
+            };
+            let h = HistoryFile::with_len(file, self.path, self.len);
+            for e in h.parse_chunk(offset, bytes)? {
+                let digest = self.digests.intern(&e.image.digest);
+                self.pending.push(DeliveryPoint {
+                    deployed_at: e.deployment.deployed_at,
+                    digest,
+                    built_at: e.image.built_at.as_deref().and_then(built_time),
+                    offset,
+                });
+            }
+        }
+    }
+
+    /// Load the block before the bytes read so far; `false` when nothing is left.
+    fn load(&mut self) -> Result<bool, RecordsError> {
+        let Some(file) = self.file else {
+            return Ok(false);
+        };
+        let h = HistoryFile::with_len(file, self.path, self.len);
+        let mut size = BACK_BLOCK;
+        while self.end > self.floor {
+            let lo = self.end.saturating_sub(size).max(self.floor);
+            // One byte before the block, to see the newline before an entry starting at `lo`.
+            let from = lo.saturating_sub(1);
+            h.read_into(from, (self.end - from) as usize, &mut self.block)?;
+            self.block_off = from;
+            self.starts.clear();
+            if lo == 0 && self.block.starts_with(b"- ") {
+                self.starts.push(0);
+            }
+            for i in memchr::memchr_iter(b'\n', &self.block) {
+                if self.block.get(i + 1) == Some(&b'-') && self.block.get(i + 2) == Some(&b' ') {
+                    self.starts.push(i + 1);
+                }
+            }
+            if let Some(&first) = self.starts.first() {
+                self.block_end = self.block.len();
+                self.end = from + first as u64;
+                return Ok(true);
+            }
+            if lo == self.floor {
+                // Only text before the first entry (comments): no entry.
+                self.end = self.floor;
+                break;
+            }
+            // An entry longer than the block: read further back at once.
+            size = size.saturating_mul(4);
+        }
+        Ok(false)
+    }
+}
+
 impl Store {
     /// Open the history of `app` in `env` for several bounded reads; a missing history reads
     /// as empty.
@@ -183,19 +406,21 @@ impl Store {
                 app: app.to_string(),
                 path,
                 file: None,
+                len: 0,
                 whole_end: 0,
                 torn: None,
             });
         };
-        let (whole_end, torn) = {
+        let (len, whole_end, torn) = {
             let h = HistoryFile::new(&file, &path)?;
             let torn = h.check_tail()?;
-            (torn.as_ref().map_or(h.len(), |t| t.offset), torn)
+            (h.len(), torn.as_ref().map_or(h.len(), |t| t.offset), torn)
         };
         Ok(OpenHistory {
             app: app.to_string(),
             path,
             file: Some(file),
+            len,
             whole_end,
             torn,
         })
@@ -541,6 +766,222 @@ mod tests {
             .collect::<Vec<_>>();
         let want: Vec<String> = (0..25).map(|i| format!("v{i}")).collect();
         assert_eq!(got, want);
+    }
+
+    /// What the full reader reads, as points: (deployed_at, digest, built_at).
+    type Seen = (DateTime<Utc>, String, Option<DateTime<Utc>>);
+
+    fn full(store: &Store, range: HistoryRange) -> Result<(Vec<Seen>, Option<TornTail>), String> {
+        let read = store
+            .read_history_window("prod", "web", range)
+            .map_err(|e| e.to_string())?;
+        let seen = read
+            .entries
+            .iter()
+            .map(|d| {
+                (
+                    d.deployment.deployed_at,
+                    d.image.digest.clone(),
+                    d.image.built_at.as_deref().and_then(built_time),
+                )
+            })
+            .collect();
+        Ok((seen, read.torn))
+    }
+
+    /// What the lean reader reads; `deep` also reads each point's whole entry back by offset.
+    fn lean(
+        store: &Store,
+        range: HistoryRange,
+        deep: bool,
+    ) -> Result<(Vec<Seen>, Option<TornTail>), String> {
+        let h = store
+            .open_history("prod", "web")
+            .map_err(|e| e.to_string())?;
+        let p = h.points(range).map_err(|e| e.to_string())?;
+        let seen: Vec<Seen> = p
+            .points
+            .iter()
+            .map(|q| {
+                (
+                    q.deployed_at,
+                    p.digests.get(q.digest).to_string(),
+                    q.built_at,
+                )
+            })
+            .collect();
+        // Newest first in one backwards pass gives the same, and each offset reads its entry.
+        if range == HistoryRange::default() {
+            let mut rev = h.points_rev(None).map_err(|e| e.to_string())?;
+            let mut back = Vec::new();
+            while let Some(q) = rev.next_point().map_err(|e| e.to_string())? {
+                if deep {
+                    let whole = h.entry_at(q.offset).map_err(|e| e.to_string())?;
+                    assert_eq!(whole.deployment.deployed_at, q.deployed_at);
+                    assert_eq!(whole.image.digest, rev.digests().get(q.digest));
+                }
+                back.push((
+                    q.deployed_at,
+                    rev.digests().get(q.digest).to_string(),
+                    q.built_at,
+                ));
+            }
+            back.reverse();
+            assert_eq!(back, seen, "points_rev against points");
+        }
+        Ok((seen, h.torn().cloned()))
+    }
+
+    /// Label values a careless user or an attacker sends (any characters are stored, escaped).
+    const HOSTILE: &[&str] = &[
+        "quote \" backslash \\ newline \n tab \t esc \u{1b} nel \u{85}",
+        "\u{FFFE}\u{FFFF}\u{FDD0}\u{1FFFE}\u{10FFFF}\u{0}\u{7}\r\u{2028}\u{2029}\u{FEFF}\u{202E}",
+        "- image:\n    digest: \"sha256:evil\"\n  deployment:",
+        "    deployed_at: \"1999-01-01T00:00:00Z\"",
+        "\"2026-01-01T00:00:00Z\"",
+        "ünï 🙂: # - x { [ & * ! | > % @ `",
+        "",
+        " ",
+    ];
+
+    #[test]
+    fn the_lean_and_the_full_reader_agree_on_hostile_values_hand_edits_and_torn_tails() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        // The k-th deployment, at hour n: hostile labels, every kind of built_at, rollbacks.
+        let record = |k: u32, n: u32| {
+            let mut d = dep(n);
+            let h = HOSTILE[k as usize % HOSTILE.len()];
+            d.image.description = Some(h.repeat(1 + (k as usize % 3)));
+            d.image.revision = Some(h.into());
+            d.image.title = Some(h.into());
+            d.image.built_at = match k % 6 {
+                0 => None,
+                1 => Some(crate::output::time(
+                    &(d.deployment.deployed_at - chrono::Duration::minutes(40)),
+                )),
+                2 => Some(h.into()),
+                3 => Some(" 2026-01-01T05:00:00+02:00 ".into()),
+                4 => Some("2026-01-01T05:00:00.25Z".into()),
+                _ => Some("2026-02-30T05:00:00Z".into()),
+            };
+            if k % 7 == 6 {
+                // A rollback: a digest that ran before.
+                d.image.digest = format!("sha256:{:064x}", n / 2);
+            }
+            if k == 150 {
+                // An entry longer than a backwards block.
+                d.image.description = Some("x".repeat(crate::records::MAX_LABEL));
+            }
+            store.record(&d).unwrap();
+        };
+        for k in 0..400 {
+            record(k, k);
+        }
+        let path = store.history_path("prod", "web").unwrap();
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.len() as u64 > 3 * BACK_BLOCK, "{}", text.len());
+        // Hand-written entries in other shapes the YAML reader reads (the lean reader leaves
+        // them to it): reordered keys, other quoting, comments, CRLF line ends, no platform.
+        let t = |h: i64| {
+            crate::output::time(
+                &(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap() + chrono::Duration::hours(h)),
+            )
+        };
+        let uuid = "0190d7a0-0000-7000-8000-000000000000";
+        text.push_str(&format!(
+            "- image:\n    digest: \"sha256:{:064x}\"\n    repo: \"reg.example/web\"\n  \
+             deployment:\n    deployed_by: alice\n    deployed_at: '{}'\n    workspace: \"prod\"\n    \
+             event_id: \"{uuid}\"\n\n",
+            1,
+            t(1000)
+        ));
+        text.push_str(&format!(
+            "# a note\n- image:\n    repo: \"reg.example/web\"\n    digest: \"sha256:{:064x}\"\n    \
+             built_at: \"{}\"   # built\n\n  deployment:\n    deployed_at: \"{}\"\n    \
+             deployed_by: \"bob\"\n    workspace: \"prod\"\n    event_id: \"{uuid}\"\n\n",
+            2,
+            t(999),
+            t(1001)
+        ));
+        let crlf = crate::records::yaml::history_entry(&{
+            let mut d = dep(1002);
+            d.image.built_at = Some(t(1002));
+            d
+        })
+        .replace('\n', "\r\n");
+        text.push_str(&crlf);
+        std::fs::write(&path, &text).unwrap();
+        for k in 400..410 {
+            record(k, k + 603);
+        }
+        let all = HistoryRange::default();
+        let want = full(&store, all).unwrap();
+        assert_eq!(want.0.len(), 413);
+        assert_eq!(lean(&store, all, true).unwrap(), want);
+        // Bounded reads.
+        let h = |x: i64| {
+            Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap() + chrono::Duration::hours(x)
+        };
+        for range in [
+            HistoryRange {
+                since: Some(h(100)),
+                until: Some(h(1001)),
+                last: None,
+            },
+            HistoryRange {
+                since: None,
+                until: Some(h(150)),
+                last: Some(3),
+            },
+            HistoryRange {
+                since: Some(h(1005)),
+                until: None,
+                last: None,
+            },
+            HistoryRange {
+                since: Some(h(5000)),
+                until: None,
+                last: None,
+            },
+        ] {
+            assert_eq!(
+                lean(&store, range, false).unwrap(),
+                full(&store, range).unwrap(),
+                "{range:?}"
+            );
+        }
+        // Every cut of an append: a torn tail (or, cut past its last line, a whole entry).
+        let whole = std::fs::read(&path).unwrap();
+        let last_start = String::from_utf8_lossy(&whole).rfind("\n- image:").unwrap() + 1;
+        for cut in (last_start + 1..whole.len()).step_by(3) {
+            std::fs::write(&path, &whole[..cut]).unwrap();
+            let want = full(&store, all).unwrap_or_else(|e| {
+                panic!(
+                    "cut {cut}: {e}: {:?}",
+                    String::from_utf8_lossy(&whole[last_start..cut])
+                )
+            });
+            let got = lean(&store, all, cut % 5 == 0).unwrap_or_else(|e| {
+                panic!(
+                    "lean, cut {cut} of {}: {e}: {:?}",
+                    whole.len(),
+                    String::from_utf8_lossy(&whole[last_start..cut])
+                )
+            });
+            assert_eq!(got, want, "cut at {cut}");
+        }
+        // A hand-broken middle entry: the same error, with the same line, from both.
+        let mut broken = String::from_utf8(whole).unwrap();
+        let (at, _) = broken
+            .match_indices("deployed_by: \"alice\"")
+            .nth(200)
+            .unwrap();
+        broken.replace_range(at..at + 20, "deployed_by: \"ali\"ce\"");
+        std::fs::write(&path, broken).unwrap();
+        let want = full(&store, all).unwrap_err();
+        assert!(want.contains("line"), "{want}");
+        assert_eq!(lean(&store, all, false).unwrap_err(), want);
     }
 
     #[test]

@@ -330,9 +330,49 @@ pub fn fast_history_entry(text: &str) -> Option<HistoryEntry> {
     })
 }
 
-/// Whether `v` is a whole double-quoted scalar as [`quote`] writes it.
+/// Whether `v` is a whole double-quoted scalar as [`quote`] writes it (what [`unquote`]
+/// accepts), checked without building the value.
 pub fn is_quoted(v: &str) -> bool {
-    unquote(v).is_some()
+    let Some(inner) = v.strip_prefix('"').and_then(|r| r.strip_suffix('"')) else {
+        return false;
+    };
+    if memchr::memchr2(b'\\', b'"', inner.as_bytes()).is_none() {
+        return true;
+    }
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some('"' | '\\' | 'n' | 't') => {}
+                Some(e @ ('u' | 'U')) => {
+                    let n = if e == 'u' { 4 } else { 8 };
+                    let mut code = 0u32;
+                    for _ in 0..n {
+                        match chars.next().and_then(|h| h.to_digit(16)) {
+                            Some(d) => code = code.wrapping_mul(16).wrapping_add(d),
+                            None => return false,
+                        }
+                    }
+                    if char::from_u32(code).is_none() {
+                        return false;
+                    }
+                }
+                _ => return false,
+            },
+            '"' => return false,
+            _ => {}
+        }
+    }
+    true
+}
+
+/// The value of a double-quoted scalar as [`quote`] writes it when it has no escape (the
+/// common case: digests, times, names), borrowed; `None` for anything else.
+pub fn plain_quoted(v: &str) -> Option<&str> {
+    let inner = v.strip_prefix('"')?.strip_suffix('"')?;
+    memchr::memchr2(b'\\', b'"', inner.as_bytes())
+        .is_none()
+        .then_some(inner)
 }
 
 /// Whether `v` is the start of a double-quoted scalar as [`quote`] writes it, cut anywhere

@@ -483,3 +483,102 @@ fn metrics_prints_frequency_lead_time_rollbacks_and_restore_per_environment() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).contains("30d"), "{}", stderr(&bad));
 }
+
+/// The text of every `<td>` in the `n`-th column (from 0) of the history table of a page.
+fn history_column(page: &str, n: usize) -> Vec<String> {
+    let body = page
+        .split("<table class=\"history\">")
+        .nth(1)
+        .and_then(|t| t.split("<tbody>").nth(1))
+        .and_then(|t| t.split("</tbody>").next())
+        .expect("a history table");
+    body.split("<tr>")
+        .skip(1)
+        .map(|row| {
+            let cell = row.split("<td>").nth(n + 1).unwrap_or_default();
+            let cell = cell.split("</td>").next().unwrap_or_default();
+            // Drop any markup inside the cell (the digest's <code>).
+            let mut text = String::new();
+            let mut in_tag = false;
+            for c in cell.chars() {
+                match c {
+                    '<' => in_tag = true,
+                    '>' => in_tag = false,
+                    c if !in_tag => text.push(c),
+                    _ => {}
+                }
+            }
+            text
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dense_timeline_pages_the_table_and_draws_every_rollback_from_the_records() {
+    use chrono::{Duration, Utc};
+    let st = tempfile::tempdir().unwrap();
+    let store = imagetrail::records::Store::new(st.path());
+    let now = Utc::now();
+    // 1,200 deployments an hour apart ending an hour ago (more than a chart draws one by one);
+    // every 50th goes back to the digest two before it: a rollback.
+    let n = 1200u32;
+    for i in 0..n {
+        let d = if i % 50 == 49 { i - 2 } else { i };
+        let at = now - Duration::hours(i64::from(n - i));
+        record_at(&store, d, at - Duration::minutes(40), at);
+    }
+    let (mut child, url) = crate::support::spawn_serve(
+        imagetrail()
+            .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(st.path()),
+    );
+    let get = |path: String| {
+        let url = format!("{url}{path}");
+        async move {
+            let r = client().get(&url).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{url}");
+            r.text().await.unwrap()
+        }
+    };
+    let page1 = get("/apps?app=web&days=90".into()).await;
+    let rollbacks = (n / 50) as usize;
+    assert!(
+        page1.contains(&format!(
+            "{n} deployments in the last 90 days, {rollbacks} of them rollbacks"
+        )),
+        "{page1}"
+    );
+    // Every rollback drawn one by one, with its own tooltip (digest and who, from the whole
+    // entry); the rest one mark per column.
+    assert_eq!(page1.matches("class=\"point rollback\"").count(), rollbacks);
+    assert!(page1.contains(&format!(
+        "rollback: web in prod at {}",
+        (now - Duration::hours(1)).format("%Y-%m-%d %H:%M:%S UTC")
+    )));
+    assert!(page1.contains(&format!("{} by alice</title>", digest(n - 3))));
+    let columns = page1.matches("class=\"point many\"").count();
+    assert!((100..=200).contains(&columns), "{columns} columns");
+    assert!(page1.contains(&format!(
+        "{n} deployments, drawn as {} marks",
+        columns + rollbacks
+    )));
+    // The table, newest first, 50 rows a page: page 1 starts with the newest deployment (a
+    // rollback to v1197), page 2 holds the 51st to the 100th newest.
+    let tags = history_column(&page1, 2);
+    assert_eq!(tags.len(), 50);
+    assert_eq!(tags[0], format!("v{}", n - 3));
+    assert_eq!(tags[1], format!("v{}", n - 2));
+    assert_eq!(history_column(&page1, 7)[0], "↺ rollback");
+    let page2 = get("/apps?app=web&days=90&page=2".into()).await;
+    let want: Vec<String> = (n - 100..n - 50)
+        .rev()
+        .map(|i| format!("v{}", if i % 50 == 49 { i - 2 } else { i }))
+        .collect();
+    assert_eq!(history_column(&page2, 2), want);
+    assert_eq!(history_column(&page2, 6), vec!["alice"; 50]);
+    // The last page holds what is left of the 1,200.
+    let last = get("/apps?app=web&days=90&page=24".into()).await;
+    assert_eq!(history_column(&last, 2).last().unwrap(), "v0");
+    child.kill().ok();
+    child.wait().ok();
+}

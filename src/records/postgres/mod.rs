@@ -47,7 +47,7 @@ use tokio_postgres::config::Host;
 use super::{Deployment, DeploymentRecord, ImageRecord, Platform, RecordsError};
 
 pub use migrate::{LATEST, Migrated};
-pub use read::{PAGE, StoredDigest};
+pub use read::{Key, PAGE, PointRow, StoredDigest};
 pub use tls::SslMode;
 pub use write::{PgItem, PgWritten};
 

@@ -19,7 +19,20 @@ use crate::records::Deployment;
 pub const PAGE: i64 = 1000;
 
 /// The position of a row in the history order: `(deployed_at, deployed_at_ns, seq)`.
-type Key = (DateTime<Utc>, i16, i64);
+pub type Key = (DateTime<Utc>, i16, i64);
+
+/// One row of [`PgStore::points_page`].
+#[derive(Debug, Clone)]
+pub struct PointRow {
+    /// Its place in the history order, to ask for the page after it.
+    pub key: Key,
+    /// When it was deployed (to the nanosecond).
+    pub deployed_at: DateTime<Utc>,
+    /// The digest deployed.
+    pub digest: String,
+    /// `built_at` as stored.
+    pub built_at: Option<String>,
+}
 
 /// One digest as the database names it: where, and whether it is what runs now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,6 +190,69 @@ impl PgStore {
         all.sort_by_key(|(at, i, k, _)| (*at, *i, *k));
         let skip = all.len().saturating_sub(n);
         Ok(all.into_iter().skip(skip).map(|(.., d)| d).collect())
+    }
+
+    /// One page of the delivery points of `app` in `env` (the three columns the metrics
+    /// need, and `seq` to read the whole row again), newest first: those deployed at or before
+    /// `until` and before `after` in the history order (newest first: the page after it).
+    pub async fn points_page(
+        &self,
+        env: &str,
+        app: &str,
+        until: Option<DateTime<Utc>>,
+        after: Option<Key>,
+        page: i64,
+    ) -> Result<Vec<PointRow>, PgError> {
+        let (_, (u_us, u_ns)) = time_bounds(None, until);
+        // Without a previous page: from past any stored row.
+        let (a_at, a_ns, a_seq) = after.unwrap_or((u_us, i16::MAX, i64::MAX));
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT d.deployed_at, d.deployed_at_ns, d.seq, d.digest, d.built_at \
+                 FROM deployments d \
+                 WHERE d.environment = $1 AND d.app = $2 \
+                   AND (d.deployed_at, d.deployed_at_ns) <= ($3, $4) \
+                   AND (d.deployed_at, d.deployed_at_ns, d.seq) < ($5, $6, $7) \
+                 ORDER BY d.deployed_at DESC, d.deployed_at_ns DESC, d.seq DESC LIMIT $8",
+                &[&env, &app, &u_us, &u_ns, &a_at, &a_ns, &a_seq, &page],
+            )
+            .await
+            .map_err(self.err())?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let at: DateTime<Utc> = r.get("deployed_at");
+                let ns: i16 = r.get("deployed_at_ns");
+                PointRow {
+                    key: (at, ns, r.get("seq")),
+                    deployed_at: at + chrono::Duration::nanoseconds(i64::from(ns)),
+                    digest: r.get("digest"),
+                    built_at: r.get("built_at"),
+                }
+            })
+            .collect())
+    }
+
+    /// The deployment stored as row `seq` of `app` in `env` (a point's `offset`).
+    pub async fn by_seq(
+        &self,
+        env: &str,
+        app: &str,
+        seq: i64,
+    ) -> Result<Option<Deployment>, PgError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM deployments d \
+             WHERE d.seq = $1 AND d.environment = $2 AND d.app = $3"
+        );
+        let row = self
+            .client()
+            .await?
+            .query_opt(&sql, &[&seq, &env, &app])
+            .await
+            .map_err(self.err())?;
+        Ok(row.as_ref().map(from_row))
     }
 
     /// The newest deployment of `app` in `env` whose digest or index digest is `digest`,

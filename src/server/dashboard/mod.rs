@@ -456,6 +456,20 @@ struct AppQuery {
     page: Option<String>,
 }
 
+/// One deployment of an app's timeline page.
+struct TimelineRow {
+    /// Its environment's lane.
+    lane: usize,
+    /// When it was deployed.
+    at: DateTime<Utc>,
+    /// Where its whole entry is ([`crate::records::OpenHistory::entry_at`]).
+    offset: u64,
+    /// Whether it was a rollback.
+    rollback: bool,
+    /// The whole entry, read only when the page writes it out (a tooltip or a table row).
+    whole: Option<Deployment>,
+}
+
 /// `/apps?app=`: one app's timeline and history.
 async fn app_page(State(state): State<Arc<AppState>>, Query(aq): Query<AppQuery>) -> Response {
     let Some(app) = aq.app.filter(|a| !a.is_empty()) else {
@@ -489,25 +503,71 @@ async fn app_page(State(state): State<Arc<AppState>>, Query(aq): Query<AppQuery>
     let name = app.clone();
     let data = blocking(&state, move |store| {
         let mut lanes = Vec::new();
-        let mut rows: Vec<(usize, Deployment, bool)> = Vec::new();
         for env in store.environments()? {
-            if !store.apps(&env)?.contains(&name) {
-                continue;
-            }
-            let h = delivery::collect_one(store, &env, &name, window)?;
-            let marks = delivery::rollbacks(&h);
-            let lane = lanes.len();
-            lanes.push(env);
-            for (d, rb) in h.entries.into_iter().zip(marks) {
-                if d.deployment.deployed_at >= window.since {
-                    rows.push((lane, d, rb.is_some()));
-                }
+            if store.apps(&env)?.contains(&name) {
+                lanes.push(env);
             }
         }
-        Ok((lanes, rows))
+        // The window's deployments as points (time, digest, rollback or not): the chart needs
+        // no more, so whole entries are read only for what the page writes out below. The
+        // lanes are read side by side (a dense one is thousands of entries).
+        let read_lane = |lane: usize| -> anyhow::Result<_> {
+            let env = &lanes[lane];
+            let history = store.open_history(env, &name)?;
+            let h = delivery::collect_history(&*history, env, &name, window)?;
+            let marks = delivery::rollbacks(&h);
+            let rows: Vec<TimelineRow> = h
+                .entries
+                .iter()
+                .zip(marks)
+                .filter(|(d, _)| d.deployed_at >= window.since)
+                .map(|(d, rb)| TimelineRow {
+                    lane,
+                    at: d.deployed_at,
+                    offset: d.offset,
+                    rollback: rb.is_some(),
+                    whole: None,
+                })
+                .collect();
+            Ok((history, rows))
+        };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per_thread = lanes.len().div_ceil(threads).max(1);
+        let ids: Vec<usize> = (0..lanes.len()).collect();
+        let read: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = ids
+                .chunks(per_thread)
+                .map(|part| s.spawn(|| part.iter().map(|&l| read_lane(l)).collect::<Vec<_>>()))
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        let mut histories = Vec::with_capacity(lanes.len());
+        let mut rows: Vec<TimelineRow> = Vec::new();
+        for r in read {
+            let (history, lane_rows) = r?;
+            histories.push(history);
+            rows.extend(lane_rows);
+        }
+        // Newest first (ties: environment order, then file order), as the table lists them.
+        rows.sort_by_key(|r| std::cmp::Reverse(r.at));
+        let pages = rows.len().div_ceil(PAGE_ROWS).max(1);
+        let page_no = page_no.min(pages);
+        let shown = (page_no - 1) * PAGE_ROWS..page_no * PAGE_ROWS;
+        // Past svg::MAX_POINTS the chart draws one mark per column for all but rollbacks, so
+        // only the rollbacks' own tooltips are written; the table shows one page.
+        let aggregated = rows.len() > svg::MAX_POINTS;
+        for (i, r) in rows.iter_mut().enumerate() {
+            if !aggregated || r.rollback || shown.contains(&i) {
+                r.whole = Some(histories[r.lane].entry_at(r.offset)?);
+            }
+        }
+        Ok((lanes, rows, pages, page_no))
     })
     .await;
-    let (lanes, mut rows) = match data {
+    let (lanes, rows, pages, page_no) = match data {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -525,22 +585,19 @@ async fn app_page(State(state): State<Arc<AppState>>, Query(aq): Query<AppQuery>
         .raw("><label>Last <input type=\"number\" min=\"1\" max=\"3650\" name=\"days\"")
         .attr("value", &days.to_string())
         .raw("> days</label> <button type=\"submit\">Show</button></form>");
-    // Past svg::MAX_POINTS the chart draws one mark per pixel column for all but rollbacks,
-    // so only the rollbacks' own tooltips are written.
     let aggregated = rows.len() > svg::MAX_POINTS;
     let points: Vec<svg::Point> = rows
         .iter()
-        .map(|(lane, d, rb)| svg::Point {
-            lane: *lane,
-            at: d.deployment.deployed_at,
-            rollback: *rb,
-            title: if aggregated && !*rb {
-                String::new()
-            } else {
-                format!(
+        .map(|r| svg::Point {
+            lane: r.lane,
+            at: r.at,
+            rollback: r.rollback,
+            title: match &r.whole {
+                None => String::new(),
+                Some(d) => format!(
                     "{} in {} at {}: {}{} by {}",
                     app,
-                    lanes[*lane],
+                    lanes[r.lane],
                     time(&d.deployment.deployed_at),
                     d.image.digest,
                     d.image
@@ -549,7 +606,7 @@ async fn app_page(State(state): State<Arc<AppState>>, Query(aq): Query<AppQuery>
                         .map(|r| format!(" (revision {r})"))
                         .unwrap_or_default(),
                     d.deployment.deployed_by
-                )
+                ),
             },
         })
         .collect();
@@ -567,15 +624,17 @@ async fn app_page(State(state): State<Arc<AppState>>, Query(aq): Query<AppQuery>
             .show(points.len())
             .raw(" deployments, drawn as ")
             .show(marks)
-            .raw(" marks: one per environment and pixel column (its tooltip gives how many and when); rollbacks always drawn one by one. The table below lists every deployment.</p>");
+            .raw(" marks: one per environment and ")
+            .show(svg::COLUMN_PX)
+            .raw("-pixel column (its tooltip gives how many and when); rollbacks always drawn one by one. The table below lists every deployment.</p>");
     }
     b.push(chart);
     // The table: newest first, paged.
-    rows.sort_by_key(|r| std::cmp::Reverse(r.1.deployment.deployed_at));
-    let pages = rows.len().div_ceil(PAGE_ROWS).max(1);
-    let page_no = page_no.min(pages);
     b.raw("<h2>History</h2><table class=\"history\"><thead><tr><th scope=\"col\">Deployed</th><th scope=\"col\">Environment</th><th scope=\"col\">Tag</th><th scope=\"col\">Digest</th><th scope=\"col\">Revision</th><th scope=\"col\">Built</th><th scope=\"col\">By</th><th scope=\"col\">Rollback</th></tr></thead><tbody>");
-    for (lane, d, rb) in rows.iter().skip((page_no - 1) * PAGE_ROWS).take(PAGE_ROWS) {
+    for r in rows.iter().skip((page_no - 1) * PAGE_ROWS).take(PAGE_ROWS) {
+        let (Some(d), lane, rb) = (&r.whole, &r.lane, &r.rollback) else {
+            continue;
+        };
         b.raw("<tr><td>")
             .text(&time(&d.deployment.deployed_at))
             .raw("</td><td>")
