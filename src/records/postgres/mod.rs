@@ -28,6 +28,7 @@
 //! hand-written migrator ([`migrate`]): one table of applied versions, one advisory lock, one
 //! transaction; a migration crate would add a dependency for forty lines.
 
+mod callbacks;
 pub mod migrate;
 mod tls;
 mod write;
@@ -45,6 +46,7 @@ use tokio_postgres::config::Host;
 
 use super::{Deployment, DeploymentRecord, ImageRecord, Platform, RecordsError};
 
+pub use callbacks::{PgCallback, PgCallbackWritten, PgCallbacks, StoredCallback};
 pub use migrate::{LATEST, Migrated};
 pub use tls::SslMode;
 pub use write::{PgItem, PgWritten};
