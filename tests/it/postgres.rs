@@ -19,7 +19,7 @@ fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
 
-fn deployment(env: &str, app: &str, repo: &str, at: DateTime<Utc>) -> Deployment {
+pub fn deployment(env: &str, app: &str, repo: &str, at: DateTime<Utc>) -> Deployment {
     Deployment {
         app: app.into(),
         image: ImageRecord {

@@ -482,3 +482,67 @@ async fn two_replicas_writing_one_app_commit_its_history_in_deployed_at_order() 
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stamped_writes_through_two_stores_follow_the_commit_order_not_the_time_the_caller_took() {
+    use imagetrail::records::postgres::{PgItem, PgStore, PgWritten};
+    use imagetrail::records::{Checks, Stamp};
+
+    let pg = Postgres::start();
+    let url = pg.create_database("it");
+    let (a, _) = PgStore::migrate(&url).await.unwrap();
+    let b = PgStore::connect(&url).await.unwrap();
+    // Each caller took its time before it waited for its turn, and the later callers' times
+    // are earlier (as when a request waits behind another replica's batch): a store that
+    // kept them would write the history backwards.
+    let start = chrono::Utc::now();
+    let mut tasks = Vec::new();
+    for n in 0..200i64 {
+        let store = if n % 2 == 0 { a.clone() } else { b.clone() };
+        let at = start + chrono::Duration::hours(1) - chrono::Duration::milliseconds(n);
+        let mut d = crate::postgres::deployment("prod", "one", "r.example/one", at);
+        d.image.digest = digest(n as u32);
+        let item = PgItem {
+            checks: Checks {
+                stamp: Stamp::WriteTime,
+                ..Checks::default()
+            },
+            ..PgItem::new(d)
+        };
+        tasks.push(tokio::spawn(async move { store.record(item).await }));
+    }
+    let mut stamps = Vec::new();
+    for t in tasks {
+        match t.await.unwrap().unwrap() {
+            PgWritten::Stamped(at) => stamps.push(at),
+            other => panic!("stamped by the database, got {other:?}"),
+        }
+    }
+    let history = a.history("prod", "one", None, None, None).await.unwrap();
+    let by_seq = rows(
+        &pg,
+        "SELECT event_id FROM deployments WHERE app = 'one' ORDER BY seq",
+    );
+    let ids: Vec<String> = history
+        .iter()
+        .map(|d| d.deployment.event_id.to_string())
+        .collect();
+    assert_eq!(ids.join("\n"), by_seq, "deployed_at order is commit order");
+    for w in history.windows(2) {
+        assert!(
+            w[0].deployment.deployed_at < w[1].deployment.deployed_at,
+            "strictly after the one committed before: {} then {}",
+            w[0].deployment.deployed_at,
+            w[1].deployment.deployed_at
+        );
+    }
+    let stored: Vec<_> = history.iter().map(|d| d.deployment.deployed_at).collect();
+    stamps.sort();
+    assert_eq!(stamps, stored, "each caller was told the time stored");
+    assert!(
+        stored
+            .iter()
+            .all(|t| *t < start + chrono::Duration::minutes(5)),
+        "the database's clock, not the callers' times"
+    );
+}
