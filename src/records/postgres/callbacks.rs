@@ -60,7 +60,9 @@ pub struct StoredCallback {
 /// The most callbacks in one transaction.
 const MAX_BATCH: usize = 512;
 
-/// Writer tasks (see the deployments' writer).
+/// Writer tasks: while one batch commits, the next gathers. Unlike the deployments, whose
+/// writes of one app wait for each other, callbacks lock only a register's commit (a
+/// repeat's answer), which concurrent batches rarely share.
 const WRITERS: usize = 2;
 
 const RECORD: &str =

@@ -66,9 +66,23 @@ pub enum PgWritten {
 /// under a flood.
 const MAX_BATCH: usize = 512;
 
-/// Writer tasks: while one batch commits, the next gathers (a commit is a network round trip
-/// and a WAL flush, not CPU, so two overlap well).
-const WRITERS: usize = 2;
+/// Writer tasks of the deployments, unless `IMAGETRAIL_PG_WRITERS` says otherwise. One: every
+/// write holds its app's lock until its commit (that is what makes history order commit
+/// order), so a second batch of the same apps only waits behind the first's WAL flush, and
+/// meanwhile the first's callers cannot send more: two writers measured as many small
+/// batches taking turns (BENCHMARKS.md, "PostgreSQL rows"). One writer takes everything
+/// waiting into each batch instead.
+const WRITERS: usize = 1;
+
+/// The deployments' writer tasks: [`WRITERS`], or `IMAGETRAIL_PG_WRITERS` (1 to 16; for
+/// measuring, see bench/serve.sh).
+fn writers() -> usize {
+    std::env::var("IMAGETRAIL_PG_WRITERS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| (1..=16).contains(n))
+        .unwrap_or(WRITERS)
+}
 
 /// A deadlock or serialization failure between replicas is retried this often.
 const RETRIES: usize = 3;
@@ -157,10 +171,15 @@ impl Writer {
     pub(super) fn spawn(pool: Pool, target: String, user: String) -> Writer {
         let target: Arc<str> = target.into();
         let user: Arc<str> = user.into();
-        Writer(GroupCommit::spawn(WRITERS, MAX_BATCH, None, move |items| {
-            let (pool, target, user) = (pool.clone(), target.clone(), user.clone());
-            Box::pin(async move { write_batch(&pool, &target, &user, items).await })
-        }))
+        Writer(GroupCommit::spawn(
+            writers(),
+            MAX_BATCH,
+            None,
+            move |items| {
+                let (pool, target, user) = (pool.clone(), target.clone(), user.clone());
+                Box::pin(async move { write_batch(&pool, &target, &user, items).await })
+            },
+        ))
     }
 
     pub(super) async fn submit(&self, item: PgItem) -> Result<PgWritten, PgError> {
