@@ -66,13 +66,11 @@ pub enum PgWritten {
 /// under a flood.
 const MAX_BATCH: usize = 512;
 
-/// Writer tasks of the deployments, unless `IMAGETRAIL_PG_WRITERS` says otherwise. One: every
-/// write holds its app's lock until its commit (that is what makes history order commit
-/// order), so a second batch of the same apps only waits behind the first's WAL flush, and
-/// meanwhile the first's callers cannot send more: two writers measured as many small
-/// batches taking turns (BENCHMARKS.md, "PostgreSQL rows"). One writer takes everything
-/// waiting into each batch instead.
-const WRITERS: usize = 1;
+/// Writer tasks of the deployments, unless `IMAGETRAIL_PG_WRITERS` says otherwise: while one
+/// batch commits, the next gathers. Every write holds its app's lock until its commit (that is
+/// what makes history order commit order), so batches of the same apps wait for each other's
+/// WAL flush; two tasks still measured 1.8x one (BENCHMARKS.md, "PostgreSQL rows").
+const WRITERS: usize = 2;
 
 /// The deployments' writer tasks: [`WRITERS`], or `IMAGETRAIL_PG_WRITERS` (1 to 16; for
 /// measuring, see bench/serve.sh).
