@@ -9,6 +9,18 @@
 #   BASELINE_BIN=/tmp/imagetrail-old bench/serve.sh   # also an earlier build, same run
 #   FLOOD_CONNS=400 FLOOD_HOLD=5 bench/serve.sh       # the unauthenticated flood (below)
 #   FLASK=0 bench/serve.sh                            # without the Flask/gunicorn baselines
+#   PG=0 bench/serve.sh                               # without the PostgreSQL rows
+#   FILES=0 SOAK=0 bench/serve.sh                     # PostgreSQL rows only, no soaks
+#
+# PostgreSQL rows (PG=1, the default; needs Debian's postgresql 15 and root, the server runs as
+# the postgres user): a throwaway cluster on 127.0.0.1 with fsync and synchronous_commit on (the
+# defaults), `imagetrail serve --database-url` replicas on it: register and deployments through
+# one replica, then deployments through two replicas on the one database at once (two wrk
+# -t1 -c8, one per replica, the same 16 connections in all: req/s summed, p99 the larger of the
+# two). Then 1,000,000 deployments are bulk-loaded with SQL (10 environments x 1,000 apps, one a
+# minute) and `at` (a random app at a random time) and "current" (a random app's newest) are
+# measured through the HTTP API with one connection (wrk -t1 -c1: latency, not throughput)
+# and with 16. PG_STATEMENTS=1 also prints pg_stat_statements' top statements of the write runs.
 #
 # The flood: FLOOD_CONNS connections each send the headers of a 1 MiB POST /api/v1/deployments
 # without an API key and half of its body, and hold the connection FLOOD_HOLD s; the server's
@@ -33,6 +45,10 @@ FLOOD_CONNS=${FLOOD_CONNS:-400}
 FLOOD_HOLD=${FLOOD_HOLD:-5}
 
 FLASK=${FLASK:-1}
+FILES=${FILES:-1}
+PG=${PG:-1}
+PG_STATEMENTS=${PG_STATEMENTS:-0}
+PGBIN=/usr/lib/postgresql/15/bin
 [ -x "$BIN" ] || cargo build --release
 if [ "$FLASK" = 1 ] && [ ! -x "$VENV/bin/gunicorn" ]; then
   python3 -m venv "$VENV"
@@ -44,7 +60,10 @@ PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$WORK"
+  if [ -n "${PGD:-}" ] && [ -d "$PGD/data" ]; then
+    (cd "$PGD" && runuser -u postgres -- $PGBIN/pg_ctl -D "$PGD/data" -m immediate stop >/dev/null 2>&1) || true
+  fi
+  rm -rf "$WORK" "${PGD:-}"
 }
 trap cleanup EXIT
 
@@ -68,7 +87,7 @@ measure() {
   printf '| %-34s | %10s | %8s | %8s | %s |\n' "$name" "$rps" "$p50" "$p99" "${non2xx:-0}"
 }
 
-echo "machine: $(nproc) cores, $(uname -r); wrk -t2 -c16, ${DURATION}s per run"
+echo "machine: $(nproc) cores, $(uname -r); wrk -t2 -c16, ${DURATION}s per run; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "| server | req/s | p50 | p99 | non-2xx |"
 echo "|---|---:|---:|---:|---:|"
@@ -96,7 +115,8 @@ export BENCH_KEY=bench-key-$RANDOM
 echo "bench $BENCH_KEY" > "$WORK/keys"
 start_serve() {
   local bin=$1 name=$2
-  "$bin" serve --listen 127.0.0.1:0 --state-dir "$WORK/$name" --api-keys-file "$WORK/keys" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+  shift 2
+  "$bin" serve --listen 127.0.0.1:0 --state-dir "$WORK/$name" --api-keys-file "$WORK/keys" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
   SERVE=$!
   PIDS+=($SERVE)
   for _ in $(seq 1 100); do grep -q listening "$WORK/$name.out" 2>/dev/null && break; sleep 0.1; done
@@ -148,6 +168,7 @@ PY
 }
 FLOODS=()
 
+if [ "$FILES" = 1 ]; then
 if [ -n "$BASELINE_BIN" ]; then
   start_serve "$BASELINE_BIN" baseline
   measure "baseline build: register" "$URL" bench/wrk/register.lua "$DURATION"
@@ -182,6 +203,92 @@ for d in "$WORK"/state/bench*/*/; do
   [ "$last" = "$info" ] || behind=$((behind + 1))
 done
 echo "deploy-info.yml behind its history after 1 s: $behind of $apps apps"
+FILE_URL=$URL FILE_SERVE=$SERVE
+fi
+
+
+# --- PostgreSQL: a throwaway cluster, `serve --database-url` replicas on it.
+if [ "$PG" = 1 ]; then
+  # Its own directory: $WORK is private to root, and the server runs as postgres.
+  PGD=$(mktemp -d /tmp/it-srv-pg.XXXXXX)
+  chown postgres "$PGD"
+  as_pg() { (cd "$PGD" && runuser -u postgres -- "$@"); }
+  echo bench >"$PGD/pw" && chown postgres "$PGD/pw"
+  PGPORT=$(free_port)
+  as_pg $PGBIN/initdb -D "$PGD/data" -U postgres --no-locale -E UTF8 --auth-local=trust \
+    --auth-host=scram-sha-256 --pwfile="$PGD/pw" >/dev/null
+  as_pg $PGBIN/pg_ctl -D "$PGD/data" -l "$PGD/log" -w start \
+    -o "-k $PGD -h 127.0.0.1 -p $PGPORT -c shared_preload_libraries=pg_stat_statements" >/dev/null
+  psql_pg() { as_pg $PGBIN/psql -h "$PGD" -p "$PGPORT" -U postgres -X -A -t -v ON_ERROR_STOP=1 "$@"; }
+  psql_pg -c 'CREATE DATABASE bench' >/dev/null
+  psql_pg -d bench -c 'CREATE EXTENSION pg_stat_statements' >/dev/null
+  DBURL="postgres://postgres:bench@127.0.0.1:$PGPORT/bench"
+  echo
+  echo "PostgreSQL 15 on 127.0.0.1 (fsync=$(psql_pg -c 'SHOW fsync'), synchronous_commit=$(psql_pg -c 'SHOW synchronous_commit')); load average $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo
+  echo "| server | req/s | p50 | p99 | non-2xx |"
+  echo "|---|---:|---:|---:|---:|"
+  start_serve "$BIN" pg1 --database-url "$DBURL"
+  PG1=$URL
+  measure "PostgreSQL, 1 replica: register" "$URL" bench/wrk/register.lua "$DURATION"
+  psql_pg -d bench -c 'SELECT pg_stat_statements_reset()' >/dev/null
+  BENCH_ENVS=8 measure "PostgreSQL, 1 replica: deployments" "$URL" bench/wrk/deployments.lua "$DURATION"
+  # The deployments writer with one task instead of the default two (IMAGETRAIL_PG_WRITERS).
+  IMAGETRAIL_PG_WRITERS=1 start_serve "$BIN" pgw1 --database-url "$DBURL"
+  BENCH_ENVS=8 measure "PostgreSQL, 1 replica, 1 writer task" "$URL" bench/wrk/deployments.lua "$DURATION"
+  kill "$SERVE"
+  start_serve "$BIN" pg2 --database-url "$DBURL"
+  PG2=$URL
+  # Two replicas at once: one wrk each, 8 connections each.
+  sync
+  sleep 2
+  BENCH_ENVS=8 wrk -t1 -c8 --latency -d"${DURATION}s" -s bench/wrk/deployments.lua "$PG1" >"$WORK/wrk-pg-a.txt" &
+  WA=$!
+  BENCH_ENVS=8 wrk -t1 -c8 --latency -d"${DURATION}s" -s bench/wrk/deployments.lua "$PG2" >"$WORK/wrk-pg-b.txt" &
+  WB=$!
+  wait "$WA" "$WB"
+  awk '/Requests\/sec/ {rps += $2} $1=="99%" {p = $2; v = p + 0; if (p ~ /us$/) v /= 1000; else if (p ~ /[^m]s$/) v *= 1000; if (v > max) {max = v; maxp = p}}
+       $1=="50%" {p50 = p50 (p50 ? " / " : "") $2} /Non-2xx/ {bad += $4}
+       END {printf "| %-34s | %10.2f | %8s | %8s | %s |\n", "PostgreSQL, 2 replicas: deployments", rps, p50, maxp, bad + 0}' \
+    "$WORK/wrk-pg-a.txt" "$WORK/wrk-pg-b.txt"
+  echo
+  echo "deployments stored: $(psql_pg -d bench -c 'SELECT count(*) FROM deployments'); commits: $(psql_pg -d bench -c "SELECT xact_commit FROM pg_stat_database WHERE datname = 'bench'"); callbacks stored: $(psql_pg -d bench -c 'SELECT count(*) FROM callbacks')"
+  for r in pg1 pg2; do
+    m=$(curl -s "$(sed -n 's/^listening on //p' "$WORK/$r.out")/metrics")
+    echo "$r: deployments batches $(awk '/^imagetrail_write_batch_size_(sum|count)\{writer="deployments"\}/ {printf "%s=%s ", $1, $2}' <<<"$m")callback batches $(awk '/^imagetrail_write_batch_size_(sum|count)\{writer="callbacks"\}/ {printf "%s=%s ", $1, $2}' <<<"$m")"
+  done
+  if [ "$PG_STATEMENTS" = 1 ]; then
+    echo
+    echo "pg_stat_statements since the 1-replica deployments run (top 8 by total time):"
+    psql_pg -d bench -F ' | ' -c "SELECT calls, round(total_exec_time::numeric, 1) AS total_ms, round(mean_exec_time::numeric, 3) AS mean_ms, left(regexp_replace(query, '\s+', ' ', 'g'), 70) FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 8"
+  fi
+
+  echo
+  echo "bulk-loading 1,000,000 deployments ..."
+  psql_pg -d bench -c "TRUNCATE current_deployments, deployments" >/dev/null
+  psql_pg -d bench -c "
+INSERT INTO deployments (event_id, environment, app, repository, digest, platform_os,
+    platform_architecture, deployed_at, deployed_by)
+SELECT gen_random_uuid(), 'env-' || (i % 10), 'app-' || ((i / 10) % 1000), 'reg.example/app',
+       'sha256:' || md5(i::text) || md5(i::text), 'linux', 'amd64',
+       timestamptz '2021-01-01' + i * interval '1 minute', 'bench'
+  FROM generate_series(1, 1000000) i;
+INSERT INTO current_deployments (environment, app, seq, deployed_at, deployed_at_ns, repository, digest, name)
+SELECT DISTINCT ON (environment, app) environment, app, seq, deployed_at, deployed_at_ns, repository, digest, name
+  FROM deployments ORDER BY environment, app, deployed_at DESC, deployed_at_ns DESC, seq DESC;
+ANALYZE current_deployments;" >/dev/null
+  psql_pg -d bench -c "VACUUM ANALYZE deployments" >/dev/null
+  echo "stored: $(psql_pg -d bench -c 'SELECT count(*) FROM deployments') deployments; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo
+  echo "| query through replica 1 (1,000,000 deployments) | req/s | p50 | p99 | non-2xx |"
+  echo "|---|---:|---:|---:|---:|"
+  WRK=(wrk -t1 -c1 --latency)
+  measure "at, 1 connection" "$PG1" bench/wrk/at.lua "$DURATION"
+  measure "current (at the far future), 1 conn" "$PG1" bench/wrk/current.lua "$DURATION"
+  WRK=(wrk -t2 -c16 --latency)
+  measure "at, 16 connections" "$PG1" bench/wrk/at.lua "$DURATION"
+  measure "current, 16 connections" "$PG1" bench/wrk/current.lua "$DURATION"
+fi
 
 # --- soaks: register, then deployments (a new digest every request, 16 apps in 8 environments),
 # $SOAK s each, RSS sampled every second
@@ -203,5 +310,8 @@ soak() {
   tail -5 "$WORK/rss-$name.txt" | awk '{s+=$1; c++} END{printf "mean of the last 5: %d KiB\n", s/c}'
   awk '/Requests\/sec/ {print "soak throughput: " $2 " req/s"} $1=="99%" {print "soak p99: " $2}' "$WORK/wrk-soak-$name.txt"
 }
-soak register bench/wrk/register.lua
-BENCH_ENVS=8 soak deployments bench/wrk/deployments.lua
+if [ "$FILES" = 1 ] && [ "$SOAK" != 0 ]; then
+  URL=$FILE_URL SERVE=$FILE_SERVE
+  soak register bench/wrk/register.lua
+  BENCH_ENVS=8 soak deployments bench/wrk/deployments.lua
+fi

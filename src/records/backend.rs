@@ -26,7 +26,7 @@ use super::protect::{self, ProtectError, Protection};
 use super::range::{PointsRev, for_each_merged};
 use super::{
     Checks, DeliveryPoint, Deployment, Digests, HistoryRange, HistoryRead, MergeReport,
-    OpenHistory, Recorded, RecordsError, Stamp, Store, TornTail, built_time, fields, names,
+    OpenHistory, Recorded, RecordsError, Store, TornTail, built_time, fields, names,
 };
 
 /// The deployment records, on whichever backend was chosen (see the module documentation).
@@ -555,22 +555,11 @@ impl RecordStore for PgRecords {
     fn record(&self, d: &Deployment, checks: Checks) -> Result<Recorded, RecordsError> {
         check_names(&d.deployment.workspace, &d.app)?;
         fields::check(d)?;
-        // The history order is the index's (`deployed_at`, then the order of recording), not
-        // the order of appends, so the time can be taken here rather than under a lock.
-        let mut d = d.clone();
-        let stamped = match checks.stamp {
-            Stamp::Given => None,
-            Stamp::WriteTime => Some(Utc::now()),
-            Stamp::WriteTimeSeconds => {
-                let now = Utc::now();
-                Some(DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now))
-            }
-        };
-        if let Some(t) = stamped {
-            d.deployment.deployed_at = t;
-        }
+        // A write-time stamp is taken by the database under the app's lock (see
+        // `imagetrail_record_v2`), so the history order is the commit order across every CLI
+        // and replica writing the app.
         let item = PgItem {
-            deployment: d,
+            deployment: d.clone(),
             checks: Checks {
                 skip_if_current: false,
                 ..checks
@@ -578,14 +567,16 @@ impl RecordStore for PgRecords {
             idempotency_key: None,
             answer: None,
         };
-        match self.block(self.pg.record(item))? {
+        let stamped = match self.block(self.pg.record(item))? {
+            PgWritten::Stamped(t) => Some(t),
             // A duplicate event_id is this very deployment, recorded before (a retry).
-            PgWritten::Recorded | PgWritten::Duplicate { .. } => Ok(Recorded {
-                moved_torn_tail: None,
-                stamped,
-            }),
+            PgWritten::Recorded | PgWritten::Duplicate { .. } => None,
             PgWritten::AlreadyCurrent(_) => unreachable!("skip_if_current was not asked"),
-        }
+        };
+        Ok(Recorded {
+            moved_torn_tail: None,
+            stamped,
+        })
     }
 
     fn protection(&self) -> Result<Protection, ProtectError> {

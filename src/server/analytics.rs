@@ -2,13 +2,19 @@
 //! `POST /api/v1/scanner-error`, validated as the real analytics server (fabric8-gemini) does:
 //! `Content-Type` exactly `application/json`, `git-url` and `git-sha` required.
 //!
-//! Storage: one append-only JSON-lines file, `<state-dir>/.analytics/callbacks.jsonl`, one line per
-//! accepted callback (the request as received, when, and the answer given). A single writer
-//! thread does group commit: it writes every line waiting, calls `fdatasync` once, and only then
-//! are those requests answered, so an answered callback survives a crash and the cost of one
-//! sync is shared by every request that arrived meanwhile. A torn last line (a crash during a
-//! write) is reported at startup with its line number and left in place; new lines start on a
-//! fresh line, so it never corrupts another entry.
+//! Storage, by default: one append-only JSON-lines file, `<state-dir>/.analytics/callbacks.jsonl`,
+//! one line per accepted callback (the request as received, when, and the answer given). A
+//! single writer thread does group commit: it writes every line waiting, calls `fdatasync` once,
+//! and only then are those requests answered, so an answered callback survives a crash and the
+//! cost of one sync is shared by every request that arrived meanwhile. A torn last line (a crash
+//! during a write) is reported at startup with its line number and left in place; new lines
+//! start on a fresh line, so it never corrupts another entry.
+//!
+//! With `--database-url`: rows of the `callbacks` table instead
+//! ([`crate::records::postgres::PgCallbacks`]), group-committed the same way, the
+//! `Idempotency-Key` unique per kind and the repeat-registration answer decided by the database,
+//! so replicas share them; a database that cannot be reached is a 503 with `Retry-After`.
+//! Either way [`AnalyticsLog::newest`] reads the newest callbacks (the dashboard's Scans page).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -31,6 +37,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::limits::{ContentType, json_body};
 use super::metrics::{Metrics, Writer as MetricsWriter};
+use crate::records::postgres::{PgCallback, PgCallbackWritten, PgCallbacks, PgStore};
 
 /// The directory under the state directory that holds the callback log. It starts with a dot
 /// because the records' path encoding never produces one, so no environment can collide with it.
@@ -95,17 +102,42 @@ enum Job {
     Close(oneshot::Sender<()>),
 }
 
-/// The callback log: in-memory indexes plus the group-commit writer.
+/// The callbacks' store: the log file (in-memory indexes plus the group-commit writer), or
+/// PostgreSQL.
 pub struct AnalyticsLog {
-    seen: Mutex<Seen>,
-    tx: mpsc::Sender<Job>,
-    path: PathBuf,
+    backend: Backend,
     metrics: Arc<Metrics>,
 }
 
+enum Backend {
+    File(FileLog),
+    Postgres(PgCallbacks),
+}
+
+/// The JSON-lines log.
+struct FileLog {
+    seen: Mutex<Seen>,
+    tx: mpsc::Sender<Job>,
+    path: PathBuf,
+}
+
 impl AnalyticsLog {
-    /// Open (or create) the log in `dir`, rebuild the indexes from it and start the writer.
-    pub fn open(dir: &Path, metrics: Arc<Metrics>) -> anyhow::Result<AnalyticsLog> {
+    /// Open (or create) the log in `dir`, rebuild the indexes from it and start the writer;
+    /// with `database`, start the callbacks' writer on it instead (no file is opened).
+    pub fn open(
+        dir: &Path,
+        database: Option<&PgStore>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<AnalyticsLog> {
+        if let Some(pg) = database {
+            let m = metrics.clone();
+            let on_batch: Arc<dyn Fn(usize) + Send + Sync> =
+                Arc::new(move |n| m.batch(MetricsWriter::Callbacks, n));
+            return Ok(AnalyticsLog {
+                backend: Backend::Postgres(PgCallbacks::start(pg, Some(on_batch))),
+                metrics,
+            });
+        }
         std::fs::create_dir_all(dir).with_context(|| {
             format!(
                 "cannot create {}; check that the state directory is writable",
@@ -130,21 +162,158 @@ impl AnalyticsLog {
             })
             .context("cannot start the callback log writer")?;
         Ok(AnalyticsLog {
-            seen: Mutex::new(seen),
-            tx,
-            path,
+            backend: Backend::File(FileLog {
+                seen: Mutex::new(seen),
+                tx,
+                path,
+            }),
             metrics,
         })
     }
 
+    /// The newest `limit` callbacks, newest first, each as the log's JSON line has it
+    /// (`kind`, `received_at`, `idempotency_key`, `request`, `answer`).
+    pub async fn newest(&self, limit: u32) -> Result<Vec<Value>, ApiError> {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        match &self.backend {
+            Backend::File(log) => {
+                let path = log.path.clone();
+                let mut entries = tokio::task::spawn_blocking(move || read_tail(&path))
+                    .await
+                    .map_err(|e| ApiError::internal("the callback log reader failed", &e))?
+                    .map_err(|e| ApiError::internal("cannot read the callback log", &e))?;
+                entries.truncate(limit);
+                Ok(entries)
+            }
+            Backend::Postgres(pg) => Ok(pg
+                .newest(u32::try_from(limit).unwrap_or(u32::MAX))
+                .await?
+                .into_iter()
+                .map(|c| {
+                    // The same shape as a log line.
+                    serde_json::to_value(Entry {
+                        kind: c.kind,
+                        received_at: c.received_at,
+                        idempotency_key: c.idempotency_key,
+                        request: c.request,
+                        answer: c.answer,
+                    })
+                    .unwrap_or(Value::Null)
+                })
+                .collect()),
+        }
+    }
+
     /// Write everything waiting and stop the writer.
     pub async fn close(&self) {
+        // The database's writer answers every caller before its commit returns: nothing waits.
+        let Backend::File(log) = &self.backend else {
+            return;
+        };
         let (done, wait) = oneshot::channel();
-        if self.tx.send(Job::Close(done)).is_ok() {
+        if log.tx.send(Job::Close(done)).is_ok() {
             let _ = wait.await;
         }
     }
 
+    /// Record one callback and give its answer, or the stored answer of an earlier request with
+    /// the same idempotency key (then nothing new is stored). `answer` decides the answer from
+    /// what was recorded before; with PostgreSQL, the database decides between
+    /// [`Answers::first`] and [`Answers::repeat`].
+    async fn accept(
+        &self,
+        kind: &'static str,
+        key: Option<String>,
+        request: Value,
+        answers: Answers,
+    ) -> Result<Value, ApiError> {
+        let now = Utc::now();
+        let log = match &self.backend {
+            Backend::File(log) => log,
+            Backend::Postgres(pg) => {
+                let callback = PgCallback {
+                    kind,
+                    received_at: now,
+                    idempotency_key: key,
+                    commit: answers.commit.clone(),
+                    request,
+                    answer: answers.first,
+                    repeat: answers.repeat,
+                };
+                return match pg.record(callback).await? {
+                    PgCallbackWritten::Recorded(answer) => {
+                        self.metrics.callback_recorded(kind);
+                        Ok(answer)
+                    }
+                    PgCallbackWritten::Duplicate(answer) => Ok(answer),
+                };
+            }
+        };
+        let answer = {
+            let mut seen = log.seen.lock().expect("callback index lock");
+            if let Some(key) = &key
+                && let Some(previous) = seen.answers.get(&format!("{kind} {key}"))
+            {
+                return Ok(previous.clone());
+            }
+            let answer = answers.decide(&mut seen, now);
+            if let Some(key) = &key {
+                seen.remember(format!("{kind} {key}"), answer.clone());
+            }
+            answer
+        };
+        let entry = Entry {
+            kind: kind.to_string(),
+            received_at: now,
+            idempotency_key: key,
+            request,
+            answer,
+        };
+        if let Err(e) = log.append(&entry).await {
+            // Nothing was stored: a retry with the same key must be tried again, not answered
+            // with the success that was never written.
+            if let Some(key) = &entry.idempotency_key {
+                let mut seen = log.seen.lock().expect("callback index lock");
+                seen.answers.remove(&format!("{kind} {key}"));
+            }
+            return Err(e);
+        }
+        self.metrics.callback_recorded(kind);
+        Ok(entry.answer)
+    }
+}
+
+/// The answers a callback can get: `first`, or for a register of a commit registered before,
+/// `repeat` with `last_scanned_at` set to that registration's time.
+struct Answers {
+    commit: Option<(String, String)>,
+    first: Value,
+    repeat: Option<Value>,
+}
+
+impl Answers {
+    /// Decide from the file log's index (and remember this registration in it).
+    fn decide(&self, seen: &mut Seen, now: DateTime<Utc>) -> Value {
+        let Some(commit) = &self.commit else {
+            return self.first.clone();
+        };
+        match (seen.registered.insert(commit.clone(), now), &self.repeat) {
+            (Some(previous), Some(repeat)) => {
+                let mut answer = repeat.clone();
+                answer["last_scanned_at"] = json!(rfc1123(previous));
+                answer
+            }
+            _ => self.first.clone(),
+        }
+    }
+}
+
+/// A time as the real server's `last_scanned_at` has it.
+fn rfc1123(t: DateTime<Utc>) -> String {
+    t.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
+}
+
+impl FileLog {
     /// Append one line and wait until it is on disk.
     async fn append(&self, entry: &Entry) -> Result<(), ApiError> {
         let mut line = serde_json::to_vec(entry)
@@ -166,49 +335,34 @@ impl AnalyticsLog {
             )),
         }
     }
+}
 
-    /// Record one callback and give its answer, or the stored answer of an earlier request with
-    /// the same idempotency key (then nothing new is stored).
-    async fn accept(
-        &self,
-        kind: &str,
-        key: Option<String>,
-        request: Value,
-        answer: impl FnOnce(&mut Seen, DateTime<Utc>) -> Value,
-    ) -> Result<Value, ApiError> {
-        let now = Utc::now();
-        let answer = {
-            let mut seen = self.seen.lock().expect("callback index lock");
-            if let Some(key) = &key
-                && let Some(previous) = seen.answers.get(&format!("{kind} {key}"))
-            {
-                return Ok(previous.clone());
-            }
-            let answer = answer(&mut seen, now);
-            if let Some(key) = &key {
-                seen.remember(format!("{kind} {key}"), answer.clone());
-            }
-            answer
-        };
-        let entry = Entry {
-            kind: kind.to_string(),
-            received_at: now,
-            idempotency_key: key,
-            request,
-            answer,
-        };
-        if let Err(e) = self.append(&entry).await {
-            // Nothing was stored: a retry with the same key must be tried again, not answered
-            // with the success that was never written.
-            if let Some(key) = &entry.idempotency_key {
-                let mut seen = self.seen.lock().expect("callback index lock");
-                seen.answers.remove(&format!("{kind} {key}"));
-            }
-            return Err(e);
-        }
-        self.metrics.callback_recorded(kind);
-        Ok(entry.answer)
-    }
+/// How much of the end of the callback log [`AnalyticsLog::newest`] reads: the newest
+/// callbacks only, whatever the log's size.
+const TAIL_BYTES: u64 = 2 * 1024 * 1024;
+
+/// The newest callback log lines (parsed JSON), newest first.
+fn read_tail(path: &Path) -> anyhow::Result<Vec<Value>> {
+    use std::io::Read;
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+    };
+    let len = f.metadata()?.len();
+    let from = len.saturating_sub(TAIL_BYTES);
+    f.seek(SeekFrom::Start(from))?;
+    let mut buf = Vec::new();
+    f.take(TAIL_BYTES).read_to_end(&mut buf)?;
+    // A cut first line (when reading from the middle) is skipped, as is a torn last one.
+    let skip_first = from > 0;
+    let mut out: Vec<Value> = buf
+        .split(|&b| b == b'\n')
+        .skip(usize::from(skip_first))
+        .filter_map(|l| serde_json::from_slice(l).ok())
+        .collect();
+    out.reverse();
+    Ok(out)
 }
 
 /// Rebuild the indexes from the log; make sure the next append starts on a fresh line.
@@ -377,24 +531,25 @@ pub async fn register(
     let url = required(&body, "git-url")?.to_string();
     let sha = required(&body, "git-sha")?.to_string();
     let key = idempotency_key(&headers)?;
+    let answers = Answers {
+        commit: Some((url.clone(), sha.clone())),
+        first: json!({
+            "success": true,
+            "summary": format!("Repository {url} with commit-hash {sha} has been successfully registered. Please check back for report after some time."),
+        }),
+        // The real server's answer for a repeat, with the time of the previous one in its
+        // RFC 1123 form (set when it is known) and no report (this server does not scan
+        // repositories).
+        repeat: Some(json!({
+            "success": true,
+            "summary": format!("Repository {url} with commit-hash {sha} was already registered, but no report was found. Please check back later."),
+            "last_scanned_at": null,
+            "last_scan_report": null,
+        })),
+    };
     let answer = state
         .analytics
-        .accept("register", key, Value::Object(body), |seen, now| {
-            match seen.registered.insert((url.clone(), sha.clone()), now) {
-                None => json!({
-                    "success": true,
-                    "summary": format!("Repository {url} with commit-hash {sha} has been successfully registered. Please check back for report after some time."),
-                }),
-                // The real server's answer for a repeat, with the time of the previous one in
-                // its RFC 1123 form and no report (this server does not scan repositories).
-                Some(previous) => json!({
-                    "success": true,
-                    "summary": format!("Repository {url} with commit-hash {sha} was already registered, but no report was found. Please check back later."),
-                    "last_scanned_at": previous.format("%a, %d %b %Y %H:%M:%S GMT").to_string(),
-                    "last_scan_report": null,
-                }),
-            }
-        })
+        .accept("register", key, Value::Object(body), answers)
         .await?;
     Ok((StatusCode::OK, Json(answer)))
 }
@@ -422,14 +577,17 @@ pub async fn scanner_error(
         .unwrap_or("(no image-name)")
         .to_string();
     let key = idempotency_key(&headers)?;
+    let answers = Answers {
+        commit: None,
+        first: json!({
+            "success": true,
+            "summary": format!("Recorded {errors} scanner error(s) for image {image}."),
+        }),
+        repeat: None,
+    };
     let answer = state
         .analytics
-        .accept("scanner-error", key, Value::Object(body), |_, _| {
-            json!({
-                "success": true,
-                "summary": format!("Recorded {errors} scanner error(s) for image {image}."),
-            })
-        })
+        .accept("scanner-error", key, Value::Object(body), answers)
         .await?;
     Ok((StatusCode::OK, Json(answer)))
 }

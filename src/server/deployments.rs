@@ -567,19 +567,20 @@ pub async fn create(
     let body: DeploymentBody = json_body(&headers, body, ContentType::Json)?;
     let deployment = deployment_of(body, key_label)?;
     if let Records::Postgres(pg) = &state.records {
-        // The key and its first answer are rows: a retry, or the same key racing on another
-        // replica, gets the stored answer, and the deployment is recorded once.
-        let first = answer(&deployment);
+        // The key is a column of the deployment's row: a retry, or the same key racing on
+        // another replica, records nothing and gets the answer rebuilt from the stored row
+        // (the answer is a function of the deployment, whose deployed_at the database stamps
+        // in the write, so no answer is stored beside it).
         let checks = Checks {
             name_required_for_named_instances: true,
+            stamp: Stamp::WriteTime,
             ..Checks::default()
         };
-        let answer = match records::record(pg, deployment, checks, key, Some(first), &state.metrics)
-            .await?
-        {
-            PgOutcome::Deployment(d) => answer(&d),
-            PgOutcome::Replay(a) => a,
-        };
+        let answer =
+            match records::record(pg, deployment, checks, key, None, &state.metrics).await? {
+                PgOutcome::Deployment(d) => answer(&d),
+                PgOutcome::Replay(a) => a,
+            };
         return Ok((StatusCode::CREATED, Json(answer)));
     }
     let Some(key) = key else {
@@ -655,11 +656,12 @@ async fn write(
     // repository; `name_required_for_named_instances` refuses a request without a name for a
     // repository that runs as named instances there.
     if let Records::Postgres(pg) = &state.records {
-        // deployed_at is the request's arrival: replicas have no common writer to stamp it.
+        // deployed_at is stamped by the database under the app's lock, so racing requests
+        // (also through other replicas) are recorded in time order.
         let checks = Checks {
             name_required_for_named_instances: true,
             skip_if_current,
-            ..Checks::default()
+            stamp: Stamp::WriteTime,
         };
         return match records::record(pg, deployment.clone(), checks, key, None, &state.metrics)
             .await?

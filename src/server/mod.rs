@@ -7,7 +7,8 @@
 //!   tests start the server on `127.0.0.1:0`; [`serve`] is the CLI entry that binds `--listen`,
 //!   waits for SIGTERM/SIGINT and calls it.
 //! * `analytics`: `POST /api/v1/register` and `/scanner-error`, stored as append-only JSON lines
-//!   with group commit (one `fdatasync` for every batch of waiting requests).
+//!   with group commit (one `fdatasync` for every batch of waiting requests), or with
+//!   `--database-url` as rows of PostgreSQL's `callbacks` table.
 //! * `deployments`: `POST /api/v1/deployments` (the Atomist body), through [`crate::records::Store`].
 //! * `queries`: the `GET` endpoints over the records.
 //! * `admission`: the Kubernetes `AdmissionReview` v1 webhook for Pods.
@@ -88,8 +89,9 @@ pub struct Config {
     /// The most request body bytes all requests in flight may hold together; a request that
     /// would go over is answered 503 before its body is read.
     pub max_pending_body_bytes: usize,
-    /// The PostgreSQL store (`--database-url`), connected and migrated: deployments, queries
-    /// and admission records go there instead of the state directory's files. `None`: files.
+    /// The PostgreSQL store (`--database-url`), connected and migrated: deployments, queries,
+    /// admission records and the analytics callbacks go there instead of the state
+    /// directory's files. `None`: files.
     pub database: Option<PgStore>,
 }
 
@@ -235,8 +237,11 @@ pub async fn run(
         Some(pg) => records::Records::Postgres(pg.clone()),
         None => records::Records::Files,
     };
-    let analytics =
-        analytics::AnalyticsLog::open(&config.state_dir.join(ANALYTICS_DIR), metrics.clone())?;
+    let analytics = analytics::AnalyticsLog::open(
+        &config.state_dir.join(ANALYTICS_DIR),
+        config.database.as_ref(),
+        metrics.clone(),
+    )?;
     let tls = match &config.tls {
         Some((cert, key)) => Some(tls::load(cert, key).await?),
         None => None,

@@ -90,6 +90,12 @@ pub async fn record(
             metrics.deployments_recorded(1);
             Ok(PgOutcome::Deployment(Box::new(deployment)))
         }
+        PgWritten::Stamped(at) => {
+            metrics.deployments_recorded(1);
+            let mut deployment = deployment;
+            deployment.deployment.deployed_at = at;
+            Ok(PgOutcome::Deployment(Box::new(deployment)))
+        }
         PgWritten::AlreadyCurrent(current) => Ok(PgOutcome::Deployment(current)),
         PgWritten::Duplicate { deployment, answer } => Ok(match answer {
             Some(a) => PgOutcome::Replay(a),

@@ -18,6 +18,7 @@ mod server_admission;
 mod server_crash;
 mod server_pipeline;
 mod server_postgres;
+mod server_postgres_callbacks;
 mod server_probes;
 mod server_scanner;
 mod support;

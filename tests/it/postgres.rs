@@ -19,7 +19,7 @@ fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
 
-fn deployment(env: &str, app: &str, repo: &str, at: DateTime<Utc>) -> Deployment {
+pub fn deployment(env: &str, app: &str, repo: &str, at: DateTime<Utc>) -> Deployment {
     Deployment {
         app: app.into(),
         image: ImageRecord {
@@ -63,7 +63,7 @@ fn db_migrate_twice_is_a_no_op() {
     let first = migrate(&url);
     assert!(first.status.success());
     assert!(
-        stdout(&first).contains("from schema version 0 to 1"),
+        stdout(&first).contains("from schema version 0 to 2"),
         "{}",
         stdout(&first)
     );
@@ -73,13 +73,13 @@ fn db_migrate_twice_is_a_no_op() {
         .env("IMAGETRAIL_DATABASE_URL", &url));
     assert!(second.status.success());
     assert!(
-        stdout(&second).contains("is at version 1: nothing to do"),
+        stdout(&second).contains("is at version 2: nothing to do"),
         "{}",
         stdout(&second)
     );
     assert_eq!(
         pg.psql("it", "SELECT count(*) FROM imagetrail_schema_version"),
-        "1\n"
+        "2\n"
     );
 }
 
@@ -108,7 +108,7 @@ fn db_refuses_a_newer_schema_with_one_line_and_changes_nothing() {
         let err = stderr(&out);
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(
-            err.contains("schema is version 7, newer than the 1 this imagetrail knows"),
+            err.contains("schema is version 7, newer than the 2 this imagetrail knows"),
             "{err}"
         );
     }
@@ -117,7 +117,7 @@ fn db_refuses_a_newer_schema_with_one_line_and_changes_nothing() {
             "it",
             "SELECT string_agg(version::text, ',' ORDER BY version) FROM imagetrail_schema_version"
         ),
-        "1,7\n"
+        "1,2,7\n"
     );
 }
 

@@ -12,16 +12,16 @@ use crate::support::postgres::Postgres;
 use crate::support::{imagetrail, run, spawn_serve, stderr};
 
 /// One `imagetrail serve` process; killed on drop.
-struct Replica {
-    child: Child,
-    url: String,
+pub struct Replica {
+    pub child: Child,
+    pub url: String,
     _state: tempfile::TempDir,
 }
 
 impl Replica {
     /// Start `imagetrail serve` on 127.0.0.1:0 with the test key and `database_url`; waits for
     /// its "listening on" line.
-    fn start(database_url: &str, keys: &Path) -> Replica {
+    pub fn start(database_url: &str, keys: &Path) -> Replica {
         let state = tempfile::Builder::new()
             .prefix("it-pgsrv-")
             .tempdir()
@@ -34,7 +34,7 @@ impl Replica {
         }
     }
 
-    fn at(&self, path: &str) -> String {
+    pub fn at(&self, path: &str) -> String {
         format!("{}{path}", self.url)
     }
 }
@@ -56,7 +56,7 @@ fn serve(database_url: &str, keys: &Path, state: &Path) -> Command {
     cmd
 }
 
-fn keys_file() -> tempfile::NamedTempFile {
+pub fn keys_file() -> tempfile::NamedTempFile {
     let keys = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(keys.path(), format!("ci {KEY}\n")).unwrap();
     keys
@@ -69,9 +69,20 @@ fn body(n: u32) -> Value {
     })
 }
 
+/// A client for this worker thread, built once: building one per request costs enough CPU (its
+/// TLS roots) that with a few hundred requests at once on a loaded machine a connection could
+/// stay silent past the server's 10 s request timeout and be closed unanswered. A worker thread
+/// belongs to one test's runtime, so its pooled connections never outlive that runtime.
+pub fn shared_client() -> reqwest::Client {
+    thread_local! {
+        static CLIENT: reqwest::Client = client();
+    }
+    CLIENT.with(Clone::clone)
+}
+
 /// POST a deployment; (status, Retry-After, body).
 async fn post(url: &str, body: &Value, key: Option<&str>) -> (u16, Option<String>, Value) {
-    let mut req = client()
+    let mut req = shared_client()
         .post(format!("{url}/api/v1/deployments"))
         .bearer_auth(KEY)
         .json(body);
@@ -87,7 +98,7 @@ async fn post(url: &str, body: &Value, key: Option<&str>) -> (u16, Option<String
     (status, retry, r.json().await.unwrap())
 }
 
-fn rows(pg: &Postgres, sql: &str) -> String {
+pub fn rows(pg: &Postgres, sql: &str) -> String {
     pg.psql("it", sql).trim().to_string()
 }
 
@@ -290,7 +301,7 @@ fn a_wrong_password_an_unreachable_host_or_a_newer_schema_is_one_line_at_serve_s
     let err = stderr(&out);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
-        err.contains("schema is version 7, newer than the 1 this imagetrail knows"),
+        err.contains("schema is version 7, newer than the 2 this imagetrail knows"),
         "{err}"
     );
 }
@@ -313,7 +324,7 @@ async fn sigkill_of_one_replica_mid_stream_loses_no_acknowledged_deployment_and_
             b.url.clone()
         };
         tasks.push(tokio::spawn(async move {
-            let r = client()
+            let r = shared_client()
                 .post(format!("{target}/api/v1/deployments"))
                 .bearer_auth(KEY)
                 .json(&body(n))
@@ -375,5 +386,163 @@ async fn admission_reviews_to_either_replica_record_in_the_database_once() {
             "SELECT environment || ' ' || app FROM deployments ORDER BY app"
         ),
         "default/payments payments/api\ndefault/payments payments/migrate"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_writing_one_app_commit_its_history_in_deployed_at_order() {
+    let pg = Postgres::start();
+    let url = pg.create_database("it");
+    let keys = keys_file();
+    let a = Replica::start(&url, keys.path());
+    let b = Replica::start(&url, keys.path());
+
+    // One app, 200 deployments at once through both replicas: each replica's writer tasks
+    // and the two replicas' batches interleave their commits.
+    let mut tasks = Vec::new();
+    for n in 0..200u32 {
+        let target = if n % 2 == 0 {
+            a.url.clone()
+        } else {
+            b.url.clone()
+        };
+        let body = json!({
+            "image": {"url": format!("r.example/team/one@{}", digest(n))},
+            "environment": {"name": "prod"},
+        });
+        tasks.push(tokio::spawn(
+            async move { post(&target, &body, None).await },
+        ));
+    }
+    let mut answered = Vec::new();
+    for t in tasks {
+        let (status, _, answer) = t.await.unwrap();
+        assert_eq!(status, 201, "{answer}");
+        answered.push(answer["deployment"]["deployment"].clone());
+    }
+    // Commit order is seq order (each write holds the app's lock until its commit); the
+    // history's deployed_at must go strictly up along it.
+    let history = rows(
+        &pg,
+        "SELECT event_id || ' ' || to_char(deployed_at AT TIME ZONE 'UTC', \
+         'YYYY-MM-DD\"T\"HH24:MI:SS.US') || ' ' || deployed_at_ns \
+         FROM deployments WHERE app = 'team/one' ORDER BY seq",
+    );
+    let history: Vec<(String, String)> = history
+        .lines()
+        .map(|l| {
+            let mut parts = l.split(' ');
+            let id = parts.next().unwrap().to_string();
+            let at = format!("{} {:03}", parts.next().unwrap(), parts.next().unwrap());
+            (id, at)
+        })
+        .collect();
+    assert_eq!(history.len(), 200);
+    for w in history.windows(2) {
+        assert!(
+            w[0].1 < w[1].1,
+            "deployed_at goes up with the commit order, no two equal: {:?} then {:?}",
+            w[0],
+            w[1]
+        );
+    }
+    // The newest by deployed_at is the current one, and every answer gave the stamp stored.
+    assert_eq!(
+        rows(
+            &pg,
+            "SELECT d.event_id FROM current_deployments c JOIN deployments d ON d.seq = c.seq \
+             WHERE c.app = 'team/one'"
+        ),
+        history.last().unwrap().0
+    );
+    let list: Value = client()
+        .get(a.at("/api/v1/deployments?environment=prod&app=team/one"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed: Vec<&Value> = list["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| &d["deployment"])
+        .collect();
+    let ids: Vec<&str> = listed
+        .iter()
+        .map(|d| d["event_id"].as_str().unwrap())
+        .collect();
+    let by_seq: Vec<&str> = history.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, by_seq, "the history read back is in commit order");
+    for d in &answered {
+        assert!(
+            listed.contains(&d),
+            "the answer's deployed_at is the one stored: {d}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stamped_writes_through_two_stores_follow_the_commit_order_not_the_time_the_caller_took() {
+    use imagetrail::records::postgres::{PgItem, PgStore, PgWritten};
+    use imagetrail::records::{Checks, Stamp};
+
+    let pg = Postgres::start();
+    let url = pg.create_database("it");
+    let (a, _) = PgStore::migrate(&url).await.unwrap();
+    let b = PgStore::connect(&url).await.unwrap();
+    // Each caller took its time before it waited for its turn, and the later callers' times
+    // are earlier (as when a request waits behind another replica's batch): a store that
+    // kept them would write the history backwards.
+    let start = chrono::Utc::now();
+    let mut tasks = Vec::new();
+    for n in 0..200i64 {
+        let store = if n % 2 == 0 { a.clone() } else { b.clone() };
+        let at = start + chrono::Duration::hours(1) - chrono::Duration::milliseconds(n);
+        let mut d = crate::postgres::deployment("prod", "one", "r.example/one", at);
+        d.image.digest = digest(n as u32);
+        let item = PgItem {
+            checks: Checks {
+                stamp: Stamp::WriteTime,
+                ..Checks::default()
+            },
+            ..PgItem::new(d)
+        };
+        tasks.push(tokio::spawn(async move { store.record(item).await }));
+    }
+    let mut stamps = Vec::new();
+    for t in tasks {
+        match t.await.unwrap().unwrap() {
+            PgWritten::Stamped(at) => stamps.push(at),
+            other => panic!("stamped by the database, got {other:?}"),
+        }
+    }
+    let history = a.history("prod", "one", None, None, None).await.unwrap();
+    let by_seq = rows(
+        &pg,
+        "SELECT event_id FROM deployments WHERE app = 'one' ORDER BY seq",
+    );
+    let ids: Vec<String> = history
+        .iter()
+        .map(|d| d.deployment.event_id.to_string())
+        .collect();
+    assert_eq!(ids.join("\n"), by_seq, "deployed_at order is commit order");
+    for w in history.windows(2) {
+        assert!(
+            w[0].deployment.deployed_at < w[1].deployment.deployed_at,
+            "strictly after the one committed before: {} then {}",
+            w[0].deployment.deployed_at,
+            w[1].deployment.deployed_at
+        );
+    }
+    let stored: Vec<_> = history.iter().map(|d| d.deployment.deployed_at).collect();
+    stamps.sort();
+    assert_eq!(stamps, stored, "each caller was told the time stored");
+    assert!(
+        stored
+            .iter()
+            .all(|t| *t < start + chrono::Duration::minutes(5)),
+        "the database's clock, not the callers' times"
     );
 }

@@ -23,14 +23,21 @@ pub struct Migration {
 }
 
 /// Every migration this build knows, oldest first.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "deployments, current deployments, record function",
-    sql: include_str!("v1.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "deployments, current deployments, record function",
+        sql: include_str!("v1.sql"),
+    },
+    Migration {
+        version: 2,
+        description: "analytics callbacks; deployed_at stamped by the writer",
+        sql: include_str!("v2.sql"),
+    },
+];
 
 /// The newest schema version this build knows.
-pub const LATEST: i32 = 1;
+pub const LATEST: i32 = 2;
 
 /// Any constant: the advisory lock key that serialises migrations across replicas.
 const LOCK_KEY: i64 = 0x696d_6167_6574_7261; // "imagetra"

@@ -28,6 +28,7 @@
 //! hand-written migrator ([`migrate`]): one table of applied versions, one advisory lock, one
 //! transaction; a migration crate would add a dependency for forty lines.
 
+mod callbacks;
 pub mod migrate;
 mod read;
 mod tls;
@@ -46,6 +47,7 @@ use tokio_postgres::config::Host;
 
 use super::{Deployment, DeploymentRecord, ImageRecord, Platform, RecordsError};
 
+pub use callbacks::{PgCallback, PgCallbackWritten, PgCallbacks, StoredCallback};
 pub use migrate::{LATEST, Migrated};
 pub use read::{Key, PAGE, PointRow, StoredDigest};
 pub use tls::SslMode;

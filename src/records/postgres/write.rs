@@ -3,21 +3,24 @@
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
-use futures_util::future::join_all;
+use futures_util::future::{BoxFuture, join_all};
 use serde_json::Value;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 
 use super::{COLUMNS, PgError, classify, from_row, pool_client, split};
-use crate::records::{Checks, Deployment, RecordsError};
+use crate::records::{Checks, Deployment, RecordsError, Stamp};
 
 /// One deployment to record, with what the file backend's writer takes beside it.
 #[derive(Debug, Clone)]
 pub struct PgItem {
     /// The deployment (its `event_id` is its identity: a stored one is a duplicate).
     pub deployment: Deployment,
-    /// The same extra rules as [`crate::records::Store::record_checked_many`].
+    /// The same extra rules as [`crate::records::Store::record_checked_many`], and where
+    /// `deployed_at` comes from ([`Stamp`]: the database's clock under the app's lock for
+    /// [`Stamp::WriteTime`], so an app's history order is its commit order across replicas).
     pub checks: Checks,
     /// The request's `Idempotency-Key`, if any: one record per key.
     pub idempotency_key: Option<String>,
@@ -40,8 +43,12 @@ impl PgItem {
 /// What happened to one item that was not refused.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PgWritten {
-    /// Stored, and current unless a newer deployment of the app was stored before.
+    /// Stored with its own `deployed_at` ([`Stamp::Given`]), and current unless a newer
+    /// deployment of the app was stored before.
     Recorded,
+    /// Stored and current, with the `deployed_at` the database stamped ([`Stamp::WriteTime`],
+    /// [`Stamp::WriteTimeSeconds`]): after every earlier deployment of the app.
+    Stamped(DateTime<Utc>),
     /// Nothing written: the app already runs this repository and digest
     /// ([`Checks::skip_if_current`]); the current deployment.
     AlreadyCurrent(Box<Deployment>),
@@ -59,36 +66,60 @@ pub enum PgWritten {
 /// under a flood.
 const MAX_BATCH: usize = 512;
 
-/// Writer tasks: while one batch commits, the next gathers (a commit is a network round trip
-/// and a WAL flush, not CPU, so two overlap well).
+/// Writer tasks of the deployments, unless `IMAGETRAIL_PG_WRITERS` says otherwise: while one
+/// batch commits, the next gathers. Every write holds its app's lock until its commit (that is
+/// what makes history order commit order), so batches of the same apps wait for each other's
+/// WAL flush; two tasks still measured 1.8x one (BENCHMARKS.md, "PostgreSQL rows").
 const WRITERS: usize = 2;
+
+/// The deployments' writer tasks: [`WRITERS`], or `IMAGETRAIL_PG_WRITERS` (1 to 16; for
+/// measuring, see bench/serve.sh).
+fn writers() -> usize {
+    std::env::var("IMAGETRAIL_PG_WRITERS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| (1..=16).contains(n))
+        .unwrap_or(WRITERS)
+}
 
 /// A deadlock or serialization failure between replicas is retried this often.
 const RETRIES: usize = 3;
 
 /// The longest environment, app, repository, name or idempotency key stored: they are
 /// index keys, and a B-tree entry must fit a third of a page.
-const MAX_KEY_BYTES: usize = 512;
+pub(super) const MAX_KEY_BYTES: usize = 512;
 
-struct Job {
-    item: PgItem,
-    done: oneshot::Sender<Result<PgWritten, PgError>>,
+/// What one batch write answers: one result per item, in the order given.
+pub(super) type BatchFuture<'a, O> = BoxFuture<'a, Vec<Result<O, PgError>>>;
+
+struct Job<I, O> {
+    item: I,
+    done: oneshot::Sender<Result<O, PgError>>,
 }
 
-/// The group-commit writer: callers send items, writer tasks record whatever is waiting in
-/// one transaction and answer each caller after the commit.
-pub(super) struct Writer {
-    tx: mpsc::UnboundedSender<Job>,
+/// A group-commit writer: callers send items, writer tasks take whatever is waiting (up to a
+/// batch), write it in one transaction with the batch function, and answer each caller after
+/// the commit. The deployments and the callbacks each have one.
+pub(super) struct GroupCommit<I, O> {
+    tx: mpsc::UnboundedSender<Job<I, O>>,
 }
 
-impl Writer {
-    pub(super) fn spawn(pool: Pool, target: String, user: String) -> Writer {
-        let (tx, rx) = mpsc::unbounded_channel::<Job>();
+impl<I: Send + Sync + 'static, O: Send + 'static> GroupCommit<I, O> {
+    /// Start `writers` tasks on the current runtime; `on_batch` is told each batch's size.
+    pub(super) fn spawn<F>(
+        writers: usize,
+        max_batch: usize,
+        on_batch: Option<Arc<dyn Fn(usize) + Send + Sync>>,
+        write: F,
+    ) -> GroupCommit<I, O>
+    where
+        F: for<'a> Fn(&'a [&'a I]) -> BatchFuture<'a, O> + Send + Sync + 'static,
+    {
+        let (tx, rx) = mpsc::unbounded_channel::<Job<I, O>>();
         let rx = Arc::new(Mutex::new(rx));
-        let target: Arc<str> = target.into();
-        let user: Arc<str> = user.into();
-        for _ in 0..WRITERS {
-            let (rx, pool, target, user) = (rx.clone(), pool.clone(), target.clone(), user.clone());
+        let write = Arc::new(write);
+        for _ in 0..writers {
+            let (rx, write, on_batch) = (rx.clone(), write.clone(), on_batch.clone());
             tokio::spawn(async move {
                 loop {
                     let mut jobs = Vec::new();
@@ -98,15 +129,19 @@ impl Writer {
                             Some(j) => jobs.push(j),
                             None => return,
                         }
-                        while jobs.len() < MAX_BATCH {
+                        while jobs.len() < max_batch {
                             match rx.try_recv() {
                                 Ok(j) => jobs.push(j),
                                 Err(_) => break,
                             }
                         }
                     }
-                    let items: Vec<&PgItem> = jobs.iter().map(|j| &j.item).collect();
-                    let results = write_batch(&pool, &target, &user, &items).await;
+                    if let Some(f) = &on_batch {
+                        f(jobs.len());
+                    }
+                    let items: Vec<&I> = jobs.iter().map(|j| &j.item).collect();
+                    let results = write(&items).await;
+                    drop(items);
                     for (job, r) in jobs.into_iter().zip(results) {
                         // A caller that went away (request cancelled) needs no answer.
                         let _ = job.done.send(r);
@@ -114,15 +149,39 @@ impl Writer {
                 }
             });
         }
-        Writer { tx }
+        GroupCommit { tx }
     }
 
-    pub(super) async fn submit(&self, item: PgItem) -> Result<PgWritten, PgError> {
+    /// Queue `item` and wait for its batch's commit.
+    pub(super) async fn submit(&self, item: I) -> Result<O, PgError> {
         let (done, answer) = oneshot::channel();
         self.tx
             .send(Job { item, done })
             .map_err(|_| PgError::WriterStopped)?;
         answer.await.map_err(|_| PgError::WriterStopped)?
+    }
+}
+
+/// The deployments' group-commit writer.
+pub(super) struct Writer(GroupCommit<PgItem, PgWritten>);
+
+impl Writer {
+    pub(super) fn spawn(pool: Pool, target: String, user: String) -> Writer {
+        let target: Arc<str> = target.into();
+        let user: Arc<str> = user.into();
+        Writer(GroupCommit::spawn(
+            writers(),
+            MAX_BATCH,
+            None,
+            move |items| {
+                let (pool, target, user) = (pool.clone(), target.clone(), user.clone());
+                Box::pin(async move { write_batch(&pool, &target, &user, items).await })
+            },
+        ))
+    }
+
+    pub(super) async fn submit(&self, item: PgItem) -> Result<PgWritten, PgError> {
+        self.0.submit(item).await
     }
 }
 
@@ -185,23 +244,26 @@ fn storable(d: &Deployment, key: Option<&str>, answer: Option<&Value>) -> Result
     Ok(())
 }
 
-const RECORD: &str = "SELECT outcome, row_seq, other FROM imagetrail_record_v1(\
+const RECORD: &str = "SELECT outcome, row_seq, other, stamped_at, stamped_ns \
+     FROM imagetrail_record_v2(\
      $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
-     $20, $21, $22, $23)";
+     $20, $21, $22, $23, $24)";
 
 /// Whether the whole transaction may succeed when tried again: 40P01 deadlock_detected (two
 /// replicas' batches locking current rows in different orders), 40001
 /// serialization_failure.
-fn retryable(e: &tokio_postgres::Error) -> bool {
+pub(super) fn retryable(e: &tokio_postgres::Error) -> bool {
     e.as_db_error()
         .is_some_and(|d| matches!(d.code().code(), "40P01" | "40001"))
 }
 
-/// Record `items` in one transaction: their statements pipelined on one connection, in the
-/// order given (so within a batch, as across batches, the first to come takes a name, as in
-/// the file backend). Two replicas' batches that lock the same apps' current rows in opposite
-/// orders can deadlock: PostgreSQL aborts one, which is retried whole. One result per item,
-/// in the order given.
+/// Record `items` in one transaction: their statements pipelined on one connection, sorted
+/// by (environment, app) and otherwise in the order given (so one app's items, as across
+/// batches, are recorded in the order they came, and the first to come takes a name). Each
+/// statement takes its app's advisory lock until the commit; taking them in one global order
+/// keeps two replicas' batches from waiting on each other in a cycle. A deadlock that still
+/// happens (through the current rows' name index) aborts one transaction, which is retried
+/// whole. One result per item, in the order given.
 pub(super) async fn write_batch(
     pool: &Pool,
     target: &str,
@@ -220,6 +282,10 @@ pub(super) async fn write_batch(
             Err(e) => results[i] = Some(Err(e)),
         }
     }
+    order.sort_by(|&a, &b| {
+        let (a, b) = (&items[a].deployment, &items[b].deployment);
+        (&a.deployment.workspace, &a.app).cmp(&(&b.deployment.workspace, &b.app))
+    });
     if !order.is_empty() {
         match run_batch(pool, target, user, items, &order).await {
             Ok(outcomes) => {
@@ -258,6 +324,8 @@ struct Outcome {
     outcome: String,
     seq: Option<i64>,
     other: Option<String>,
+    stamped_at: Option<DateTime<Utc>>,
+    stamped_ns: Option<i16>,
 }
 
 async fn run_batch(
@@ -285,6 +353,8 @@ async fn run_batch(
                     outcome: row.get(0),
                     seq: row.get(1),
                     other: row.get(2),
+                    stamped_at: row.get(3),
+                    stamped_ns: row.get(4),
                 }),
                 // The first error is the cause; the rest say the transaction is aborted.
                 Err(e) => {
@@ -314,7 +384,12 @@ async fn run_batch(
     for (&i, o) in order.iter().zip(outcomes) {
         let d = &items[i].deployment;
         out.push(match o.outcome.as_str() {
-            "recorded" => Ok(PgWritten::Recorded),
+            "recorded" => Ok(match (items[i].checks.stamp, o.stamped_at) {
+                (Stamp::Given, _) | (_, None) => PgWritten::Recorded,
+                (_, Some(at)) => PgWritten::Stamped(
+                    at + chrono::Duration::nanoseconds(i64::from(o.stamped_ns.unwrap_or(0))),
+                ),
+            }),
             "duplicate" | "already_current" => {
                 let sql = format!("SELECT {COLUMNS}, d.answer FROM deployments d WHERE d.seq = $1");
                 let row = client.query_one(&sql, &[&o.seq]).await.map_err(err)?;
@@ -351,8 +426,9 @@ async fn run_batch(
 struct Params<'a> {
     d: &'a Deployment,
     item: &'a PgItem,
-    at: chrono::DateTime<chrono::Utc>,
+    at: DateTime<Utc>,
     ns: i16,
+    stamp: &'static str,
 }
 
 impl<'a> Params<'a> {
@@ -363,10 +439,15 @@ impl<'a> Params<'a> {
             item,
             at,
             ns,
+            stamp: match item.checks.stamp {
+                Stamp::Given => "given",
+                Stamp::WriteTime => "write",
+                Stamp::WriteTimeSeconds => "write_seconds",
+            },
         }
     }
 
-    fn refs(&self) -> [&(dyn ToSql + Sync); 23] {
+    fn refs(&self) -> [&(dyn ToSql + Sync); 24] {
         let (d, i) = (self.d, &self.d.image);
         [
             &d.deployment.event_id,
@@ -392,6 +473,7 @@ impl<'a> Params<'a> {
             &self.item.answer,
             &self.item.checks.skip_if_current,
             &self.item.checks.name_required_for_named_instances,
+            &self.stamp,
         ]
     }
 }

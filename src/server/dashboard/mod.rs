@@ -782,34 +782,8 @@ struct ScansQuery {
     page: Option<String>,
 }
 
-/// How much of the end of the callback log the scans page reads: the newest callbacks only,
-/// whatever the log's size.
-const SCANS_TAIL: u64 = 2 * 1024 * 1024;
-
-/// The newest callback log lines (parsed JSON), newest first.
-fn read_callbacks(dir: &std::path::Path) -> anyhow::Result<Vec<serde_json::Value>> {
-    use std::io::{Read, Seek, SeekFrom};
-    let path = dir.join(super::ANALYTICS_DIR).join("callbacks.jsonl");
-    let mut f = match std::fs::File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(e) => return Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
-    };
-    let len = f.metadata()?.len();
-    let from = len.saturating_sub(SCANS_TAIL);
-    f.seek(SeekFrom::Start(from))?;
-    let mut buf = Vec::new();
-    f.take(SCANS_TAIL).read_to_end(&mut buf)?;
-    // A cut first line (when reading from the middle) is skipped, as is a torn last one.
-    let skip_first = from > 0;
-    let mut out: Vec<serde_json::Value> = buf
-        .split(|&b| b == b'\n')
-        .skip(usize::from(skip_first))
-        .filter_map(|l| serde_json::from_slice(l).ok())
-        .collect();
-    out.reverse();
-    Ok(out)
-}
+/// The most callbacks the scans page reads (the newest), whichever store holds them.
+const SCANS_LIMIT: u32 = 5_000;
 
 /// `/scans`: the register and scanner-error callbacks, newest first.
 async fn scans(State(state): State<Arc<AppState>>, Query(sq): Query<ScansQuery>) -> Response {
@@ -818,10 +792,9 @@ async fn scans(State(state): State<Arc<AppState>>, Query(sq): Query<ScansQuery>)
         Some(Ok(p)) if p >= 1 => p,
         _ => return error_page(StatusCode::BAD_REQUEST, "Scans", "page must be 1 or more"),
     };
-    let dir = state.config.state_dir.clone();
-    let entries = match blocking(&state, move |_| read_callbacks(&dir)).await {
+    let entries = match state.analytics.newest(SCANS_LIMIT).await {
         Ok(e) => e,
-        Err(r) => return r,
+        Err(e) => return error_page(e.status, "Cannot read the callbacks", &e.summary),
     };
     let str_of =
         |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(String::from);
