@@ -428,7 +428,7 @@ fn register_against_podman() {
     dirs.target(&id).target(&other);
     let out = run(dirs
         .command("register")
-        // Podman's own variable in Podman's spelling (bollard does not read it); an empty
+        // Podman's own variable in Podman's spelling (no Docker client library reads it); an empty
         // DOCKER_HOST means "not given", as atomic passes unset variables.
         .env("DOCKER_HOST", "")
         .env(
