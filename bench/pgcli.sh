@@ -20,29 +20,22 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-20}
 N=${N:-1000000}
 BASE=${BASE:-/work/notes/base-imagetrail}
-PGBIN=/usr/lib/postgresql/15/bin
 PORT=${PORT:-54339}
 NEW=target/release/imagetrail
 
 cargo build --release --bin imagetrail
-d=$(mktemp -d /tmp/imagetrail-pgcli-XXXX)
-chown postgres "$d"
-as_pg() { (cd "$d" && runuser -u postgres -- "$@"); }
-trap 'as_pg $PGBIN/pg_ctl -D "$d/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$d"' EXIT
-echo bench >"$d/pw" && chown postgres "$d/pw"
-as_pg $PGBIN/initdb -D "$d/data" -U postgres --no-locale -E UTF8 --auth-local=trust \
-  --auth-host=scram-sha-256 --pwfile="$d/pw" >/dev/null
-as_pg $PGBIN/pg_ctl -D "$d/data" -l "$d/log" -o "-k $d -h 127.0.0.1 -p $PORT" -w start >/dev/null
-psql() { as_pg $PGBIN/psql -h "$d" -p "$PORT" -U postgres -X -A -t -v ON_ERROR_STOP=1 "$@"; }
-psql -c 'CREATE DATABASE bench' >/dev/null
-URL="postgres://postgres:bench@127.0.0.1:$PORT/bench"
+. bench/pg-cluster.sh
+trap pg_cluster_stop EXIT
+pg_cluster_start imagetrail-pgcli "$PORT"
+d=$PGD
+URL=$PG_URL
 $NEW db migrate --database-url "$URL"
 
 echo "writing $N entries of YAML history ..."
 state="$d/state"
 python3 bench/gen-history.py "$state" "$N" reg.example/hello >/dev/null
 echo "bulk-loading $N deployments into PostgreSQL ..."
-psql -d bench -c "
+psql_pg -d bench -c "
 INSERT INTO deployments (event_id, environment, app, repository, tag, digest, platform_os,
     platform_architecture, description, built_at, revision, deployed_at, deployed_by)
 SELECT gen_random_uuid(), 'prod', 'hello', 'reg.example/hello', lpad(to_hex(i), 7, '0'),
@@ -57,7 +50,7 @@ INSERT INTO current_deployments (environment, app, seq, deployed_at, deployed_at
 SELECT DISTINCT ON (environment, app) environment, app, seq, deployed_at, deployed_at_ns, repository, digest, name
   FROM deployments ORDER BY environment, app, deployed_at DESC, deployed_at_ns DESC, seq DESC;
 ANALYZE deployments; ANALYZE current_deployments;" >/dev/null
-psql -d bench -c "SELECT count(*) || ' rows' FROM deployments"
+psql_pg -d bench -c "SELECT count(*) || ' rows' FROM deployments"
 
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 # Flags after the subcommand: the records flags are the subcommands'.
@@ -80,7 +73,7 @@ done
 # Where a PostgreSQL command's time goes: the process alone, connecting and checking the schema
 # (`status` on an empty migrated database), and the same over the Unix socket (no TCP, no
 # SCRAM: the cluster trusts local connections).
-psql -c 'CREATE DATABASE empty' >/dev/null
+psql_pg -c 'CREATE DATABASE empty' >/dev/null
 $NEW db migrate --database-url "postgres://postgres:bench@127.0.0.1:$PORT/empty" >/dev/null
 sock=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$d")
 hyperfine -N --warmup 2 --runs "$RUNS" --export-json "$d/h.json" \

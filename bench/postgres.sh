@@ -15,23 +15,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH=${SECONDS_EACH:-10}
 QUERIES=${QUERIES:-10000}
-PGBIN=/usr/lib/postgresql/15/bin
 PORT=${PORT:-54329}
 
 cargo build --release --example pg_bench --bin imagetrail
-d=$(mktemp -d /tmp/imagetrail-pgbench-XXXX)
-chown postgres "$d"
-as_pg() { (cd "$d" && runuser -u postgres -- "$@"); }
-trap 'as_pg $PGBIN/pg_ctl -D "$d/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$d"' EXIT
-echo bench >"$d/pw" && chown postgres "$d/pw"
-as_pg $PGBIN/initdb -D "$d/data" -U postgres --no-locale -E UTF8 --auth-local=trust \
-  --auth-host=scram-sha-256 --pwfile="$d/pw" >/dev/null
-as_pg $PGBIN/pg_ctl -D "$d/data" -l "$d/log" -o "-k $d -h 127.0.0.1 -p $PORT" -w start >/dev/null
-psql() { as_pg $PGBIN/psql -h "$d" -p "$PORT" -U postgres -X -A -t -v ON_ERROR_STOP=1 "$@"; }
-psql -c 'CREATE DATABASE bench' >/dev/null
-export IMAGETRAIL_DATABASE_URL="postgres://postgres:bench@127.0.0.1:$PORT/bench"
+. bench/pg-cluster.sh
+trap pg_cluster_stop EXIT
+pg_cluster_start imagetrail-pgbench "$PORT"
+export IMAGETRAIL_DATABASE_URL=$PG_URL
 target/release/imagetrail db migrate
-commits() { psql -d bench -c "SELECT xact_commit FROM pg_stat_database WHERE datname = 'bench'"; }
+commits() { psql_pg -d bench -c "SELECT xact_commit FROM pg_stat_database WHERE datname = 'bench'"; }
 
 for c in 1 64; do
   before=$(commits)
@@ -41,16 +33,6 @@ for c in 1 64; do
 done
 
 echo "bulk-loading 1,000,000 deployments ..."
-psql -d bench -c "TRUNCATE current_deployments, deployments" >/dev/null
-psql -d bench -c "
-INSERT INTO deployments (event_id, environment, app, repository, digest, platform_os,
-    platform_architecture, deployed_at, deployed_by)
-SELECT gen_random_uuid(), 'env-' || (i % 10), 'app-' || ((i / 10) % 1000), 'reg.example/app',
-       'sha256:' || md5(i::text) || md5(i::text), 'linux', 'amd64',
-       timestamptz '2021-01-01' + i * interval '1 minute', 'bench'
-  FROM generate_series(1, 1000000) i;
-INSERT INTO current_deployments (environment, app, seq, deployed_at, deployed_at_ns, repository, digest, name)
-SELECT DISTINCT ON (environment, app) environment, app, seq, deployed_at, deployed_at_ns, repository, digest, name
-  FROM deployments ORDER BY environment, app, deployed_at DESC, deployed_at_ns DESC, seq DESC;
-ANALYZE deployments; ANALYZE current_deployments;" >/dev/null
+pg_load_million
+psql_pg -d bench -c "ANALYZE deployments" >/dev/null
 target/release/examples/pg_bench query "$QUERIES"

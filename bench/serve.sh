@@ -48,7 +48,7 @@ FLASK=${FLASK:-1}
 FILES=${FILES:-1}
 PG=${PG:-1}
 PG_STATEMENTS=${PG_STATEMENTS:-0}
-PGBIN=/usr/lib/postgresql/15/bin
+. bench/pg-cluster.sh
 [ -x "$BIN" ] || cargo build --release
 if [ "$FLASK" = 1 ] && [ ! -x "$VENV/bin/gunicorn" ]; then
   python3 -m venv "$VENV"
@@ -60,10 +60,8 @@ PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  if [ -n "${PGD:-}" ] && [ -d "$PGD/data" ]; then
-    (cd "$PGD" && runuser -u postgres -- $PGBIN/pg_ctl -D "$PGD/data" -m immediate stop >/dev/null 2>&1) || true
-  fi
-  rm -rf "$WORK" "${PGD:-}"
+  pg_cluster_stop
+  rm -rf "$WORK"
 }
 trap cleanup EXIT
 
@@ -210,19 +208,9 @@ fi
 # --- PostgreSQL: a throwaway cluster, `serve --database-url` replicas on it.
 if [ "$PG" = 1 ]; then
   # Its own directory: $WORK is private to root, and the server runs as postgres.
-  PGD=$(mktemp -d /tmp/it-srv-pg.XXXXXX)
-  chown postgres "$PGD"
-  as_pg() { (cd "$PGD" && runuser -u postgres -- "$@"); }
-  echo bench >"$PGD/pw" && chown postgres "$PGD/pw"
-  PGPORT=$(free_port)
-  as_pg $PGBIN/initdb -D "$PGD/data" -U postgres --no-locale -E UTF8 --auth-local=trust \
-    --auth-host=scram-sha-256 --pwfile="$PGD/pw" >/dev/null
-  as_pg $PGBIN/pg_ctl -D "$PGD/data" -l "$PGD/log" -w start \
-    -o "-k $PGD -h 127.0.0.1 -p $PGPORT -c shared_preload_libraries=pg_stat_statements" >/dev/null
-  psql_pg() { as_pg $PGBIN/psql -h "$PGD" -p "$PGPORT" -U postgres -X -A -t -v ON_ERROR_STOP=1 "$@"; }
-  psql_pg -c 'CREATE DATABASE bench' >/dev/null
+  pg_cluster_start it-srv-pg "$(free_port)" shared_preload_libraries=pg_stat_statements
   psql_pg -d bench -c 'CREATE EXTENSION pg_stat_statements' >/dev/null
-  DBURL="postgres://postgres:bench@127.0.0.1:$PGPORT/bench"
+  DBURL=$PG_URL
   echo
   echo "PostgreSQL 15 on 127.0.0.1 (fsync=$(psql_pg -c 'SHOW fsync'), synchronous_commit=$(psql_pg -c 'SHOW synchronous_commit')); load average $(cut -d' ' -f1-3 /proc/loadavg)"
   echo
@@ -265,18 +253,7 @@ if [ "$PG" = 1 ]; then
 
   echo
   echo "bulk-loading 1,000,000 deployments ..."
-  psql_pg -d bench -c "TRUNCATE current_deployments, deployments" >/dev/null
-  psql_pg -d bench -c "
-INSERT INTO deployments (event_id, environment, app, repository, digest, platform_os,
-    platform_architecture, deployed_at, deployed_by)
-SELECT gen_random_uuid(), 'env-' || (i % 10), 'app-' || ((i / 10) % 1000), 'reg.example/app',
-       'sha256:' || md5(i::text) || md5(i::text), 'linux', 'amd64',
-       timestamptz '2021-01-01' + i * interval '1 minute', 'bench'
-  FROM generate_series(1, 1000000) i;
-INSERT INTO current_deployments (environment, app, seq, deployed_at, deployed_at_ns, repository, digest, name)
-SELECT DISTINCT ON (environment, app) environment, app, seq, deployed_at, deployed_at_ns, repository, digest, name
-  FROM deployments ORDER BY environment, app, deployed_at DESC, deployed_at_ns DESC, seq DESC;
-ANALYZE current_deployments;" >/dev/null
+  pg_load_million
   psql_pg -d bench -c "VACUUM ANALYZE deployments" >/dev/null
   echo "stored: $(psql_pg -d bench -c 'SELECT count(*) FROM deployments') deployments; load average $(cut -d' ' -f1-3 /proc/loadavg)"
   echo

@@ -1,66 +1,13 @@
 //! `imagetrail serve --database-url`: real `imagetrail serve` processes (the built binary, each
 //! on its own port) on one throwaway PostgreSQL 15 cluster.
 
-use std::path::Path;
-use std::process::{Child, Command};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::server::{KEY, client, digest};
-use crate::support::postgres::Postgres;
-use crate::support::{imagetrail, run, spawn_serve, stderr};
-
-/// One `imagetrail serve` process; killed on drop.
-pub struct Replica {
-    pub child: Child,
-    pub url: String,
-    _state: tempfile::TempDir,
-}
-
-impl Replica {
-    /// Start `imagetrail serve` on 127.0.0.1:0 with the test key and `database_url`; waits for
-    /// its "listening on" line.
-    pub fn start(database_url: &str, keys: &Path) -> Replica {
-        let state = tempfile::Builder::new()
-            .prefix("it-pgsrv-")
-            .tempdir()
-            .unwrap();
-        let (child, url) = spawn_serve(&mut serve(database_url, keys, state.path()));
-        Replica {
-            child,
-            url,
-            _state: state,
-        }
-    }
-
-    pub fn at(&self, path: &str) -> String {
-        format!("{}{path}", self.url)
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(database_url: &str, keys: &Path, state: &Path) -> Command {
-    let mut cmd = imagetrail();
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
-        .arg(state)
-        .arg("--api-keys-file")
-        .arg(keys)
-        .env("IMAGETRAIL_DATABASE_URL", database_url);
-    cmd
-}
-
-pub fn keys_file() -> tempfile::NamedTempFile {
-    let keys = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(keys.path(), format!("ci {KEY}\n")).unwrap();
-    keys
-}
+use crate::server::{client, digest};
+use crate::support::replicas::{Database, Pair, post, send_deployment, serve};
+use crate::support::{imagetrail, run, stderr};
 
 fn body(n: u32) -> Value {
     json!({
@@ -69,54 +16,14 @@ fn body(n: u32) -> Value {
     })
 }
 
-/// A client for this worker thread, built once: building one per request costs enough CPU (its
-/// TLS roots) that with a few hundred requests at once on a loaded machine a connection could
-/// stay silent past the server's 10 s request timeout and be closed unanswered. A worker thread
-/// belongs to one test's runtime, so its pooled connections never outlive that runtime.
-pub fn shared_client() -> reqwest::Client {
-    thread_local! {
-        static CLIENT: reqwest::Client = client();
-    }
-    CLIENT.with(Clone::clone)
-}
-
-/// POST a deployment; (status, Retry-After, body).
-async fn post(url: &str, body: &Value, key: Option<&str>) -> (u16, Option<String>, Value) {
-    let mut req = shared_client()
-        .post(format!("{url}/api/v1/deployments"))
-        .bearer_auth(KEY)
-        .json(body);
-    if let Some(k) = key {
-        req = req.header("Idempotency-Key", k);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    let retry = r
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_string());
-    (status, retry, r.json().await.unwrap())
-}
-
-pub fn rows(pg: &Postgres, sql: &str) -> String {
-    pg.psql("it", sql).trim().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_on_one_database_take_writes_together_and_one_key_records_once() {
-    let pg = Postgres::start();
-    let url = pg.create_database("it");
-    let keys = keys_file();
-    let a = Replica::start(&url, keys.path());
-    let b = Replica::start(&url, keys.path());
+    let pair = Pair::start();
+    let (a, b) = (&pair.a, &pair.b);
 
     let mut tasks = Vec::new();
     for n in 0..40u32 {
-        let target = if n % 2 == 0 {
-            a.url.clone()
-        } else {
-            b.url.clone()
-        };
+        let target = pair.alternate(n);
         tasks.push(tokio::spawn(
             async move { post(&target, &body(n), None).await },
         ));
@@ -142,9 +49,10 @@ async fn two_replicas_on_one_database_take_writes_together_and_one_key_records_o
         assert_eq!((sx, sy), (201, 201), "{ax} {ay}");
         assert_eq!(ax, ay, "both replicas give the first answer");
     }
-    assert_eq!(rows(&pg, "SELECT count(*) FROM deployments"), "50");
+    assert_eq!(pair.db.rows("SELECT count(*) FROM deployments"), "50");
     assert_eq!(
-        rows(&pg, "SELECT count(DISTINCT digest) FROM deployments"),
+        pair.db
+            .rows("SELECT count(DISTINCT digest) FROM deployments"),
         "50"
     );
 
@@ -200,10 +108,9 @@ async fn two_replicas_on_one_database_take_writes_together_and_one_key_records_o
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stopping_postgres_gives_503_with_retry_after_and_writes_resume_without_a_restart() {
-    let pg = Postgres::start();
-    let url = pg.create_database("it");
-    let keys = keys_file();
-    let replica = Replica::start(&url, keys.path());
+    let db = Database::start();
+    let pg = &db.pg;
+    let replica = db.replica();
 
     let mut acknowledged = Vec::new();
     for n in 0..5u32 {
@@ -239,10 +146,9 @@ async fn stopping_postgres_gives_503_with_retry_after_and_writes_resume_without_
     for id in &acknowledged {
         let id = id.as_str().unwrap();
         assert_eq!(
-            rows(
-                &pg,
-                &format!("SELECT count(*) FROM deployments WHERE event_id = '{id}'")
-            ),
+            db.rows(&format!(
+                "SELECT count(*) FROM deployments WHERE event_id = '{id}'"
+            )),
             "1",
             "acknowledged {id} is stored"
         );
@@ -253,9 +159,8 @@ async fn stopping_postgres_gives_503_with_retry_after_and_writes_resume_without_
 
 #[test]
 fn a_wrong_password_an_unreachable_host_or_a_newer_schema_is_one_line_at_serve_start_and_exit_1() {
-    let pg = Postgres::start();
-    pg.create_database("it");
-    let keys = keys_file();
+    let db = Database::start();
+    let (pg, keys) = (&db.pg, &db.keys);
     let state = tempfile::tempdir().unwrap();
     let out = run(&mut serve(
         &pg.url_with_password("it", "not-the-pw"),
@@ -309,28 +214,14 @@ fn a_wrong_password_an_unreachable_host_or_a_newer_schema_is_one_line_at_serve_s
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_of_one_replica_mid_stream_loses_no_acknowledged_deployment_and_the_other_answers()
 {
-    let pg = Postgres::start();
-    let url = pg.create_database("it");
-    let keys = keys_file();
-    let mut a = Replica::start(&url, keys.path());
-    let b = Replica::start(&url, keys.path());
+    let mut pair = Pair::start();
 
     // A stream to both replicas; a request to the killed one may fail, never a 2xx lost.
     let mut tasks = Vec::new();
     for n in 0..200u32 {
-        let target = if n % 2 == 0 {
-            a.url.clone()
-        } else {
-            b.url.clone()
-        };
+        let target = pair.alternate(n);
         tasks.push(tokio::spawn(async move {
-            let r = shared_client()
-                .post(format!("{target}/api/v1/deployments"))
-                .bearer_auth(KEY)
-                .json(&body(n))
-                .send()
-                .await;
-            match r {
+            match send_deployment(&target, &body(n), None).await {
                 Ok(r) if r.status().is_success() => {
                     let answer: Value = r.json().await.ok()?;
                     answer["deployment"]["deployment"]["event_id"]
@@ -341,30 +232,27 @@ async fn sigkill_of_one_replica_mid_stream_loses_no_acknowledged_deployment_and_
             }
         }));
         if n == 60 {
-            a.child.kill().unwrap();
+            pair.a.child.kill().unwrap();
         }
     }
     let mut acknowledged = Vec::new();
     for t in tasks {
         acknowledged.extend(t.await.unwrap());
     }
-    let _ = a.child.wait();
+    let _ = pair.a.child.wait();
     assert!(acknowledged.len() >= 100, "replica b answered its half");
-    let stored = rows(&pg, "SELECT event_id FROM deployments");
+    let stored = pair.db.rows("SELECT event_id FROM deployments");
     for id in &acknowledged {
         assert!(stored.contains(id.as_str()), "acknowledged {id} is stored");
     }
-    let (status, _, answer) = post(&b.url, &body(1000), None).await;
+    let (status, _, answer) = post(&pair.b.url, &body(1000), None).await;
     assert_eq!(status, 201, "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn admission_reviews_to_either_replica_record_in_the_database_once() {
-    let pg = Postgres::start();
-    let url = pg.create_database("it");
-    let keys = keys_file();
-    let a = Replica::start(&url, keys.path());
-    let b = Replica::start(&url, keys.path());
+    let pair = Pair::start();
+    let (a, b) = (&pair.a, &pair.b);
     let review: Value =
         serde_json::from_str(include_str!("fixtures/admission-pod-create.json")).unwrap();
     for replica in [&a, &b] {
@@ -381,31 +269,22 @@ async fn admission_reviews_to_either_replica_record_in_the_database_once() {
     // Two pinned containers; the same Pod admitted again through the other replica records
     // nothing new (the apps already run those digests).
     assert_eq!(
-        rows(
-            &pg,
-            "SELECT environment || ' ' || app FROM deployments ORDER BY app"
-        ),
+        pair.db
+            .rows("SELECT environment || ' ' || app FROM deployments ORDER BY app"),
         "default/payments payments/api\ndefault/payments payments/migrate"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_writing_one_app_commit_its_history_in_deployed_at_order() {
-    let pg = Postgres::start();
-    let url = pg.create_database("it");
-    let keys = keys_file();
-    let a = Replica::start(&url, keys.path());
-    let b = Replica::start(&url, keys.path());
+    let pair = Pair::start();
+    let a = &pair.a;
 
     // One app, 200 deployments at once through both replicas: each replica's writer tasks
     // and the two replicas' batches interleave their commits.
     let mut tasks = Vec::new();
     for n in 0..200u32 {
-        let target = if n % 2 == 0 {
-            a.url.clone()
-        } else {
-            b.url.clone()
-        };
+        let target = pair.alternate(n);
         let body = json!({
             "image": {"url": format!("r.example/team/one@{}", digest(n))},
             "environment": {"name": "prod"},
@@ -422,8 +301,7 @@ async fn two_replicas_writing_one_app_commit_its_history_in_deployed_at_order() 
     }
     // Commit order is seq order (each write holds the app's lock until its commit); the
     // history's deployed_at must go strictly up along it.
-    let history = rows(
-        &pg,
+    let history = pair.db.rows(
         "SELECT event_id || ' ' || to_char(deployed_at AT TIME ZONE 'UTC', \
          'YYYY-MM-DD\"T\"HH24:MI:SS.US') || ' ' || deployed_at_ns \
          FROM deployments WHERE app = 'team/one' ORDER BY seq",
@@ -448,8 +326,7 @@ async fn two_replicas_writing_one_app_commit_its_history_in_deployed_at_order() 
     }
     // The newest by deployed_at is the current one, and every answer gave the stamp stored.
     assert_eq!(
-        rows(
-            &pg,
+        pair.db.rows(
             "SELECT d.event_id FROM current_deployments c JOIN deployments d ON d.seq = c.seq \
              WHERE c.app = 'team/one'"
         ),
@@ -488,10 +365,10 @@ async fn stamped_writes_through_two_stores_follow_the_commit_order_not_the_time_
     use imagetrail::records::postgres::{PgItem, PgStore, PgWritten};
     use imagetrail::records::{Checks, Stamp};
 
-    let pg = Postgres::start();
-    let url = pg.create_database("it");
-    let (a, _) = PgStore::migrate(&url).await.unwrap();
-    let b = PgStore::connect(&url).await.unwrap();
+    let db = Database::start();
+    let url = &db.url;
+    let (a, _) = PgStore::migrate(url).await.unwrap();
+    let b = PgStore::connect(url).await.unwrap();
     // Each caller took its time before it waited for its turn, and the later callers' times
     // are earlier (as when a request waits behind another replica's batch): a store that
     // kept them would write the history backwards.
@@ -519,10 +396,7 @@ async fn stamped_writes_through_two_stores_follow_the_commit_order_not_the_time_
         }
     }
     let history = a.history("prod", "one", None, None, None).await.unwrap();
-    let by_seq = rows(
-        &pg,
-        "SELECT event_id FROM deployments WHERE app = 'one' ORDER BY seq",
-    );
+    let by_seq = db.rows("SELECT event_id FROM deployments WHERE app = 'one' ORDER BY seq");
     let ids: Vec<String> = history
         .iter()
         .map(|d| d.deployment.event_id.to_string())

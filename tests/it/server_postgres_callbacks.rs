@@ -4,8 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::server::client;
-use crate::server_postgres::{Replica, keys_file, rows, shared_client};
-use crate::support::postgres::Postgres;
+use crate::support::replicas::{Database, Pair, answer, shared_client};
 
 fn register_body(sha: &str) -> Value {
     json!({
@@ -33,22 +32,13 @@ async fn callback(
     if let Some(k) = key {
         req = req.header("Idempotency-Key", k);
     }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    let retry = r
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_string());
-    (status, retry, r.json().await.unwrap())
+    answer(req.send().await.unwrap()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn callbacks_racing_one_key_on_two_replicas_record_once_and_both_answer_the_first_answer() {
-    let pg = Postgres::start();
-    let url = pg.create_database("it");
-    let keys = keys_file();
-    let a = Replica::start(&url, keys.path());
-    let b = Replica::start(&url, keys.path());
+    let pair = Pair::start();
+    let (a, b) = (&pair.a, &pair.b);
 
     // Each key sent to both replicas at once: registers of one commit (so a second record
     // would answer "already registered"), and scanner errors.
@@ -84,10 +74,9 @@ async fn callbacks_racing_one_key_on_two_replicas_record_once_and_both_answer_th
         assert_eq!(ax, ay, "both replicas give the first answer");
         answers.push(ax);
     }
-    assert_eq!(rows(&pg, "SELECT count(*) FROM callbacks"), "10");
+    assert_eq!(pair.db.rows("SELECT count(*) FROM callbacks"), "10");
     assert_eq!(
-        rows(
-            &pg,
+        pair.db.rows(
             "SELECT count(DISTINCT idempotency_key) FROM callbacks WHERE idempotency_key LIKE 'scan-%'"
         ),
         "10"
@@ -123,7 +112,7 @@ async fn callbacks_racing_one_key_on_two_replicas_record_once_and_both_answer_th
     }
     let recorded: usize = ["a", "b"]
         .iter()
-        .zip([&a, &b])
+        .zip([a, b])
         .map(|(_, r)| {
             let text = futures_text(r.at("/metrics"));
             text.lines()
@@ -154,10 +143,8 @@ fn futures_text(url: String) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn callbacks_survive_a_replica_restart_show_on_its_scans_page_and_503_while_the_database_is_down()
  {
-    let pg = Postgres::start();
-    let url = pg.create_database("it");
-    let keys = keys_file();
-    let mut first = Replica::start(&url, keys.path());
+    let db = Database::start();
+    let mut first = db.replica();
     let (status, _, registered) = callback(
         &first.url,
         "register",
@@ -178,7 +165,7 @@ async fn callbacks_survive_a_replica_restart_show_on_its_scans_page_and_503_whil
     first.child.wait().unwrap();
 
     // A new replica with a state directory of its own: everything is in the database.
-    let second = Replica::start(&url, keys.path());
+    let second = db.replica();
     let (status, _, replay) = callback(
         &second.url,
         "register",
@@ -202,7 +189,7 @@ async fn callbacks_survive_a_replica_restart_show_on_its_scans_page_and_503_whil
             .contains("was already registered"),
         "{again}"
     );
-    assert_eq!(rows(&pg, "SELECT count(*) FROM callbacks"), "3");
+    assert_eq!(db.rows("SELECT count(*) FROM callbacks"), "3");
     let page = client()
         .get(second.at("/scans"))
         .send()
@@ -221,13 +208,13 @@ async fn callbacks_survive_a_replica_restart_show_on_its_scans_page_and_503_whil
     let broken = page.find("r.example/broken:2").unwrap();
     assert!(repeat < broken, "newest first");
 
-    pg.stop();
+    db.pg.stop();
     let (status, retry, answer) =
         callback(&second.url, "register", &register_body("bbbb222"), None).await;
     assert_eq!(status, 503, "{answer}");
     assert_eq!(retry.as_deref(), Some("2"));
     assert_eq!(answer["error"], "database-unavailable");
-    pg.start_again();
+    db.pg.start_again();
     let mut resumed = false;
     for _ in 0..20 {
         let (status, _, _) = callback(
@@ -249,10 +236,7 @@ async fn callbacks_survive_a_replica_restart_show_on_its_scans_page_and_503_whil
         "callbacks are recorded again once PostgreSQL is back"
     );
     assert_eq!(
-        rows(
-            &pg,
-            "SELECT count(*) FROM callbacks WHERE git_sha = 'bbbb222'"
-        ),
+        db.rows("SELECT count(*) FROM callbacks WHERE git_sha = 'bbbb222'"),
         "1",
         "the 503 recorded nothing"
     );

@@ -10,6 +10,7 @@ pub mod podman;
 pub mod postgres;
 pub mod proxy;
 pub mod registry;
+pub mod replicas;
 pub mod scan;
 pub mod scanner_image;
 
