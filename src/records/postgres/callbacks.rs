@@ -182,16 +182,8 @@ async fn write_batch(
                 }
             }
             Err(e) => {
-                let (msg, unavailable) = (e.to_string(), e.is_unavailable());
                 for &i in &order {
-                    results[i] = Some(Err(if unavailable {
-                        PgError::Unreachable {
-                            target: store.target().to_string(),
-                            reason: msg.clone(),
-                        }
-                    } else {
-                        PgError::Query(msg.clone())
-                    }));
+                    results[i] = Some(Err(e.for_another_caller()));
                 }
             }
         }

@@ -148,6 +148,21 @@ impl PgError {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, PgError::Unreachable { .. } | PgError::WriterStopped)
     }
+
+    /// The same failure for another caller of a batch that failed as a whole: unavailability
+    /// as itself (so each caller gets its 503), anything else as its message. Not `Clone`,
+    /// because a rule carries a records error; rebuilding the message into a new
+    /// `Unreachable` would repeat its "cannot reach …; check …" around itself.
+    pub(crate) fn for_another_caller(&self) -> PgError {
+        match self {
+            PgError::Unreachable { target, reason } => PgError::Unreachable {
+                target: target.clone(),
+                reason: reason.clone(),
+            },
+            PgError::WriterStopped => PgError::WriterStopped,
+            e => PgError::Query(e.to_string()),
+        }
+    }
 }
 
 /// Sort a driver error into the kinds a user can act on.

@@ -294,18 +294,8 @@ pub(super) async fn write_batch(
                 }
             }
             Err(e) => {
-                let msg = e.to_string();
-                let unavailable = e.is_unavailable();
                 for i in &order {
-                    // One error for many callers: rebuilt per item (not Clone).
-                    results[*i] = Some(Err(if unavailable {
-                        PgError::Unreachable {
-                            target: target.to_string(),
-                            reason: msg.clone(),
-                        }
-                    } else {
-                        PgError::Query(msg.clone())
-                    }));
+                    results[*i] = Some(Err(e.for_another_caller()));
                 }
                 if let Some(first) = order.first() {
                     results[*first] = Some(Err(e));
