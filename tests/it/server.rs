@@ -113,6 +113,11 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// GET `url` with `client` and parse the JSON answer.
+pub async fn get_json(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 /// POST `body` as JSON to `path` with the test key; (status, body).
 pub async fn post_deployment(server: &TestServer, body: Value) -> (u16, Value) {
     let r = client()

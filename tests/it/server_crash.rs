@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::server::{KEY, digest};
+use crate::server::{KEY, digest, get_json};
 use crate::support::{imagetrail, read, run, spawn_serve, stderr};
 
 /// Start `imagetrail serve` on 127.0.0.1:0; (child, base URL read from its stdout).
@@ -277,11 +277,6 @@ async fn info_files_a_crash_left_behind_are_overruled_and_replaced_at_start() {
     sigterm(&child);
     assert!(child.wait().unwrap().success());
     assert!(read(&web_info).contains(&digest(4)));
-}
-
-/// GET `url` and parse the JSON answer.
-async fn get_json(client: &reqwest::Client, url: String) -> Value {
-    client.get(url).send().await.unwrap().json().await.unwrap()
 }
 
 /// Wait until `done` holds, checking every 20 ms; fail saying `what` after 10 s.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::server::{client, digest};
+use crate::server::{client, digest, get_json};
 use crate::support::replicas::{Database, Pair, post, send_deployment, serve};
 use crate::support::{imagetrail, run, stderr};
 
@@ -57,23 +57,9 @@ async fn two_replicas_on_one_database_take_writes_together_and_one_key_records_o
     );
 
     // Either replica reads what both wrote.
-    let list: Value = client()
-        .get(b.at("/api/v1/deployments?environment=prod"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = get_json(&client(), b.at("/api/v1/deployments?environment=prod")).await;
     assert_eq!(list["deployments"].as_array().unwrap().len(), 50, "{list}");
-    let envs: Value = client()
-        .get(a.at("/api/v1/environments"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let envs: Value = get_json(&client(), a.at("/api/v1/environments")).await;
     assert_eq!(
         envs,
         json!({"environments": [{"name": "prod", "apps": ["team/app0", "team/app1", "team/app2", "team/app3"]}]})
@@ -332,14 +318,11 @@ async fn two_replicas_writing_one_app_commit_its_history_in_deployed_at_order() 
         ),
         history.last().unwrap().0
     );
-    let list: Value = client()
-        .get(a.at("/api/v1/deployments?environment=prod&app=team/one"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = get_json(
+        &client(),
+        a.at("/api/v1/deployments?environment=prod&app=team/one"),
+    )
+    .await;
     let listed: Vec<&Value> = list["deployments"]
         .as_array()
         .unwrap()
