@@ -556,7 +556,7 @@ impl RecordStore for PgRecords {
         check_names(&d.deployment.workspace, &d.app)?;
         fields::check(d)?;
         // A write-time stamp is taken by the database under the app's lock (see
-        // `imagetrail_record_v2`), so the history order is the commit order across every CLI
+        // `imagetrail_record_batch_v3`), so the history order is the commit order across every CLI
         // and replica writing the app.
         let item = PgItem {
             deployment: d.clone(),

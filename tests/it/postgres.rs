@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
-use imagetrail::records::postgres::{PgError, PgItem, PgStore, PgWritten};
+use imagetrail::records::postgres::{LATEST, PgError, PgItem, PgStore, PgWritten};
 use imagetrail::records::{
-    Deployment, DeploymentRecord, ImageRecord, Platform, RecordsError, Store,
+    Checks, Deployment, DeploymentRecord, ImageRecord, Platform, RecordsError, Stamp, Store,
 };
 use uuid::Uuid;
 
@@ -63,7 +63,7 @@ fn db_migrate_twice_is_a_no_op() {
     let first = migrate(&url);
     assert!(first.status.success());
     assert!(
-        stdout(&first).contains("from schema version 0 to 2"),
+        stdout(&first).contains(&format!("from schema version 0 to {LATEST}")),
         "{}",
         stdout(&first)
     );
@@ -73,13 +73,13 @@ fn db_migrate_twice_is_a_no_op() {
         .env("IMAGETRAIL_DATABASE_URL", &url));
     assert!(second.status.success());
     assert!(
-        stdout(&second).contains("is at version 2: nothing to do"),
+        stdout(&second).contains(&format!("is at version {LATEST}: nothing to do")),
         "{}",
         stdout(&second)
     );
     assert_eq!(
         pg.psql("it", "SELECT count(*) FROM imagetrail_schema_version"),
-        "2\n"
+        format!("{LATEST}\n")
     );
 }
 
@@ -108,7 +108,9 @@ fn db_refuses_a_newer_schema_with_one_line_and_changes_nothing() {
         let err = stderr(&out);
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(
-            err.contains("schema is version 7, newer than the 2 this imagetrail knows"),
+            err.contains(&format!(
+                "schema is version 7, newer than the {LATEST} this imagetrail knows"
+            )),
             "{err}"
         );
     }
@@ -117,7 +119,7 @@ fn db_refuses_a_newer_schema_with_one_line_and_changes_nothing() {
             "it",
             "SELECT string_agg(version::text, ',' ORDER BY version) FROM imagetrail_schema_version"
         ),
-        "1,2,7\n"
+        "1,2,3,7\n"
     );
 }
 
@@ -232,6 +234,138 @@ async fn a_name_raced_by_two_replicas_is_recorded_once_and_refused_once() {
         assert_eq!(one.apps(&env).await.unwrap(), vec![ok.to_string()]);
     }
     assert_eq!(pg.psql("it", "SELECT count(*) FROM deployments"), "10\n");
+}
+
+/// One batch is one statement: the rules still apply item by item, in the order given, each
+/// item seeing the ones before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_batch_applies_every_rule_item_by_item_in_the_order_given() {
+    let pg = Postgres::start();
+    let (_url, s) = store(&pg, "it").await;
+    let now = Utc::now();
+    let named = |app: &str, name: &str, at| {
+        let mut d = deployment("prod", app, "reg.example/web", at);
+        d.deployment.name = Some(name.into());
+        d
+    };
+    let stamped = |d: Deployment| PgItem {
+        checks: Checks {
+            stamp: Stamp::WriteTime,
+            ..Checks::default()
+        },
+        ..PgItem::new(d)
+    };
+    let first = named("web-a", "frontend", now);
+    let keyed = PgItem {
+        idempotency_key: Some("key-1".into()),
+        answer: Some(serde_json::json!({"first": true})),
+        ..PgItem::new(deployment("prod", "api", "reg.example/api", now))
+    };
+    let retry = PgItem {
+        idempotency_key: Some("key-1".into()),
+        ..PgItem::new(deployment("prod", "api", "reg.example/api", now))
+    };
+    // Older than web-c's current deployment (the next-but-one item): stored, not current, so
+    // it takes no name from anybody.
+    let backfill = named("web-c", "frontend", now - Duration::days(3));
+    let results = s
+        .record_many(&[
+            PgItem::new(first.clone()),
+            PgItem::new(named("web-b", "frontend", now)),
+            keyed,
+            retry,
+            stamped(deployment("prod", "job", "reg.example/job", now)),
+            stamped(deployment("prod", "job", "reg.example/job", now)),
+            PgItem::new(deployment("stage", "web-c", "reg.example/web", now)),
+        ])
+        .await;
+    assert!(matches!(results[0], Ok(PgWritten::Recorded)), "{results:?}");
+    match &results[1] {
+        Err(PgError::Rule(RecordsError::NameTaken { other_app, .. })) => {
+            assert_eq!(other_app, "web-a")
+        }
+        other => panic!("the second claim of a name in one batch: {other:?}"),
+    }
+    assert!(matches!(results[2], Ok(PgWritten::Recorded)), "{results:?}");
+    match &results[3] {
+        Ok(PgWritten::Duplicate { answer, .. }) => {
+            assert_eq!(answer, &Some(serde_json::json!({"first": true})))
+        }
+        other => panic!("a key repeated in one batch: {other:?}"),
+    }
+    let (one, two) = match (&results[4], &results[5]) {
+        (Ok(PgWritten::Stamped(a)), Ok(PgWritten::Stamped(b))) => (*a, *b),
+        other => panic!("two stamped writes of one app: {other:?}"),
+    };
+    assert!(one < two, "stamped in the order given: {one} then {two}");
+    let job = s.current("prod", "job").await.unwrap().unwrap();
+    assert_eq!(job.deployment.deployed_at, two);
+
+    // The backfill: web-c's current deployment in prod is newer, so it keeps no name.
+    let current = deployment("prod", "web-c", "reg.example/web", now);
+    let results = s
+        .record_many(&[PgItem::new(current.clone()), PgItem::new(backfill)])
+        .await;
+    assert!(
+        results.iter().all(|r| matches!(r, Ok(PgWritten::Recorded))),
+        "{results:?}"
+    );
+    assert_eq!(s.current("prod", "web-c").await.unwrap(), Some(current));
+    assert_eq!(s.current("prod", "web-a").await.unwrap(), Some(first));
+    assert_eq!(pg.psql("it", "SELECT count(*) FROM deployments"), "7\n");
+}
+
+/// A replica still on schema version 2's one-deployment function does not take the name
+/// lock, so its write can race a batch past the name check; the unique index stops the
+/// batch, which is tried again and then refused by its own check, alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_raced_by_a_replica_on_the_older_function_is_refused_not_a_failure() {
+    let pg = Postgres::start();
+    let (url, s) = store(&pg, "it").await;
+    let (mut old, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let tx = old.transaction().await.unwrap();
+    let row = tx
+        .query_one(
+            "SELECT outcome FROM imagetrail_record_v2($1, 'prod', 'web-old', 'reg.example/web', \
+             NULL, $2, NULL, 'linux', 'amd64', NULL, NULL, NULL, NULL, NULL, NULL, now(), 0::int2, \
+             'ci', 'frontend', NULL, NULL, false, false, 'write')",
+            &[&Uuid::now_v7(), &format!("sha256:{}", "a".repeat(64))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "recorded");
+    let mut d = deployment("prod", "web-new", "reg.example/web", Utc::now());
+    d.deployment.name = Some("frontend".into());
+    let other = deployment("prod", "unrelated", "reg.example/other", Utc::now());
+    let batch = {
+        let s = s.clone();
+        let items = [PgItem::new(other.clone()), PgItem::new(d)];
+        tokio::spawn(async move { s.record_many(&items).await })
+    };
+    // The batch now waits on the uncommitted name in the unique index (or has not reached it
+    // yet); either way the older replica commits first.
+    while pg.psql(
+        "it",
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+         AND query LIKE '%imagetrail_record_batch_v3%'",
+    ) != "1\n"
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tx.commit().await.unwrap();
+    let results = batch.await.unwrap();
+    assert!(matches!(results[0], Ok(PgWritten::Recorded)), "{results:?}");
+    match &results[1] {
+        Err(PgError::Rule(RecordsError::NameTaken { other_app, .. })) => {
+            assert_eq!(other_app, "web-old")
+        }
+        other => panic!("the name raced by the older function: {other:?}"),
+    }
+    assert_eq!(s.current("prod", "unrelated").await.unwrap(), Some(other));
+    assert_eq!(pg.psql("it", "SELECT count(*) FROM deployments"), "2\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -539,7 +673,9 @@ fn record_commands_refuse_an_unmigrated_or_newer_schema_and_an_unreachable_datab
     for args in [&["status"][..], &["history"], &deploy] {
         one_line(
             &cmd(args, &url),
-            "this imagetrail needs version 2: run `imagetrail db migrate --database-url …` first",
+            &format!(
+                "this imagetrail needs version {LATEST}: run `imagetrail db migrate --database-url …` first"
+            ),
         );
     }
     assert_eq!(
@@ -562,7 +698,7 @@ fn record_commands_refuse_an_unmigrated_or_newer_schema_and_an_unreachable_datab
     ] {
         one_line(
             &cmd(args, &url),
-            "schema is version 7, newer than the 2 this imagetrail knows",
+            &format!("schema is version 7, newer than the {LATEST} this imagetrail knows"),
         );
     }
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

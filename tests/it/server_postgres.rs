@@ -192,7 +192,10 @@ fn a_wrong_password_an_unreachable_host_or_a_newer_schema_is_one_line_at_serve_s
     let err = stderr(&out);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
-        err.contains("schema is version 7, newer than the 2 this imagetrail knows"),
+        err.contains(&format!(
+            "schema is version 7, newer than the {} this imagetrail knows",
+            imagetrail::records::postgres::LATEST
+        )),
         "{err}"
     );
 }

@@ -34,10 +34,15 @@ pub const MIGRATIONS: &[Migration] = &[
         description: "analytics callbacks; deployed_at stamped by the writer",
         sql: include_str!("v2.sql"),
     },
+    Migration {
+        version: 3,
+        description: "a batch of deployments recorded in one statement",
+        sql: include_str!("v3.sql"),
+    },
 ];
 
 /// The newest schema version this build knows.
-pub const LATEST: i32 = 2;
+pub const LATEST: i32 = 3;
 
 /// Any constant: the advisory lock key that serialises migrations across replicas.
 const LOCK_KEY: i64 = 0x696d_6167_6574_7261; // "imagetra"

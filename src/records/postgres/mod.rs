@@ -9,13 +9,14 @@
 //! * **Append-only, unique `event_id`.** `deployments` only ever gains rows; an item whose
 //!   `event_id` is stored already is a [`PgWritten::Duplicate`] (so `db import` is idempotent).
 //! * **Name rule and idempotency as the database's own rules**, not a check followed by a
-//!   write: one statement per deployment (the `imagetrail_record_v1` function of
-//!   `v1.sql`) backed by unique indexes, so two replicas racing on one `Idempotency-Key` or
-//!   one name still record once, and the loser is told so once.
+//!   write: one statement per batch (the `imagetrail_record_batch_v3` function of
+//!   `v3.sql`, under a lock per app and per name) backed by unique indexes, so two replicas
+//!   racing on one `Idempotency-Key` or one name still record once, and the loser is told
+//!   so once.
 //! * **Group commit.** [`PgStore::record`] hands each deployment to writer tasks that take
-//!   every deployment waiting and record them in one transaction (their statements pipelined
-//!   on one connection), like the file backend's writer does with one sync round; a caller
-//!   is answered only after the commit.
+//!   every deployment waiting and record them in one statement (its own transaction: one
+//!   round trip, one commit), like the file backend's writer does with one sync round; a
+//!   caller is answered only after the commit.
 //! * **Migrations** are embedded and versioned ([`migrate`]); a store opens only on the schema
 //!   version this build knows, and a newer one is refused with one clear line.
 //!

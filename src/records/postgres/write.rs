@@ -1,11 +1,12 @@
-//! Writing: one statement per deployment (`imagetrail_record_v1`), a batch per transaction,
-//! and the group-commit writer that gathers concurrent callers into batches.
+//! Writing: a batch of deployments in one statement (`imagetrail_record_batch_v3`, so one
+//! round trip and one commit), and the group-commit writer that gathers concurrent callers
+//! into batches.
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
-use futures_util::future::{BoxFuture, join_all};
+use futures_util::future::BoxFuture;
 use serde_json::Value;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_postgres::types::ToSql;
@@ -245,7 +246,7 @@ fn storable(d: &Deployment, key: Option<&str>, answer: Option<&Value>) -> Result
 }
 
 const RECORD: &str = "SELECT outcome, row_seq, other, stamped_at, stamped_ns \
-     FROM imagetrail_record_v2(\
+     FROM imagetrail_record_batch_v3(\
      $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
      $20, $21, $22, $23, $24)";
 
@@ -257,13 +258,20 @@ pub(super) fn retryable(e: &tokio_postgres::Error) -> bool {
         .is_some_and(|d| matches!(d.code().code(), "40P01" | "40001"))
 }
 
-/// Record `items` in one transaction: their statements pipelined on one connection, sorted
-/// by (environment, app) and otherwise in the order given (so one app's items, as across
-/// batches, are recorded in the order they came, and the first to come takes a name). Each
-/// statement takes its app's advisory lock until the commit; taking them in one global order
-/// keeps two replicas' batches from waiting on each other in a cycle. A deadlock that still
-/// happens (through the current rows' name index) aborts one transaction, which is retried
-/// whole. One result per item, in the order given.
+/// Whether a batch lost a race for a name to a replica still on `imagetrail_record_v2`
+/// (which does not take the name lock): tried again, the batch's own check answers.
+fn lost_name_race(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|d| {
+        d.code().code() == "23505" && d.constraint() == Some("current_deployments_name")
+    })
+}
+
+/// Record `items` in one statement, in the order given (so one app's items, as across
+/// batches, are recorded in the order they came, and the first to come takes a name). The
+/// statement takes every app and name lock of the batch at its start, in one global order,
+/// and holds them until its commit, so two replicas' batches never wait on each other in a
+/// cycle; a deadlock with a replica on an older schema function aborts the statement, which
+/// is retried whole. One result per item, in the order given.
 pub(super) async fn write_batch(
     pool: &Pool,
     target: &str,
@@ -282,10 +290,6 @@ pub(super) async fn write_batch(
             Err(e) => results[i] = Some(Err(e)),
         }
     }
-    order.sort_by(|&a, &b| {
-        let (a, b) = (&items[a].deployment, &items[b].deployment);
-        (&a.deployment.workspace, &a.app).cmp(&(&b.deployment.workspace, &b.app))
-    });
     if !order.is_empty() {
         match run_batch(pool, target, user, items, &order).await {
             Ok(outcomes) => {
@@ -326,48 +330,40 @@ async fn run_batch(
     order: &[usize],
 ) -> Result<Vec<Result<PgWritten, PgError>>, PgError> {
     let err = |e| classify(e, target, user);
-    let mut client = pool_client(pool, target, user).await?;
+    let client = pool_client(pool, target, user).await?;
+    let stmt = client.prepare_cached(RECORD).await.map_err(err)?;
+    let batch = Columns::of(order.iter().map(|&i| items[i]));
+    let params = batch.params();
     let mut attempt = 0;
     let outcomes = loop {
         attempt += 1;
-        let tx = client.transaction().await.map_err(err)?;
-        let stmt = tx.prepare_cached(RECORD).await.map_err(err)?;
-        let params: Vec<_> = order.iter().map(|&i| Params::of(items[i])).collect();
-        let refs: Vec<_> = params.iter().map(Params::refs).collect();
-        let rows = join_all(refs.iter().map(|r| tx.query_one(&stmt, &r[..]))).await;
-        let mut failed = None;
-        let mut outcomes = Vec::with_capacity(rows.len());
-        for r in rows {
-            match r {
-                Ok(row) => outcomes.push(Outcome {
-                    outcome: row.get(0),
-                    seq: row.get(1),
-                    other: row.get(2),
-                    stamped_at: row.get(3),
-                    stamped_ns: row.get(4),
-                }),
-                // The first error is the cause; the rest say the transaction is aborted.
-                Err(e) => {
-                    failed.get_or_insert(e);
-                }
+        // One statement, so one transaction: either every item's outcome or none.
+        match client.query(&stmt, &params).await {
+            Ok(rows) => {
+                break rows
+                    .iter()
+                    .map(|row| Outcome {
+                        outcome: row.get(0),
+                        seq: row.get(1),
+                        other: row.get(2),
+                        stamped_at: row.get(3),
+                        stamped_ns: row.get(4),
+                    })
+                    .collect::<Vec<_>>();
             }
-        }
-        let e = match failed {
-            None => match tx.commit().await {
-                Ok(()) => break outcomes,
-                Err(e) => e,
-            },
-            Some(e) => {
-                drop(tx.rollback().await);
-                e
+            Err(e) if attempt < RETRIES && (retryable(&e) || lost_name_race(&e)) => {
+                tracing::debug!("batch retried after {e}");
             }
-        };
-        if attempt < RETRIES && retryable(&e) {
-            tracing::debug!("batch retried after {e}");
-            continue;
+            Err(e) => return Err(err(e)),
         }
-        return Err(err(e));
     };
+    if outcomes.len() != order.len() {
+        return Err(PgError::Query(format!(
+            "imagetrail_record_batch_v3 answered {} rows for {} deployments",
+            outcomes.len(),
+            order.len()
+        )));
+    }
     // Read back what the duplicates and already-current items refer to (after the commit:
     // those rows are committed either way).
     let mut out = Vec::with_capacity(outcomes.len());
@@ -405,64 +401,132 @@ async fn run_batch(
                 example: o.other.unwrap_or_default(),
             })),
             other => Err(PgError::Query(format!(
-                "imagetrail_record_v1 answered {other:?}, which this imagetrail does not know"
+                "imagetrail_record_batch_v3 answered {other:?}, which this imagetrail does not know"
             ))),
         });
     }
     Ok(out)
 }
 
-/// The owned parameters of one record statement.
-struct Params<'a> {
-    d: &'a Deployment,
-    item: &'a PgItem,
-    at: DateTime<Utc>,
-    ns: i16,
-    stamp: &'static str,
+/// The parameters of one batch statement: one array per column, one element per item.
+struct Columns<'a> {
+    event_id: Vec<&'a uuid::Uuid>,
+    environment: Vec<&'a str>,
+    app: Vec<&'a str>,
+    repository: Vec<&'a str>,
+    tag: Vec<Option<&'a str>>,
+    digest: Vec<&'a str>,
+    index_digest: Vec<Option<&'a str>>,
+    os: Vec<&'a str>,
+    arch: Vec<&'a str>,
+    variant: Vec<Option<&'a str>>,
+    built_at: Vec<Option<&'a str>>,
+    revision: Vec<Option<&'a str>>,
+    source: Vec<Option<&'a str>>,
+    title: Vec<Option<&'a str>>,
+    description: Vec<Option<&'a str>>,
+    deployed_at: Vec<DateTime<Utc>>,
+    deployed_at_ns: Vec<i16>,
+    deployed_by: Vec<&'a str>,
+    name: Vec<Option<&'a str>>,
+    idempotency_key: Vec<Option<&'a str>>,
+    answer: Vec<Option<&'a Value>>,
+    skip_if_current: Vec<bool>,
+    name_required: Vec<bool>,
+    stamp: Vec<&'static str>,
 }
 
-impl<'a> Params<'a> {
-    fn of(item: &'a PgItem) -> Params<'a> {
-        let (at, ns) = split(item.deployment.deployment.deployed_at);
-        Params {
-            d: &item.deployment,
-            item,
-            at,
-            ns,
-            stamp: match item.checks.stamp {
+impl<'a> Columns<'a> {
+    fn of(items: impl ExactSizeIterator<Item = &'a PgItem>) -> Columns<'a> {
+        let n = items.len();
+        let mut c = Columns {
+            event_id: Vec::with_capacity(n),
+            environment: Vec::with_capacity(n),
+            app: Vec::with_capacity(n),
+            repository: Vec::with_capacity(n),
+            tag: Vec::with_capacity(n),
+            digest: Vec::with_capacity(n),
+            index_digest: Vec::with_capacity(n),
+            os: Vec::with_capacity(n),
+            arch: Vec::with_capacity(n),
+            variant: Vec::with_capacity(n),
+            built_at: Vec::with_capacity(n),
+            revision: Vec::with_capacity(n),
+            source: Vec::with_capacity(n),
+            title: Vec::with_capacity(n),
+            description: Vec::with_capacity(n),
+            deployed_at: Vec::with_capacity(n),
+            deployed_at_ns: Vec::with_capacity(n),
+            deployed_by: Vec::with_capacity(n),
+            name: Vec::with_capacity(n),
+            idempotency_key: Vec::with_capacity(n),
+            answer: Vec::with_capacity(n),
+            skip_if_current: Vec::with_capacity(n),
+            name_required: Vec::with_capacity(n),
+            stamp: Vec::with_capacity(n),
+        };
+        for item in items {
+            let (d, i) = (&item.deployment, &item.deployment.image);
+            let (at, ns) = split(d.deployment.deployed_at);
+            c.event_id.push(&d.deployment.event_id);
+            c.environment.push(&d.deployment.workspace);
+            c.app.push(&d.app);
+            c.repository.push(&i.repo);
+            c.tag.push(i.tag.as_deref());
+            c.digest.push(&i.digest);
+            c.index_digest.push(i.index_digest.as_deref());
+            c.os.push(&i.platform.os);
+            c.arch.push(&i.platform.architecture);
+            c.variant.push(i.platform.variant.as_deref());
+            c.built_at.push(i.built_at.as_deref());
+            c.revision.push(i.revision.as_deref());
+            c.source.push(i.source.as_deref());
+            c.title.push(i.title.as_deref());
+            c.description.push(i.description.as_deref());
+            c.deployed_at.push(at);
+            c.deployed_at_ns.push(ns);
+            c.deployed_by.push(&d.deployment.deployed_by);
+            c.name.push(d.deployment.name.as_deref());
+            c.idempotency_key.push(item.idempotency_key.as_deref());
+            c.answer.push(item.answer.as_ref());
+            c.skip_if_current.push(item.checks.skip_if_current);
+            c.name_required
+                .push(item.checks.name_required_for_named_instances);
+            c.stamp.push(match item.checks.stamp {
                 Stamp::Given => "given",
                 Stamp::WriteTime => "write",
                 Stamp::WriteTimeSeconds => "write_seconds",
-            },
+            });
         }
+        c
     }
 
-    fn refs(&self) -> [&(dyn ToSql + Sync); 24] {
-        let (d, i) = (self.d, &self.d.image);
+    /// In the order of the statement's `$1` … `$24`.
+    fn params(&self) -> [&(dyn ToSql + Sync); 24] {
         [
-            &d.deployment.event_id,
-            &d.deployment.workspace,
-            &d.app,
-            &i.repo,
-            &i.tag,
-            &i.digest,
-            &i.index_digest,
-            &i.platform.os,
-            &i.platform.architecture,
-            &i.platform.variant,
-            &i.built_at,
-            &i.revision,
-            &i.source,
-            &i.title,
-            &i.description,
-            &self.at,
-            &self.ns,
-            &d.deployment.deployed_by,
-            &d.deployment.name,
-            &self.item.idempotency_key,
-            &self.item.answer,
-            &self.item.checks.skip_if_current,
-            &self.item.checks.name_required_for_named_instances,
+            &self.event_id,
+            &self.environment,
+            &self.app,
+            &self.repository,
+            &self.tag,
+            &self.digest,
+            &self.index_digest,
+            &self.os,
+            &self.arch,
+            &self.variant,
+            &self.built_at,
+            &self.revision,
+            &self.source,
+            &self.title,
+            &self.description,
+            &self.deployed_at,
+            &self.deployed_at_ns,
+            &self.deployed_by,
+            &self.name,
+            &self.idempotency_key,
+            &self.answer,
+            &self.skip_if_current,
+            &self.name_required,
             &self.stamp,
         ]
     }
