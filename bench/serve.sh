@@ -17,10 +17,12 @@
 # defaults), `imagetrail serve --database-url` replicas on it: register and deployments through
 # one replica, then deployments through two replicas on the one database at once (two wrk
 # -t1 -c8, one per replica, the same 16 connections in all: req/s summed, p99 the larger of the
-# two). Then 1,000,000 deployments are bulk-loaded with SQL (10 environments x 1,000 apps, one a
+# two), over 16 (environment, app) pairs (every batch wants the same apps' locks) and over 128. Then 1,000,000 deployments are bulk-loaded with SQL (10 environments x 1,000 apps, one a
 # minute) and `at` (a random app at a random time) and "current" (a random app's newest) are
 # measured through the HTTP API with one connection (wrk -t1 -c1: latency, not throughput)
 # and with 16. PG_STATEMENTS=1 also prints pg_stat_statements' top statements of the write runs.
+# With BASELINE_BIN the write rows are also run with that build, first, on a database of its
+# own (each build migrates its own database).
 #
 # The flood: FLOOD_CONNS connections each send the headers of a 1 MiB POST /api/v1/deployments
 # without an API key and half of its body, and hold the connection FLOOD_HOLD s; the server's
@@ -209,47 +211,65 @@ fi
 if [ "$PG" = 1 ]; then
   # Its own directory: $WORK is private to root, and the server runs as postgres.
   pg_cluster_start it-srv-pg "$(free_port)" shared_preload_libraries=pg_stat_statements
-  psql_pg -d bench -c 'CREATE EXTENSION pg_stat_statements' >/dev/null
-  DBURL=$PG_URL
   echo
   echo "PostgreSQL 15 on 127.0.0.1 (fsync=$(psql_pg -c 'SHOW fsync'), synchronous_commit=$(psql_pg -c 'SHOW synchronous_commit')); load average $(cut -d' ' -f1-3 /proc/loadavg)"
   echo
   echo "| server | req/s | p50 | p99 | non-2xx |"
   echo "|---|---:|---:|---:|---:|"
-  start_serve "$BIN" pg1 --database-url "$DBURL"
-  PG1=$URL
-  measure "PostgreSQL, 1 replica: register" "$URL" bench/wrk/register.lua "$DURATION"
-  psql_pg -d bench -c 'SELECT pg_stat_statements_reset()' >/dev/null
-  BENCH_ENVS=8 measure "PostgreSQL, 1 replica: deployments" "$URL" bench/wrk/deployments.lua "$DURATION"
-  # The deployments writer with one task instead of the default two (IMAGETRAIL_PG_WRITERS).
-  IMAGETRAIL_PG_WRITERS=1 start_serve "$BIN" pgw1 --database-url "$DBURL"
-  BENCH_ENVS=8 measure "PostgreSQL, 1 replica, 1 writer task" "$URL" bench/wrk/deployments.lua "$DURATION"
-  kill "$SERVE"
-  start_serve "$BIN" pg2 --database-url "$DBURL"
-  PG2=$URL
-  # Two replicas at once: one wrk each, 8 connections each.
-  sync
-  sleep 2
-  BENCH_ENVS=8 wrk -t1 -c8 --latency -d"${DURATION}s" -s bench/wrk/deployments.lua "$PG1" >"$WORK/wrk-pg-a.txt" &
-  WA=$!
-  BENCH_ENVS=8 wrk -t1 -c8 --latency -d"${DURATION}s" -s bench/wrk/deployments.lua "$PG2" >"$WORK/wrk-pg-b.txt" &
-  WB=$!
-  wait "$WA" "$WB"
-  awk '/Requests\/sec/ {rps += $2} $1=="99%" {p = $2; v = p + 0; if (p ~ /us$/) v /= 1000; else if (p ~ /[^m]s$/) v *= 1000; if (v > max) {max = v; maxp = p}}
-       $1=="50%" {p50 = p50 (p50 ? " / " : "") $2} /Non-2xx/ {bad += $4}
-       END {printf "| %-34s | %10.2f | %8s | %8s | %s |\n", "PostgreSQL, 2 replicas: deployments", rps, p50, maxp, bad + 0}' \
-    "$WORK/wrk-pg-a.txt" "$WORK/wrk-pg-b.txt"
-  echo
-  echo "deployments stored: $(psql_pg -d bench -c 'SELECT count(*) FROM deployments'); commits: $(psql_pg -d bench -c "SELECT xact_commit FROM pg_stat_database WHERE datname = 'bench'"); callbacks stored: $(psql_pg -d bench -c 'SELECT count(*) FROM callbacks')"
-  for r in pg1 pg2; do
-    m=$(curl -s "$(sed -n 's/^listening on //p' "$WORK/$r.out")/metrics")
-    echo "$r: deployments batches $(awk '/^imagetrail_write_batch_size_(sum|count)\{writer="deployments"\}/ {printf "%s=%s ", $1, $2}' <<<"$m")callback batches $(awk '/^imagetrail_write_batch_size_(sum|count)\{writer="callbacks"\}/ {printf "%s=%s ", $1, $2}' <<<"$m")"
-  done
-  if [ "$PG_STATEMENTS" = 1 ]; then
-    echo
-    echo "pg_stat_statements since the 1-replica deployments run (top 8 by total time):"
-    psql_pg -d bench -F ' | ' -c "SELECT calls, round(total_exec_time::numeric, 1) AS total_ms, round(mean_exec_time::numeric, 3) AS mean_ms, left(regexp_replace(query, '\s+', ' ', 'g'), 70) FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 8"
+  # The write rows of one build on a database of its own: register and deployments through one
+  # replica (two writer tasks, the default, then one), then two replicas at once, 16 hot
+  # (environment, app) pairs (every batch contends for the same apps' locks) and 128 pairs.
+  pg_write_rows() {
+    local bin=$1 label=$2 db=$3
+    [ "$db" = bench ] || psql_pg -c "CREATE DATABASE $db" >/dev/null
+    psql_pg -d "$db" -c 'CREATE EXTENSION IF NOT EXISTS pg_stat_statements' >/dev/null
+    local url=${PG_URL%/*}/$db
+    start_serve "$bin" "$db-1" --database-url "$url"
+    local one=$URL
+    measure "$label, 1 replica: register" "$URL" bench/wrk/register.lua "$DURATION"
+    psql_pg -d "$db" -c 'SELECT pg_stat_statements_reset()' >/dev/null
+    BENCH_ENVS=8 measure "$label, 1 replica: deployments" "$URL" bench/wrk/deployments.lua "$DURATION"
+    IMAGETRAIL_PG_WRITERS=1 start_serve "$bin" "$db-w1" --database-url "$url"
+    BENCH_ENVS=8 measure "$label, 1 replica, 1 writer task" "$URL" bench/wrk/deployments.lua "$DURATION"
+    kill "$SERVE"
+    start_serve "$bin" "$db-2" --database-url "$url"
+    local two=$URL
+    local envs
+    for envs in 1 8; do
+      sync
+      sleep 2
+      BENCH_ENVS=$envs wrk -t1 -c8 --latency -d"${DURATION}s" -s bench/wrk/deployments.lua "$one" >"$WORK/wrk-pg-a.txt" &
+      local wa=$!
+      BENCH_ENVS=$envs wrk -t1 -c8 --latency -d"${DURATION}s" -s bench/wrk/deployments.lua "$two" >"$WORK/wrk-pg-b.txt" &
+      local wb=$!
+      wait "$wa" "$wb"
+      awk -v name="$label, 2 replicas, $((16 * envs)) apps" '/Requests\/sec/ {rps += $2} $1=="99%" {p = $2; v = p + 0; if (p ~ /us$/) v /= 1000; else if (p ~ /[^m]s$/) v *= 1000; if (v > max) {max = v; maxp = p}}
+           $1=="50%" {p50 = p50 (p50 ? " / " : "") $2} /Non-2xx/ {bad += $4}
+           END {printf "| %-34s | %10.2f | %8s | %8s | %s |\n", name, rps, p50, maxp, bad + 0}' \
+        "$WORK/wrk-pg-a.txt" "$WORK/wrk-pg-b.txt"
+    done
+    PG_SUMMARY+=("$label: deployments stored: $(psql_pg -d "$db" -c 'SELECT count(*) FROM deployments'); commits: $(psql_pg -d "$db" -c "SELECT xact_commit FROM pg_stat_database WHERE datname = '$db'"); callbacks stored: $(psql_pg -d "$db" -c 'SELECT count(*) FROM callbacks')")
+    local r
+    for r in "$db-1" "$db-2"; do
+      local m
+      m=$(curl -s "$(sed -n 's/^listening on //p' "$WORK/$r.out")/metrics")
+      PG_SUMMARY+=("$label $r: deployments batches $(awk '/^imagetrail_write_batch_size_(sum|count)\{writer="deployments"\}/ {printf "%s=%s ", $1, $2}' <<<"$m")callback batches $(awk '/^imagetrail_write_batch_size_(sum|count)\{writer="callbacks"\}/ {printf "%s=%s ", $1, $2}' <<<"$m")")
+    done
+    if [ "$PG_STATEMENTS" = 1 ]; then
+      PG_SUMMARY+=("" "$label: pg_stat_statements since the 1-replica deployments run (top 6 by total time):")
+      PG_SUMMARY+=("$(psql_pg -d "$db" -F ' | ' -c "SELECT calls, round(total_exec_time::numeric, 1) AS total_ms, round(mean_exec_time::numeric, 3) AS mean_ms, left(regexp_replace(query, '\s+', ' ', 'g'), 70) FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = '$db') ORDER BY total_exec_time DESC LIMIT 6")")
+    fi
+    kill "$SERVE"
+    PG_ONE=$one
+  }
+  PG_SUMMARY=()
+  if [ -n "$BASELINE_BIN" ]; then
+    pg_write_rows "$BASELINE_BIN" "baseline PostgreSQL" base
   fi
+  pg_write_rows "$BIN" "PostgreSQL" bench
+  PG1=$PG_ONE
+  echo
+  printf '%s\n' "${PG_SUMMARY[@]}"
 
   echo
   echo "bulk-loading 1,000,000 deployments ..."

@@ -1,5 +1,6 @@
--- POST /api/v1/deployments with the Atomist body: 16 apps spread over BENCH_ENVS environments
--- (default 1), a new digest on every request (each one is a real deployment: a history append
+-- POST /api/v1/deployments with the Atomist body: 16 apps in each of BENCH_ENVS environments
+-- (default 1; 8 gives 128 (environment, app) pairs, each request the next pair), a new digest
+-- on every request (each one is a real deployment: a history append
 -- and a deploy-info.yml replace). BENCH_IDEMPOTENCY=1: each request also carries an
 -- Idempotency-Key of its own (the server keeps it with the deployment).
 local n = 0
@@ -17,7 +18,7 @@ request = function()
   n = n + 1
   local body = string.format(
     '{"environment":{"name":"bench-%d"},"image":{"url":"registry.example.com/team/app-%d@sha256:%032x%032x"}}',
-    n % envs, n % 16, tid or 0, n)
+    math.floor(n / 16) % envs, n % 16, tid or 0, n)
   local headers = nil
   if keyed then
     headers = {}
