@@ -16,6 +16,15 @@
 -- imagetrail_record_v2 does not take that lock; the unique index still holds, and the
 -- batch that loses such a race fails whole with unique_violation, which the caller retries
 -- (then the check sees the committed name).
+-- The first stored deployment with this event_id or this idempotency key, if any.
+CREATE FUNCTION imagetrail_stored_v3(p_event_id uuid, p_key text) RETURNS bigint
+LANGUAGE sql STABLE AS $fn$
+    SELECT min(seq) FROM (
+        SELECT d.seq FROM deployments d WHERE d.event_id = p_event_id
+        UNION ALL
+        SELECT d.seq FROM deployments d WHERE d.idempotency_key = p_key) s
+$fn$;
+
 CREATE FUNCTION imagetrail_record_batch_v3(
     p_event_id uuid[], p_environment text[], p_app text[], p_repository text[], p_tag text[],
     p_digest text[], p_index_digest text[], p_os text[], p_arch text[], p_variant text[],
@@ -27,7 +36,7 @@ RETURNS TABLE (outcome text, row_seq bigint, other text, stamped_at timestamptz,
                stamped_ns smallint)
 LANGUAGE plpgsql AS $fn$
 DECLARE
-    i integer;
+    r record;
     v_key bigint;
     v_cur current_deployments%ROWTYPE;
     v_has_cur boolean;
@@ -41,46 +50,57 @@ BEGIN
               FROM unnest(p_environment, p_app) AS t(e, a)
             UNION
             SELECT hashtextextended(
-                       'imagetrail name ' || e || chr(10) || r || chr(10) || n, 0)
-              FROM unnest(p_environment, p_repository, p_name) AS t(e, r, n)
+                       'imagetrail name ' || e || chr(10) || repo || chr(10) || n, 0)
+              FROM unnest(p_environment, p_repository, p_name) AS t(e, repo, n)
              WHERE n IS NOT NULL) keys
         ORDER BY k
     LOOP
         PERFORM pg_advisory_xact_lock(v_key);
     END LOOP;
 
-    FOR i IN 1 .. coalesce(array_length(p_event_id, 1), 0) LOOP
+    FOR r IN
+        SELECT * FROM unnest(
+            p_event_id, p_environment, p_app, p_repository, p_tag, p_digest, p_index_digest,
+            p_os, p_arch, p_variant, p_built_at, p_revision, p_source, p_title, p_description,
+            p_deployed_at, p_deployed_at_ns, p_deployed_by, p_name, p_idempotency_key,
+            p_answer, p_skip_if_current, p_name_required, p_stamp)
+            WITH ORDINALITY AS t(
+                event_id, environment, app, repository, tag, digest, index_digest, os, arch,
+                variant, built_at, revision, source, title, description, deployed_at,
+                deployed_at_ns, deployed_by, name, idempotency_key, answer, skip_if_current,
+                name_required, stamp, i)
+        ORDER BY i
+    LOOP
         outcome := NULL;
         row_seq := NULL;
         other := NULL;
         stamped_at := NULL;
         stamped_ns := NULL;
 
-        -- A retry of a stored event or key (also one earlier in this batch).
-        SELECT d.seq INTO row_seq FROM deployments d
-         WHERE d.event_id = p_event_id[i]
-            OR (p_idempotency_key[i] IS NOT NULL AND d.idempotency_key = p_idempotency_key[i])
-         ORDER BY d.seq LIMIT 1;
-        IF FOUND THEN
+        -- A retry of a stored event or key (also one earlier in this batch). Two index
+        -- lookups, not one OR: this statement's plan is cached generic, and a generic OR
+        -- over the two indexes is a scan of the table.
+        row_seq := imagetrail_stored_v3(r.event_id, r.idempotency_key);
+        IF row_seq IS NOT NULL THEN
             outcome := 'duplicate';
             RETURN NEXT;
             CONTINUE;
         END IF;
 
         SELECT * INTO v_cur FROM current_deployments c
-         WHERE c.environment = p_environment[i] AND c.app = p_app[i];
+         WHERE c.environment = r.environment AND c.app = r.app;
         v_has_cur := FOUND;
-        IF p_skip_if_current[i] AND v_has_cur AND v_cur.repository = p_repository[i]
-           AND v_cur.digest = p_digest[i] THEN
+        IF r.skip_if_current AND v_has_cur AND v_cur.repository = r.repository
+           AND v_cur.digest = r.digest THEN
             outcome := 'already_current';
             row_seq := v_cur.seq;
             RETURN NEXT;
             CONTINUE;
         END IF;
-        IF p_name_required[i] AND p_name[i] IS NULL THEN
+        IF r.name_required AND r.name IS NULL THEN
             SELECT c.name INTO other FROM current_deployments c
-             WHERE c.environment = p_environment[i] AND c.repository = p_repository[i]
-               AND c.name IS NOT NULL AND c.app <> p_app[i]
+             WHERE c.environment = r.environment AND c.repository = r.repository
+               AND c.name IS NOT NULL AND c.app <> r.app
              ORDER BY c.app LIMIT 1;
             IF FOUND THEN
                 outcome := 'name_required';
@@ -89,13 +109,13 @@ BEGIN
             END IF;
         END IF;
 
-        stamped_at := p_deployed_at[i];
-        stamped_ns := p_deployed_at_ns[i];
-        IF p_stamp[i] IN ('write', 'write_seconds') THEN
+        stamped_at := r.deployed_at;
+        stamped_ns := r.deployed_at_ns;
+        IF r.stamp IN ('write', 'write_seconds') THEN
             v_now := clock_timestamp();
             stamped_ns := 0;
             stamped_at := v_now;
-            IF p_stamp[i] = 'write_seconds' THEN
+            IF r.stamp = 'write_seconds' THEN
                 stamped_at := date_trunc('second', v_now);
                 IF v_has_cur AND stamped_at < v_cur.deployed_at
                    AND v_cur.deployed_at <= v_now THEN
@@ -110,11 +130,11 @@ BEGIN
 
         -- The name rule, where this deployment becomes its app's current one (a backfill
         -- older than the current deployment does not change who holds a name).
-        IF p_name[i] IS NOT NULL AND (NOT v_has_cur
+        IF r.name IS NOT NULL AND (NOT v_has_cur
            OR (v_cur.deployed_at, v_cur.deployed_at_ns) <= (stamped_at, stamped_ns)) THEN
             SELECT c.app INTO other FROM current_deployments c
-             WHERE c.environment = p_environment[i] AND c.repository = p_repository[i]
-               AND c.name = p_name[i] AND c.app <> p_app[i];
+             WHERE c.environment = r.environment AND c.repository = r.repository
+               AND c.name = r.name AND c.app <> r.app;
             IF FOUND THEN
                 outcome := 'name_taken';
                 stamped_at := NULL;
@@ -130,19 +150,15 @@ BEGIN
             description, deployed_at, deployed_at_ns, deployed_by, name, idempotency_key,
             answer)
         VALUES (
-            p_event_id[i], p_environment[i], p_app[i], p_repository[i], p_tag[i],
-            p_digest[i], p_index_digest[i], p_os[i], p_arch[i], p_variant[i], p_built_at[i],
-            p_revision[i], p_source[i], p_title[i], p_description[i], stamped_at,
-            stamped_ns, p_deployed_by[i], p_name[i], p_idempotency_key[i], p_answer[i])
+            r.event_id, r.environment, r.app, r.repository, r.tag,
+            r.digest, r.index_digest, r.os, r.arch, r.variant, r.built_at,
+            r.revision, r.source, r.title, r.description, stamped_at,
+            stamped_ns, r.deployed_by, r.name, r.idempotency_key, r.answer)
         ON CONFLICT DO NOTHING
         RETURNING seq INTO row_seq;
         IF row_seq IS NULL THEN
             -- The same key raced in by a write of another app (another lock).
-            SELECT d.seq INTO row_seq FROM deployments d
-             WHERE d.event_id = p_event_id[i]
-                OR (p_idempotency_key[i] IS NOT NULL
-                    AND d.idempotency_key = p_idempotency_key[i])
-             ORDER BY d.seq LIMIT 1;
+            row_seq := imagetrail_stored_v3(r.event_id, r.idempotency_key);
             outcome := 'duplicate';
             stamped_at := NULL;
             stamped_ns := NULL;
@@ -152,8 +168,8 @@ BEGIN
         INSERT INTO current_deployments AS c (
             environment, app, seq, deployed_at, deployed_at_ns, repository, digest, name)
         VALUES (
-            p_environment[i], p_app[i], row_seq, stamped_at, stamped_ns, p_repository[i],
-            p_digest[i], p_name[i])
+            r.environment, r.app, row_seq, stamped_at, stamped_ns, r.repository,
+            r.digest, r.name)
         ON CONFLICT (environment, app) DO UPDATE
             SET seq = EXCLUDED.seq, deployed_at = EXCLUDED.deployed_at,
                 deployed_at_ns = EXCLUDED.deployed_at_ns, repository = EXCLUDED.repository,
