@@ -217,7 +217,7 @@ if [ "$PG" = 1 ]; then
   echo "| server | req/s | p50 | p99 | non-2xx |"
   echo "|---|---:|---:|---:|---:|"
   # The write rows of one build on a database of its own: register and deployments through one
-  # replica (two writer tasks, the default, then one), then two replicas at once, 16 hot
+  # replica (the default writer tasks, then two: IMAGETRAIL_PG_WRITERS), then two replicas at once, 16 hot
   # (environment, app) pairs (every batch contends for the same apps' locks) and 128 pairs.
   pg_write_rows() {
     local bin=$1 label=$2 db=$3
@@ -229,8 +229,8 @@ if [ "$PG" = 1 ]; then
     measure "$label, 1 replica: register" "$URL" bench/wrk/register.lua "$DURATION"
     psql_pg -d "$db" -c 'SELECT pg_stat_statements_reset()' >/dev/null
     BENCH_ENVS=8 measure "$label, 1 replica: deployments" "$URL" bench/wrk/deployments.lua "$DURATION"
-    IMAGETRAIL_PG_WRITERS=1 start_serve "$bin" "$db-w1" --database-url "$url"
-    BENCH_ENVS=8 measure "$label, 1 replica, 1 writer task" "$URL" bench/wrk/deployments.lua "$DURATION"
+    IMAGETRAIL_PG_WRITERS=2 start_serve "$bin" "$db-w2" --database-url "$url"
+    BENCH_ENVS=8 measure "$label, 1 replica, 2 writer tasks" "$URL" bench/wrk/deployments.lua "$DURATION"
     kill "$SERVE"
     start_serve "$bin" "$db-2" --database-url "$url"
     local two=$URL

@@ -234,7 +234,13 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(metrics::Metrics::new(config.database.clone()));
     let records = match &config.database {
-        Some(pg) => records::Records::Postgres(pg.clone()),
+        Some(pg) => {
+            let m = metrics.clone();
+            pg.observe_deployment_batches(Arc::new(move |n| {
+                m.batch(metrics::Writer::Deployments, n)
+            }));
+            records::Records::Postgres(pg.clone())
+        }
         None => records::Records::Files,
     };
     let analytics = analytics::AnalyticsLog::open(

@@ -90,6 +90,27 @@ async fn two_replicas_on_one_database_take_writes_together_and_one_key_records_o
         recorded >= 20.0,
         "replica a recorded its 20 and some keyed ones: {text}"
     );
+    // Every request reached a group commit of its replica: the 40 and both of each keyed pair.
+    let mut batched = 0.0;
+    for r in [a, b] {
+        let text = client()
+            .get(r.at("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        batched += text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("imagetrail_write_batch_size_sum{writer=\"deployments\"} ")
+            })
+            .expect("the deployments' batch sizes")
+            .parse::<f64>()
+            .unwrap();
+    }
+    assert_eq!(batched, 60.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

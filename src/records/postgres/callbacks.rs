@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
 use serde_json::Value;
 
-use super::write::{BatchFuture, GroupCommit, MAX_KEY_BYTES, retryable};
+use super::write::{BatchFuture, GroupCommit, MAX_KEY_BYTES, OnBatch, retryable};
 use super::{PgError, PgStore, classify, pool_client};
 
 /// One callback to record.
@@ -86,7 +86,7 @@ impl std::fmt::Debug for PgCallbacks {
 impl PgCallbacks {
     /// Start the callbacks' writer on `store`'s pool (inside a Tokio runtime); `on_batch` is
     /// told each batch's size (the server's metrics).
-    pub fn start(store: &PgStore, on_batch: Option<Arc<dyn Fn(usize) + Send + Sync>>) -> Self {
+    pub fn start(store: &PgStore, on_batch: Option<OnBatch>) -> Self {
         let s = store.clone();
         let writer = GroupCommit::spawn(WRITERS, MAX_BATCH, on_batch, move |items| {
             let s = s.clone();

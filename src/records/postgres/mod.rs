@@ -52,7 +52,7 @@ pub use callbacks::{PgCallback, PgCallbackWritten, PgCallbacks, StoredCallback};
 pub use migrate::{LATEST, Migrated};
 pub use read::{Key, PAGE, PointRow, StoredDigest};
 pub use tls::SslMode;
-pub use write::{PgItem, PgWritten};
+pub use write::{OnBatch, PgItem, PgWritten};
 
 /// What can go wrong with the PostgreSQL store. Each message is one line that says what
 /// failed and what to do, and never contains the password.
@@ -390,6 +390,12 @@ impl PgStore {
     pub fn pool_use(&self) -> (usize, usize, usize) {
         let s = self.inner.pool.status();
         (s.size, s.available, s.max_size)
+    }
+
+    /// Tell `f` the size of every batch the deployments' group-commit writer takes from now
+    /// on (the server's `/metrics`); only the first observer is kept.
+    pub fn observe_deployment_batches(&self, f: write::OnBatch) {
+        self.inner.writer.observe(f);
     }
 
     /// Record one deployment through the group-commit writer; answered after its commit.

@@ -2,7 +2,7 @@
 //! round trip and one commit), and the group-commit writer that gathers concurrent callers
 //! into batches.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
@@ -67,11 +67,12 @@ pub enum PgWritten {
 /// under a flood.
 const MAX_BATCH: usize = 512;
 
-/// Writer tasks of the deployments, unless `IMAGETRAIL_PG_WRITERS` says otherwise: while one
-/// batch commits, the next gathers. Every write holds its app's lock until its commit (that is
-/// what makes history order commit order), so batches of the same apps wait for each other's
-/// WAL flush; two tasks still measured 1.8x one (BENCHMARKS.md, "PostgreSQL rows").
-const WRITERS: usize = 2;
+/// Writer tasks of the deployments, unless `IMAGETRAIL_PG_WRITERS` says otherwise. One: while
+/// its batch commits, the next gathers in the queue. A batch holds its apps' locks until its
+/// commit (that is what makes history order commit order), so a second task's batch of the
+/// same apps only waits for the first's WAL flush, with fewer deployments each (measured in
+/// BENCHMARKS.md, "one statement per batch").
+const WRITERS: usize = 1;
 
 /// The deployments' writer tasks: [`WRITERS`], or `IMAGETRAIL_PG_WRITERS` (1 to 16; for
 /// measuring, see bench/serve.sh).
@@ -110,7 +111,7 @@ impl<I: Send + Sync + 'static, O: Send + 'static> GroupCommit<I, O> {
     pub(super) fn spawn<F>(
         writers: usize,
         max_batch: usize,
-        on_batch: Option<Arc<dyn Fn(usize) + Send + Sync>>,
+        on_batch: Option<OnBatch>,
         write: F,
     ) -> GroupCommit<I, O>
     where
@@ -163,26 +164,42 @@ impl<I: Send + Sync + 'static, O: Send + 'static> GroupCommit<I, O> {
     }
 }
 
+/// Told the size of each batch a group-commit writer takes (the server's `/metrics`).
+pub type OnBatch = Arc<dyn Fn(usize) + Send + Sync>;
+
 /// The deployments' group-commit writer.
-pub(super) struct Writer(GroupCommit<PgItem, PgWritten>);
+pub(super) struct Writer {
+    commit: GroupCommit<PgItem, PgWritten>,
+    /// Set once by whoever reports the batch sizes (the store is opened before the server's
+    /// metrics exist).
+    observer: Arc<OnceLock<OnBatch>>,
+}
 
 impl Writer {
     pub(super) fn spawn(pool: Pool, target: String, user: String) -> Writer {
         let target: Arc<str> = target.into();
         let user: Arc<str> = user.into();
-        Writer(GroupCommit::spawn(
-            writers(),
-            MAX_BATCH,
-            None,
-            move |items| {
-                let (pool, target, user) = (pool.clone(), target.clone(), user.clone());
-                Box::pin(async move { write_batch(&pool, &target, &user, items).await })
-            },
-        ))
+        let observer: Arc<OnceLock<OnBatch>> = Arc::default();
+        let seen = observer.clone();
+        let on_batch: OnBatch = Arc::new(move |n| {
+            if let Some(f) = seen.get() {
+                f(n)
+            }
+        });
+        let commit = GroupCommit::spawn(writers(), MAX_BATCH, Some(on_batch), move |items| {
+            let (pool, target, user) = (pool.clone(), target.clone(), user.clone());
+            Box::pin(async move { write_batch(&pool, &target, &user, items).await })
+        });
+        Writer { commit, observer }
     }
 
     pub(super) async fn submit(&self, item: PgItem) -> Result<PgWritten, PgError> {
-        self.0.submit(item).await
+        self.commit.submit(item).await
+    }
+
+    /// Tell `f` each batch's size from now on; only the first observer set is kept.
+    pub(super) fn observe(&self, f: OnBatch) {
+        let _ = self.observer.set(f);
     }
 }
 
