@@ -11,8 +11,9 @@
 #   BASELINE=/path/to/main/imagetrail bench/dashboard.sh   # also measure main's build
 #   ENTRIES=100000 SPACING_MIN=60 APPS=50 ENVS=5 RUNS=20 bench/dashboard.sh
 #
-# Page times are curl's time_total over loopback, median of RUNS (server time plus a loopback
-# round trip), and the server's CPU time per request (user + system, from /proc/PID/stat over
+# Page times are curl's time_total over loopback: the first request of each page (cold: a
+# server's point cache is empty for the histories it has not read yet; CPU from 10 ms ticks, so
+# coarse), then the median of RUNS (server time plus a loopback round trip), and the server's CPU time per request (user + system, from /proc/PID/stat over
 # the RUNS requests): on a shared machine the wall time follows the load, the CPU time much
 # less. With BASELINE, a second server runs the baseline build on the same records and each
 # page is measured on both, alternately, in the same run. The 250 histories are hard links to one generated file (250 x 40 MB would be
@@ -100,9 +101,13 @@ if [ -n "${BASELINE:-}" ]; then
 fi
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-measure() { # label port pid path: median time_total and CPU per request over RUNS (one warm-up)
-  local url="http://127.0.0.1:$2$4" before after
-  curl -fs -o /dev/null "$url"
+measure() { # label port pid path: the first (cold) request, then median time_total and CPU per request over RUNS
+  local url="http://127.0.0.1:$2$4" before after cold
+  before=$(cpu_ticks "$3")
+  cold=$(curl -fs -o /dev/null -w '%{time_total}' "$url")
+  after=$(cpu_ticks "$3")
+  awk -v name="$1" -v t="$cold" -v cpu="$(( (after - before) * 1000 / $(getconf CLK_TCK) ))" \
+    'BEGIN {printf "%-52s first  %7.1f ms, CPU %5.1f ms\n", name, t*1000, cpu}'
   before=$(cpu_ticks "$3")
   for _ in $(seq "$RUNS"); do curl -fs -o /dev/null -w '%{time_total}\n' "$url"; done >"$W/times"
   after=$(cpu_ticks "$3")
