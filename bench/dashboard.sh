@@ -132,6 +132,36 @@ echo "timeline marks drawn: $(grep -o 'class="point' "$W/timeline.html" | wc -l)
   "($(grep -o '[0-9,]* deployments in the last' "$W/timeline.html" | head -n1))"
 
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# Cold: a new server for each request (an empty point cache), COLD times per build,
+# alternately; CPU is the whole process's (start included), from 10 ms ticks.
+COLD=${COLD:-5}
+cold() { # label binary path
+  local port pid t cpu
+  port=$(free_port)
+  "$2" serve --state-dir "$W/state" --listen "127.0.0.1:$port" >>"$W/cold.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+  t=$(curl -fs -o /dev/null -w '%{time_total}' "http://127.0.0.1:$port$3")
+  cpu=$(( $(cpu_ticks "$pid") * 1000 / $(getconf CLK_TCK) ))
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  echo "$1 $t $cpu"
+}
+if [ "$COLD" -gt 0 ]; then
+  echo
+  echo "== cold: a new server per request, $COLD each"
+  for path in "/api/v1/metrics/delivery?since=30d" "/apps?app=app07&days=90"; do
+    for _ in $(seq "$COLD"); do
+      cold this "$BIN" "$path"
+      [ -z "${BASELINE:-}" ] || cold baseline "$BASELINE" "$path"
+    done >"$W/cold"
+    for b in this baseline; do
+      grep "^$b " "$W/cold" | sort -k2 -n | awk -v name="$b: $path" \
+        '{t[NR]=$2; c[NR]=$3; s+=$3} END {if (NR) printf "%-52s first request median %7.1f ms (min %.1f, max %.1f), process CPU mean %5.1f ms\n", name, t[int((NR+1)/2)]*1000, t[1]*1000, t[NR]*1000, s/NR}'
+    done
+  done
+  echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+fi
 if [ -n "$BASE_PID" ]; then
   kill "$BASE_PID" 2>/dev/null
   BASE_PID=

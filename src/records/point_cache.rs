@@ -389,7 +389,7 @@ impl PointStream for Cached<'_> {
             &this.slot,
             this.generation,
             this.base_len,
-            &this.read,
+            this.read,
             digests,
         )
     }
@@ -405,7 +405,7 @@ fn extend_entry(
     slot: &Arc<Mutex<Entry>>,
     generation: u64,
     base_len: usize,
-    read: &[DeliveryPoint],
+    mut read: Vec<DeliveryPoint>,
     digests: Digests,
 ) -> Digests {
     let mut out = digests;
@@ -435,14 +435,143 @@ fn extend_entry(
                 return out;
             }
         }
-        let mut points = Vec::with_capacity(read.len() + e.points.len());
-        points.extend(read.iter().rev());
-        points.extend(e.points.iter());
-        e.points = Arc::new(points);
         e.start = read.last().map_or(e.start, |p| p.offset);
+        read.reverse();
+        if e.points.is_empty() {
+            // A first read: its points become the entry's, not copied.
+            read.shrink_to_fit();
+            e.points = Arc::new(read);
+        } else {
+            read.extend(e.points.iter());
+            e.points = Arc::new(read);
+        }
         e.generation += 1;
         e.bytes()
     };
     cache.settle(path, slot, bytes);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::{
+        Deployment, DeploymentRecord, HistoryReader, ImageRecord, Platform, Store,
+    };
+    use chrono::TimeZone;
+
+    fn dep(app: &str, i: u32) -> Deployment {
+        let at = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+            + chrono::Duration::hours(i64::from(i));
+        Deployment {
+            app: app.into(),
+            image: ImageRecord {
+                repo: format!("reg.example/{app}"),
+                tag: Some(format!("v{i}")),
+                // Every third deployment goes back to an earlier image.
+                digest: format!("sha256:{:064x}", if i % 3 == 2 { i / 2 } else { i }),
+                index_digest: None,
+                platform: Platform::default(),
+                description: None,
+                built_at: (i % 5 != 0).then(|| (at - chrono::Duration::minutes(30)).to_rfc3339()),
+                revision: None,
+                source: None,
+                title: None,
+            },
+            deployment: DeploymentRecord {
+                deployed_at: at,
+                deployed_by: "alice".into(),
+                workspace: "prod".into(),
+                name: None,
+                event_id: uuid::Uuid::now_v7(),
+            },
+        }
+    }
+
+    type Seen = Vec<(DateTime<Utc>, String, Option<DateTime<Utc>>, u64)>;
+
+    /// Every point of a read, with its digest's text; stops after `take` points.
+    fn read(h: &dyn HistoryReader, until: Option<DateTime<Utc>>, take: usize) -> Seen {
+        let mut rev = h.points_rev(until).unwrap();
+        let mut out = Vec::new();
+        let mut ids = Vec::new();
+        while out.len() < take {
+            let Some(p) = rev.next_point().unwrap() else {
+                break;
+            };
+            ids.push(p.digest);
+            out.push((p.deployed_at, String::new(), p.built_at, p.offset));
+        }
+        let digests = rev.into_digests();
+        for (o, id) in out.iter_mut().zip(ids) {
+            o.1 = digests.get(id).to_string();
+        }
+        out
+    }
+
+    fn hour(h: i64) -> Option<DateTime<Utc>> {
+        Some(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap() + chrono::Duration::hours(h))
+    }
+
+    #[test]
+    fn cached_reads_equal_the_files_within_the_budget_and_after_a_rewrite_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = Store::new(dir.path());
+        for app in ["a", "b", "c"] {
+            for i in 0..120 {
+                plain.record(&dep(app, i)).unwrap();
+            }
+        }
+        // What one history of 120 points costs, to give the cache room for about one.
+        let probe = Arc::new(PointCache::new(usize::MAX));
+        let probed = plain.clone().with_point_cache(probe.clone());
+        read(&probed.open_history("prod", "a").unwrap(), None, usize::MAX);
+        let one = probe.held();
+        assert_eq!(probe.points(), 120);
+        let cache = Arc::new(PointCache::new(one * 3 / 2));
+        let cached = plain.clone().with_point_cache(cache.clone());
+        for round in 0..3 {
+            for app in ["a", "b", "c"] {
+                for (until, take) in [
+                    (None, 10),
+                    (None, usize::MAX),
+                    (hour(100), 30),
+                    (hour(-1), 5),
+                ] {
+                    let want = read(&plain.open_history("prod", app).unwrap(), until, take);
+                    let got = read(&cached.open_history("prod", app).unwrap(), until, take);
+                    assert_eq!(
+                        got, want,
+                        "round {round}, {app}, until {until:?}, {take} points"
+                    );
+                    assert!(
+                        cache.held() <= cache.budget(),
+                        "{} > {}",
+                        cache.held(),
+                        cache.budget()
+                    );
+                }
+            }
+            plain.record(&dep("a", 200 + round)).unwrap();
+        }
+        // History a rewritten in place (same inode), longer, other images: read again.
+        let other = tempfile::tempdir().unwrap();
+        let store2 = Store::new(other.path());
+        for i in 0..150 {
+            store2.record(&dep("a", 1000 + i)).unwrap();
+        }
+        let path = dir.path().join("prod/a/deploy-history.yml");
+        let _ = read(&cached.open_history("prod", "a").unwrap(), None, usize::MAX);
+        std::fs::write(
+            &path,
+            std::fs::read(other.path().join("prod/a/deploy-history.yml")).unwrap(),
+        )
+        .unwrap();
+        let want = read(&plain.open_history("prod", "a").unwrap(), None, usize::MAX);
+        assert_eq!(want.len(), 150);
+        assert_eq!(
+            read(&cached.open_history("prod", "a").unwrap(), None, usize::MAX),
+            want
+        );
+    }
 }

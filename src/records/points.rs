@@ -85,7 +85,10 @@ impl Digests {
     /// The id of `digest`, added when new.
     pub fn intern(&mut self, digest: &str) -> DigestId {
         use std::collections::hash_map::Entry;
-        if let Some(id) = self.base.as_ref().and_then(|b| b.find(digest)) {
+        // An empty base (a first read of a history) is not asked: one hash per digest less.
+        if self.base_len > 0
+            && let Some(id) = self.base.as_ref().and_then(|b| b.find(digest))
+        {
             return id;
         }
         let h = hash(digest.as_bytes());
@@ -113,7 +116,9 @@ impl Digests {
 
     /// The id of `digest` if it is in the table.
     pub fn find(&self, digest: &str) -> Option<DigestId> {
-        if let Some(id) = self.base.as_ref().and_then(|b| b.find(digest)) {
+        if self.base_len > 0
+            && let Some(id) = self.base.as_ref().and_then(|b| b.find(digest))
+        {
             return Some(id);
         }
         let first = self.base_len;
