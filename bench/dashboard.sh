@@ -131,6 +131,7 @@ curl -fs -o "$W/timeline.html" "http://127.0.0.1:$PORT/apps?app=app07&days=90"
 echo "timeline marks drawn: $(grep -o 'class="point' "$W/timeline.html" | wc -l)" \
   "($(grep -o '[0-9,]* deployments in the last' "$W/timeline.html" | head -n1))"
 
+echo "server RSS after the pages: this $(awk '/VmRSS/ {print $2, $3}' "/proc/$SRV_PID/status")${BASE_PID:+, baseline $(awk '/VmRSS/ {print $2, $3}' "/proc/$BASE_PID/status")}"
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # Cold: a new server for each request (an empty point cache), COLD times per build,

@@ -473,7 +473,8 @@ mod tests {
                 index_digest: None,
                 platform: Platform::default(),
                 description: None,
-                built_at: (i % 5 != 0).then(|| (at - chrono::Duration::minutes(30)).to_rfc3339()),
+                built_at: (!i.is_multiple_of(5))
+                    .then(|| (at - chrono::Duration::minutes(30)).to_rfc3339()),
                 revision: None,
                 source: None,
                 title: None,

@@ -173,8 +173,8 @@ impl Digests {
             + self.by_hash.capacity() * (std::mem::size_of::<(u64, u32)>() + 1)
             + self
                 .collided
-                .iter()
-                .map(|(k, _)| k.len() + std::mem::size_of::<(Box<str>, u32)>() + 1)
+                .keys()
+                .map(|k| k.len() + std::mem::size_of::<(Box<str>, u32)>() + 1)
                 .sum::<usize>()
     }
 }
