@@ -419,8 +419,11 @@ fn extend_entry(
             return out;
         }
         if base_len == 0 {
-            // A first read: its table becomes the entry's, shared with the read.
-            let table = Arc::new(out.without_base());
+            // A first read: its table becomes the entry's, shared with the read (without the
+            // room reserved for growth: up to half of it, kept for as long as the entry).
+            let mut table = out.without_base();
+            table.shrink_to_fit();
+            let table = Arc::new(table);
             out = Digests::on(table.clone());
             e.digests = table;
         } else {

@@ -159,6 +159,13 @@ impl Digests {
         self
     }
 
+    /// Give back the room reserved for growth (a table kept for long, as the point cache's).
+    pub fn shrink_to_fit(&mut self) {
+        self.text.shrink_to_fit();
+        self.spans.shrink_to_fit();
+        self.by_hash.shrink_to_fit();
+    }
+
     /// This table's own digests (not its base's), in the order of their ids.
     pub fn own(&self) -> impl Iterator<Item = &str> {
         self.spans.iter().map(|&s| span(&self.text, s))
