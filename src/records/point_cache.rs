@@ -25,7 +25,7 @@
 //!
 //! Memory: a point is [`POINT_BYTES`] bytes; a digest costs its text plus about 21 bytes in
 //! its table (about 95 bytes for a `sha256:` digest), so a history where every deployment is a
-//! new image costs about 135 bytes per cached point. The total is capped by the budget given
+//! new image costs about 140 bytes per cached point. The total is capped by the budget given
 //! to [`PointCache::new`]: past it, the histories read least recently are dropped whole (and
 //! read from their files again when asked for).
 
