@@ -11,8 +11,9 @@
 #   BASELINE=/path/to/main/imagetrail bench/dashboard.sh   # also measure main's build
 #   ENTRIES=100000 SPACING_MIN=60 APPS=50 ENVS=5 RUNS=20 bench/dashboard.sh
 #
-# Page times are curl's time_total over loopback, median of RUNS (server time plus a loopback
-# round trip), and the server's CPU time per request (user + system, from /proc/PID/stat over
+# Page times are curl's time_total over loopback: the first request of each page (cold: a
+# server's point cache is empty for the histories it has not read yet; CPU from 10 ms ticks, so
+# coarse), then the median of RUNS (server time plus a loopback round trip), and the server's CPU time per request (user + system, from /proc/PID/stat over
 # the RUNS requests): on a shared machine the wall time follows the load, the CPU time much
 # less. With BASELINE, a second server runs the baseline build on the same records and each
 # page is measured on both, alternately, in the same run. The 250 histories are hard links to one generated file (250 x 40 MB would be
@@ -100,9 +101,13 @@ if [ -n "${BASELINE:-}" ]; then
 fi
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-measure() { # label port pid path: median time_total and CPU per request over RUNS (one warm-up)
-  local url="http://127.0.0.1:$2$4" before after
-  curl -fs -o /dev/null "$url"
+measure() { # label port pid path: the first (cold) request, then median time_total and CPU per request over RUNS
+  local url="http://127.0.0.1:$2$4" before after cold
+  before=$(cpu_ticks "$3")
+  cold=$(curl -fs -o /dev/null -w '%{time_total}' "$url")
+  after=$(cpu_ticks "$3")
+  awk -v name="$1" -v t="$cold" -v cpu="$(( (after - before) * 1000 / $(getconf CLK_TCK) ))" \
+    'BEGIN {printf "%-52s first  %7.1f ms, CPU %5.1f ms\n", name, t*1000, cpu}'
   before=$(cpu_ticks "$3")
   for _ in $(seq "$RUNS"); do curl -fs -o /dev/null -w '%{time_total}\n' "$url"; done >"$W/times"
   after=$(cpu_ticks "$3")
@@ -126,7 +131,38 @@ curl -fs -o "$W/timeline.html" "http://127.0.0.1:$PORT/apps?app=app07&days=90"
 echo "timeline marks drawn: $(grep -o 'class="point' "$W/timeline.html" | wc -l)" \
   "($(grep -o '[0-9,]* deployments in the last' "$W/timeline.html" | head -n1))"
 
+echo "server RSS after the pages: this $(awk '/VmRSS/ {print $2, $3}' "/proc/$SRV_PID/status")${BASE_PID:+, baseline $(awk '/VmRSS/ {print $2, $3}' "/proc/$BASE_PID/status")}"
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# Cold: a new server for each request (an empty point cache), COLD times per build,
+# alternately; CPU is the whole process's (start included), from 10 ms ticks.
+COLD=${COLD:-5}
+cold() { # label binary path
+  local port pid t cpu
+  port=$(free_port)
+  "$2" serve --state-dir "$W/state" --listen "127.0.0.1:$port" >>"$W/cold.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+  t=$(curl -fs -o /dev/null -w '%{time_total}' "http://127.0.0.1:$port$3")
+  cpu=$(( $(cpu_ticks "$pid") * 1000 / $(getconf CLK_TCK) ))
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  echo "$1 $t $cpu"
+}
+if [ "$COLD" -gt 0 ]; then
+  echo
+  echo "== cold: a new server per request, $COLD each"
+  for path in "/api/v1/metrics/delivery?since=30d" "/apps?app=app07&days=90"; do
+    for _ in $(seq "$COLD"); do
+      cold this "$BIN" "$path"
+      [ -z "${BASELINE:-}" ] || cold baseline "$BASELINE" "$path"
+    done >"$W/cold"
+    for b in this baseline; do
+      grep "^$b " "$W/cold" | sort -k2 -n | awk -v name="$b: $path" \
+        '{t[NR]=$2; c[NR]=$3; s+=$3} END {if (NR) printf "%-52s first request median %7.1f ms (min %.1f, max %.1f), process CPU mean %5.1f ms\n", name, t[int((NR+1)/2)]*1000, t[1]*1000, t[NR]*1000, s/NR}'
+    done
+  done
+  echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+fi
 if [ -n "$BASE_PID" ]; then
   kill "$BASE_PID" 2>/dev/null
   BASE_PID=

@@ -527,6 +527,11 @@ pub struct ServeArgs {
     /// would go over is answered 503 (Retry-After) before its body is read.
     #[arg(long, env = "IMAGETRAIL_MAX_PENDING_BODY_BYTES", default_value_t = 32 * 1024 * 1024, value_parser = body_bytes)]
     pub max_pending_body_bytes: usize,
+    /// MiB of memory for the delivery points the dashboard's timeline and delivery metrics
+    /// keep between requests (files store only), so a request reads only what was appended
+    /// since the last; the histories read least recently are dropped past it. 0: no cache.
+    #[arg(long, env = "IMAGETRAIL_POINTS_CACHE_MIB", default_value_t = crate::records::point_cache::DEFAULT_BUDGET_MIB, value_parser = mebibytes)]
+    pub points_cache_mib: usize,
     /// Store deployments in PostgreSQL instead of the state directory's files, so several
     /// replicas can share them: postgres://USER:PASSWORD@HOST:PORT/DATABASE (sslmode=,
     /// sslrootcert=). The schema is migrated at start. The callback log stays in --state-dir.
@@ -594,6 +599,11 @@ pub fn count(text: &str) -> Result<usize, String> {
 /// A body size in bytes, 1 KiB to 1 GiB.
 pub fn body_bytes(text: &str) -> Result<usize, String> {
     bounded(text, 1024, 1 << 30, "a size in bytes").map(|v| v as usize)
+}
+
+/// A size in MiB, 0 to 64 GiB.
+pub fn mebibytes(text: &str) -> Result<usize, String> {
+    bounded(text, 0, 64 * 1024, "a size in MiB").map(|v| v as usize)
 }
 
 /// A number of connections, 1 to 1,000,000.

@@ -171,7 +171,11 @@ impl HistoryReader for OpenHistory {
         &self,
         until: Option<DateTime<Utc>>,
     ) -> Result<Box<dyn PointStream + '_>, RecordsError> {
-        Ok(Box::new(OpenHistory::points_rev(self, until)?))
+        // The server's store keeps the points between reads (see `point_cache`).
+        match &self.cache {
+            Some(cache) => super::point_cache::points_rev(cache, self, until),
+            None => Ok(Box::new(OpenHistory::points_rev(self, until)?)),
+        }
     }
 
     fn entry_at(&self, offset: u64) -> Result<Deployment, RecordsError> {

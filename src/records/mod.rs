@@ -18,6 +18,7 @@ mod fields;
 mod history;
 mod info;
 mod names;
+pub mod point_cache;
 mod points;
 pub mod postgres;
 pub mod protect;
@@ -26,6 +27,7 @@ mod yaml;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -134,6 +136,7 @@ pub use batch::{Checks, Stamp, Written};
 pub use fields::{MAX_LABEL, MAX_NAME, MAX_TOKEN};
 pub use history::TornTail;
 pub use info::InfoFiles;
+pub use point_cache::PointCache;
 pub use points::{DeliveryPoint, DeliveryPoints, DigestId, Digests, built_time};
 pub use range::{
     HistoryCursor, HistoryRange, MergeReport, OpenHistory, PointsRev, for_each_merged,
@@ -249,6 +252,9 @@ pub struct Store {
     release: info::Releaser,
     /// Paces the replaces of `deploy-info.yml` under [`InfoFiles::AtMostEvery`].
     pacer: info::Pacer,
+    /// Delivery points kept between reads (the server's; `None`: every read goes to the file),
+    /// see [`point_cache`].
+    points: Option<Arc<PointCache>>,
 }
 
 impl Store {
@@ -259,7 +265,15 @@ impl Store {
             currents: current::Cache::default(),
             release: info::Releaser::default(),
             pacer: info::Pacer::default(),
+            points: None,
         }
+    }
+
+    /// This store, its histories' delivery points kept in `cache` between reads (see
+    /// [`point_cache`]); the clones of the store share it.
+    pub fn with_point_cache(mut self, cache: Arc<PointCache>) -> Store {
+        self.points = Some(cache);
+        self
     }
 
     /// The state directory.

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
@@ -52,8 +53,15 @@ pub fn built_time(s: &str) -> Option<DateTime<Utc>> {
 
 /// A digest table: every distinct digest stored once, in one growing buffer, so interning the
 /// digest of each of hundreds of thousands of entries allocates nothing per entry.
+///
+/// A table may grow on a shared, frozen one ([`Digests::on`]): the server's point cache hands
+/// each request its history's table that way, so a request copies no digest, and what the
+/// request adds stays its own.
 #[derive(Debug, Clone, Default)]
 pub struct Digests {
+    /// The shared table this one grows on: its ids are `0..base_len`, this table's own follow.
+    base: Option<Arc<Digests>>,
+    base_len: u32,
     text: String,
     spans: Vec<(u32, u32)>,
     /// Hash of a digest -> the first id with that hash.
@@ -64,38 +72,61 @@ pub struct Digests {
 }
 
 impl Digests {
+    /// An empty table growing on `base`: every id of `base` means the same digest here, and
+    /// digests not in `base` get the ids after them. Costs no copy of `base`.
+    pub fn on(base: Arc<Digests>) -> Digests {
+        Digests {
+            base_len: base.len() as u32,
+            base: Some(base),
+            ..Default::default()
+        }
+    }
+
     /// The id of `digest`, added when new.
     pub fn intern(&mut self, digest: &str) -> DigestId {
         use std::collections::hash_map::Entry;
+        // An empty base (a first read of a history) is not asked: one hash per digest less.
+        if self.base_len > 0
+            && let Some(id) = self.base.as_ref().and_then(|b| b.find(digest))
+        {
+            return id;
+        }
         let h = hash(digest.as_bytes());
+        let first = self.base_len;
         match self.by_hash.entry(h) {
             Entry::Vacant(v) => {
                 let id = push(&mut self.text, &mut self.spans, digest);
                 v.insert(id);
-                DigestId(id)
+                DigestId(first + id)
             }
             Entry::Occupied(o) => {
                 let id = *o.get();
                 if span(&self.text, self.spans[id as usize]) == digest {
-                    return DigestId(id);
+                    return DigestId(first + id);
                 }
                 if let Some(&id) = self.collided.get(digest) {
-                    return DigestId(id);
+                    return DigestId(first + id);
                 }
                 let id = push(&mut self.text, &mut self.spans, digest);
                 self.collided.insert(digest.into(), id);
-                DigestId(id)
+                DigestId(first + id)
             }
         }
     }
 
     /// The id of `digest` if it is in the table.
     pub fn find(&self, digest: &str) -> Option<DigestId> {
+        if self.base_len > 0
+            && let Some(id) = self.base.as_ref().and_then(|b| b.find(digest))
+        {
+            return Some(id);
+        }
+        let first = self.base_len;
         let id = *self.by_hash.get(&hash(digest.as_bytes()))?;
         if span(&self.text, self.spans[id as usize]) == digest {
-            return Some(DigestId(id));
+            return Some(DigestId(first + id));
         }
-        self.collided.get(digest).map(|&id| DigestId(id))
+        self.collided.get(digest).map(|&id| DigestId(first + id))
     }
 
     /// The digest of `id`.
@@ -103,17 +134,55 @@ impl Digests {
     /// # Panics
     /// When `id` is not from this table.
     pub fn get(&self, id: DigestId) -> &str {
-        span(&self.text, self.spans[id.index()])
+        match (&self.base, id.0.checked_sub(self.base_len)) {
+            (Some(b), None) => b.get(id),
+            (_, Some(own)) => span(&self.text, self.spans[own as usize]),
+            (None, None) => unreachable!("no base table, so base_len is 0"),
+        }
     }
 
-    /// How many distinct digests.
+    /// How many distinct digests (with those of the base table).
     pub fn len(&self) -> usize {
-        self.spans.len()
+        self.base_len as usize + self.spans.len()
     }
 
     /// Whether the table is empty.
     pub fn is_empty(&self) -> bool {
-        self.spans.is_empty()
+        self.len() == 0
+    }
+
+    /// This table without its base, when the base is empty (the same ids); else unchanged.
+    pub fn without_base(mut self) -> Digests {
+        if self.base_len == 0 {
+            self.base = None;
+        }
+        self
+    }
+
+    /// Give back the room reserved for growth (a table kept for long, as the point cache's).
+    pub fn shrink_to_fit(&mut self) {
+        self.text.shrink_to_fit();
+        self.spans.shrink_to_fit();
+        self.by_hash.shrink_to_fit();
+    }
+
+    /// This table's own digests (not its base's), in the order of their ids.
+    pub fn own(&self) -> impl Iterator<Item = &str> {
+        self.spans.iter().map(|&s| span(&self.text, s))
+    }
+
+    /// About how many bytes of heap this table holds of its own (not its base's): what the
+    /// server's point cache counts against its budget.
+    pub fn heap_bytes(&self) -> usize {
+        // A hash map slot: its key and value and a control byte.
+        self.text.capacity()
+            + self.spans.capacity() * std::mem::size_of::<(u32, u32)>()
+            + self.by_hash.capacity() * (std::mem::size_of::<(u64, u32)>() + 1)
+            + self
+                .collided
+                .keys()
+                .map(|k| k.len() + std::mem::size_of::<(Box<str>, u32)>() + 1)
+                .sum::<usize>()
     }
 }
 
@@ -225,6 +294,24 @@ mod tests {
         assert_eq!(d.find("sha256:zzzz"), Some(z));
         assert_eq!(d.get(z), "sha256:zzzz");
         assert_eq!(d.len(), 3);
+    }
+
+    #[test]
+    fn a_table_on_a_shared_one_keeps_its_ids_and_adds_after_them() {
+        let mut base = Digests::default();
+        let a = base.intern("sha256:aaaa");
+        let b = base.intern("sha256:bbbb");
+        let base = Arc::new(base);
+        let mut d = Digests::on(base.clone());
+        assert_eq!(d.intern("sha256:bbbb"), b);
+        assert_eq!(d.find("sha256:aaaa"), Some(a));
+        let c = d.intern("sha256:cccc");
+        assert_eq!(c.index(), 2);
+        assert_eq!(d.intern("sha256:cccc"), c);
+        assert_eq!((d.get(a), d.get(c)), ("sha256:aaaa", "sha256:cccc"));
+        assert_eq!(d.len(), 3);
+        assert_eq!(base.len(), 2, "the shared table is not changed");
+        assert_eq!(base.find("sha256:cccc"), None);
     }
 
     #[test]

@@ -14,10 +14,12 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
 use super::history::{self, HistoryFile};
+use super::point_cache::PointCache;
 use super::points::{DeliveryPoint, DeliveryPoints, Digests, built_time};
 use super::{Deployment, HistoryRead, RecordsError, Store, TornTail, open_existing, to_deployment};
 
@@ -124,9 +126,48 @@ pub struct OpenHistory {
     len: u64,
     whole_end: u64,
     torn: Option<TornTail>,
+    /// The server's cache of delivery points, when the store has one
+    /// ([`super::point_cache`]): [`super::HistoryReader::points_rev`] serves from it.
+    pub(super) cache: Option<Arc<PointCache>>,
 }
 
 impl OpenHistory {
+    /// The open file, `None` when the history does not exist.
+    pub(super) fn file(&self) -> Option<&File> {
+        self.file.as_ref()
+    }
+
+    /// The history's path.
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Where the whole entries end: the file's length, or where its torn tail starts.
+    pub(super) fn whole_end(&self) -> u64 {
+        self.whole_end
+    }
+
+    /// Where the entries deployed at or before `until` end (bisection, as every bounded read).
+    pub(super) fn end_until(&self, until: DateTime<Utc>) -> Result<u64, RecordsError> {
+        let Some(file) = &self.file else {
+            return Ok(0);
+        };
+        let h = HistoryFile::with_len(file, &self.path, self.len);
+        let range = HistoryRange {
+            until: Some(until),
+            ..Default::default()
+        };
+        Ok(bounds(&h, self.whole_end, range)?.1)
+    }
+
+    /// The points of the entries in `[floor, end)` (entry boundaries), newest first, their
+    /// digests interned in `digests`.
+    pub(super) fn points_between(&self, floor: u64, end: u64, digests: Digests) -> PointsRev<'_> {
+        let mut rev = PointsRev::new(self, floor, end);
+        rev.digests = digests;
+        rev
+    }
+
     /// The torn last entry, if an append was cut off (never returned as an entry).
     pub fn torn(&self) -> Option<&TornTail> {
         self.torn.as_ref()
@@ -314,6 +355,17 @@ impl<'a> PointsRev<'a> {
         self.digests
     }
 
+    /// Whether the points returned so far end at an entry boundary: false only while points
+    /// of one chunk read by the full reader are still waiting (they share an offset).
+    pub(super) fn at_entry_boundary(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Put a point read ahead back, to be returned next.
+    pub(super) fn put_back(&mut self, p: DeliveryPoint) {
+        self.pending.push(p);
+    }
+
     /// The next point, newest first; `Ok(None)` past the oldest. A malformed entry is an
     /// error with its file and line, as for every other read.
     pub fn next_point(&mut self) -> Result<Option<DeliveryPoint>, RecordsError> {
@@ -409,6 +461,7 @@ impl Store {
                 len: 0,
                 whole_end: 0,
                 torn: None,
+                cache: self.points.clone(),
             });
         };
         let (len, whole_end, torn) = {
@@ -423,6 +476,7 @@ impl Store {
             len,
             whole_end,
             torn,
+            cache: self.points.clone(),
         })
     }
 

@@ -89,6 +89,9 @@ pub struct Config {
     /// The most request body bytes all requests in flight may hold together; a request that
     /// would go over is answered 503 before its body is read.
     pub max_pending_body_bytes: usize,
+    /// Bytes of delivery points kept between requests for the dashboard's timeline and
+    /// delivery metrics (files store only; see [`crate::records::point_cache`]). 0: none.
+    pub points_cache_bytes: usize,
     /// The PostgreSQL store (`--database-url`), connected and migrated: deployments, queries,
     /// admission records and the analytics callbacks go there instead of the state
     /// directory's files. `None`: files.
@@ -110,6 +113,7 @@ impl Config {
             request_timeout: Duration::from_secs(10),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_pending_body_bytes: DEFAULT_MAX_PENDING_BODY_BYTES,
+            points_cache_bytes: crate::records::point_cache::DEFAULT_BUDGET_MIB << 20,
             database: None,
         }
     }
@@ -150,6 +154,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         request_timeout: Duration::from_secs_f64(args.request_timeout),
         max_connections: args.max_connections,
         max_pending_body_bytes: args.max_pending_body_bytes,
+        points_cache_bytes: args.points_cache_mib << 20,
         database: None,
     };
     // Check what can fail before the address is bound and announced, so a misconfigured server
@@ -253,7 +258,12 @@ pub async fn run(
         None => None,
     };
     let request_timeout = config.request_timeout;
-    let store = Store::new(&config.state_dir);
+    let mut store = Store::new(&config.state_dir);
+    if config.database.is_none() && config.points_cache_bytes > 0 {
+        store = store.with_point_cache(Arc::new(crate::records::PointCache::new(
+            config.points_cache_bytes,
+        )));
+    }
     // The deployments' idempotency keys, rebuilt from their file and checked against the
     // histories before the writer (which appends to that file) starts.
     let (idempotency, keys_file) =

@@ -62,10 +62,16 @@ fn flags(state: &str) -> Vec<(Vec<String>, &'static str, &'static str, bool)> {
             false,
         ),
         (
-            serve,
+            serve.clone(),
             "--max-pending-body-bytes",
             "IMAGETRAIL_MAX_PENDING_BODY_BYTES",
             false,
+        ),
+        (
+            serve,
+            "--points-cache-mib",
+            "IMAGETRAIL_POINTS_CACHE_MIB",
+            true,
         ),
         (prune, "--keep", "", true),
     ];

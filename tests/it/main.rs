@@ -6,6 +6,7 @@ mod dashboard;
 mod deploy;
 mod flags;
 mod image;
+mod point_cache;
 mod postgres;
 mod prune;
 mod reference;
