@@ -215,16 +215,7 @@ fn refresh(e: &mut Entry, h: &OpenHistory, id: (u64, u64)) -> bool {
         e.id = Some(id);
         e.start = whole_end;
         e.end = whole_end;
-        return match tail_of(h, whole_end) {
-            Some(t) => {
-                e.tail = t;
-                true
-            }
-            None => {
-                e.reset();
-                false
-            }
-        };
+        return take_tail(e, h, whole_end);
     }
     if e.end >= whole_end {
         // Nothing new, or another request saw more of the file already.
@@ -248,7 +239,13 @@ fn refresh(e: &mut Entry, h: &OpenHistory, id: (u64, u64)) -> bool {
     Arc::make_mut(&mut e.points).extend(new);
     e.end = whole_end;
     e.generation += 1;
-    match tail_of(h, whole_end) {
+    take_tail(e, h, whole_end)
+}
+
+/// Remember the bytes before `end` as the entry's fingerprint; false (and the entry emptied)
+/// when they cannot be read.
+fn take_tail(e: &mut Entry, h: &OpenHistory, end: u64) -> bool {
+    match tail_of(h, end) {
         Some(t) => {
             e.tail = t;
             true

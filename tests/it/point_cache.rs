@@ -10,7 +10,7 @@ use std::path::Path;
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
 
-use crate::server::{TestServer, client, get_json, post_deployment};
+use crate::server::{TestServer, client, get_json, get_text, post_deployment};
 use crate::support::{imagetrail, run, stderr, stdout};
 
 use imagetrail::records::Store;
@@ -125,14 +125,7 @@ async fn same_as_fresh(server: &TestServer, step: &str) -> Value {
         }
         if since == "90d" {
             // The timeline reads the same points: its counts are the 90-day metrics'.
-            let page = client()
-                .get(server.at("/apps?app=web&days=90"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let page = get_text(&client(), server.at("/apps?app=web&days=90")).await;
             let (n, r) =
                 fresh["environments"]
                     .as_array()

@@ -118,6 +118,11 @@ pub async fn get_json(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> V
     client.get(url).send().await.unwrap().json().await.unwrap()
 }
 
+/// GET `url` with `client` and read the body as text (a page, `/metrics`).
+pub async fn get_text(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> String {
+    client.get(url).send().await.unwrap().text().await.unwrap()
+}
+
 /// POST `body` as JSON to `path` with the test key; (status, body).
 pub async fn post_deployment(server: &TestServer, body: Value) -> (u16, Value) {
     let r = client()

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::server::{client, digest, get_json};
+use crate::server::{client, digest, get_json, get_text};
 use crate::support::replicas::{Database, Pair, post, send_deployment, serve};
 use crate::support::{imagetrail, run, stderr};
 
@@ -67,14 +67,7 @@ async fn two_replicas_on_one_database_take_writes_together_and_one_key_records_o
     let ready = client().get(a.at("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
     // The pool's use is in the metrics, next to the deployments this replica recorded.
-    let text = client()
-        .get(a.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(&client(), a.at("/metrics")).await;
     assert!(
         text.lines()
             .any(|l| l == "imagetrail_db_pool_connections{state=\"max\"} 16"),
@@ -93,14 +86,7 @@ async fn two_replicas_on_one_database_take_writes_together_and_one_key_records_o
     // Every request reached a group commit of its replica: the 40 and both of each keyed pair.
     let mut batched = 0.0;
     for r in [a, b] {
-        let text = client()
-            .get(r.at("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = get_text(&client(), r.at("/metrics")).await;
         batched += text
             .lines()
             .find_map(|l| {

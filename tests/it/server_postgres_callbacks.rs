@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::server::client;
+use crate::server::{client, get_text};
 use crate::support::replicas::{Database, Pair, answer, shared_client};
 
 fn register_body(sha: &str) -> Value {
@@ -127,16 +127,7 @@ async fn callbacks_racing_one_key_on_two_replicas_record_once_and_both_answer_th
 /// GET `url` as text (blocking: for use inside an iterator).
 fn futures_text(url: String) -> String {
     tokio::task::block_in_place(|| {
-        tokio::runtime::Handle::current().block_on(async {
-            client()
-                .get(url)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-        })
+        tokio::runtime::Handle::current().block_on(async { get_text(&client(), url).await })
     })
 }
 
@@ -190,14 +181,7 @@ async fn callbacks_survive_a_replica_restart_show_on_its_scans_page_and_503_whil
         "{again}"
     );
     assert_eq!(db.rows("SELECT count(*) FROM callbacks"), "3");
-    let page = client()
-        .get(second.at("/scans"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = get_text(&client(), second.at("/scans")).await;
     assert!(page.contains("<p>3 callbacks received"), "{page}");
     assert!(page.contains("r.example/broken:2"), "{page}");
     assert!(page.contains("no labels"), "{page}");
