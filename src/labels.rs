@@ -141,7 +141,7 @@ impl Labels {
             );
         }
         if let Some(url) = &self.git_url
-            && url.chars().any(is_hidden)
+            && url.chars().any(crate::terminal::hidden)
         {
             // A URL parser drops tabs and newlines and percent-encodes U+202E, so such a
             // value would pass as a URL while showing something else on a terminal.
@@ -233,13 +233,6 @@ impl Labels {
         }
         map
     }
-}
-
-/// A control character, or one that changes how text is shown without being seen
-/// (bidirectional overrides and isolates, zero-width characters, non-characters).
-fn is_hidden(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}' | '\u{FFFE}' | '\u{FFFF}')
 }
 
 /// An absolute URL with a scheme and a host.
@@ -346,6 +339,12 @@ mod tests {
             "https://github.com/example/app\u{202E}ppa",
             "https://github.com/exa\tmple/app",
             "https://github.com/example/app\u{1b}[2J",
+            // Format characters and noncharacters beyond the bidi controls: a soft hyphen,
+            // a line separator, a tag character, a noncharacter of the Arabic block.
+            "https://github.com/exam\u{ad}ple/app",
+            "https://github.com/example\u{2028}/app",
+            "https://github.com/example/app\u{e0041}",
+            "https://github.com/example/app\u{fdd0}",
         ] {
             let l = labels(&[
                 ("git-url", url),

@@ -329,18 +329,13 @@ async fn run(
 fn escape_name(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for c in cap_line(name).chars() {
-        if c.is_control() || is_invisible(c) {
+        if crate::terminal::hidden(c) {
             out.extend(c.escape_unicode());
         } else {
             out.push(c);
         }
     }
     out
-}
-
-/// Bidirectional overrides, zero-width and non-characters: they change what a terminal shows.
-fn is_invisible(c: char) -> bool {
-    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}' | '\u{FFFE}' | '\u{FFFF}')
 }
 
 /// Keep what is needed of an outcome once its files are written.

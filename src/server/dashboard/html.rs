@@ -14,9 +14,9 @@ pub struct Html {
 }
 
 /// Escape `s` for HTML text and double-quoted attribute values. Control characters other than
-/// tab and newline, and Unicode bidi overrides (U+202A–U+202E, U+2066–U+2069) and
-/// non-characters, are shown as `\u{..}` so stored text cannot reorder or hide what is around
-/// it.
+/// tab and newline, format characters (bidi overrides, zero-width characters…) and
+/// noncharacters ([`crate::terminal::hidden`], the one definition the terminal output uses
+/// too) are shown as `\u{..}`, so stored text cannot reorder or hide what is around it.
 pub fn escape_into(out: &mut String, s: &str) {
     for c in s.chars() {
         match c {
@@ -26,12 +26,7 @@ pub fn escape_into(out: &mut String, s: &str) {
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
             '\t' | '\n' => out.push(c),
-            c if c.is_control()
-                || ('\u{202A}'..='\u{202E}').contains(&c)
-                || ('\u{2066}'..='\u{2069}').contains(&c)
-                || c == '\u{FFFE}'
-                || c == '\u{FFFF}' =>
-            {
+            c if crate::terminal::hidden(c) => {
                 let _ = write!(out, "\\u{{{:x}}}", c as u32);
             }
             c => out.push(c),
@@ -195,6 +190,14 @@ mod tests {
             h.finish(),
             "<td>&lt;script&gt;alert(1)&lt;/script&gt;</td><a title=\"&quot; onmouseover=&quot;x\">a\\u{202e}b\\u{1}c\\u{fffe}"
         );
+    }
+
+    #[test]
+    fn invisible_characters_are_shown_as_the_terminal_shows_them() {
+        // Zero-width space, soft hyphen, tag, noncharacter; tab and newline stay.
+        let mut h = Html::new();
+        h.text("a\u{200B}b\u{AD}c\u{E0041}d\u{FDD0}\te\n");
+        assert_eq!(h.finish(), "a\\u{200b}b\\u{ad}c\\u{e0041}d\\u{fdd0}\te\n");
     }
 
     #[test]
