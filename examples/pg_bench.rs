@@ -12,30 +12,16 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use imagetrail::records::postgres::{PgItem, PgStore};
-use imagetrail::records::{Deployment, DeploymentRecord, ImageRecord, Platform};
+use imagetrail::records::{Deployment, DeploymentRecord, ImageRecord};
 
 fn deployment(env: String, app: String) -> Deployment {
     Deployment {
         app,
         image: ImageRecord {
-            repo: "reg.example/bench".into(),
             tag: Some("1".into()),
-            digest: format!("sha256:{}", "a".repeat(64)),
-            index_digest: None,
-            platform: Platform::default(),
-            description: None,
-            built_at: None,
-            revision: None,
-            source: None,
-            title: None,
+            ..ImageRecord::new("reg.example/bench", format!("sha256:{}", "a".repeat(64)))
         },
-        deployment: DeploymentRecord {
-            deployed_at: Utc::now(),
-            deployed_by: "bench".into(),
-            workspace: env,
-            name: None,
-            event_id: uuid::Uuid::now_v7(),
-        },
+        deployment: DeploymentRecord::new(env, Utc::now(), "bench"),
     }
 }
 

@@ -524,7 +524,7 @@ pub fn run(args: crate::cli::MetricsArgs) -> anyhow::Result<crate::exit::ExitCod
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::{Deployment, DeploymentRecord, ImageRecord, Platform};
+    use crate::records::{Deployment, DeploymentRecord, ImageRecord};
     use chrono::TimeZone;
 
     fn t(day: u32, hour: u32) -> DateTime<Utc> {
@@ -535,24 +535,10 @@ mod tests {
         Deployment {
             app: "web".into(),
             image: ImageRecord {
-                repo: "reg.example/web".into(),
-                tag: None,
-                digest: format!("sha256:{digest:064x}"),
-                index_digest: None,
-                platform: Platform::default(),
-                description: None,
                 built_at: built.map(|b| crate::output::time(&b)),
-                revision: None,
-                source: None,
-                title: None,
+                ..ImageRecord::new("reg.example/web", format!("sha256:{digest:064x}"))
             },
-            deployment: DeploymentRecord {
-                deployed_at: at,
-                deployed_by: "alice".into(),
-                workspace: env.into(),
-                name: None,
-                event_id: uuid::Uuid::now_v7(),
-            },
+            deployment: DeploymentRecord::new(env, at, "alice"),
         }
     }
 

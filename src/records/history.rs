@@ -759,9 +759,7 @@ mod tests {
         let d = Deployment {
             app: "web".into(),
             image: ImageRecord {
-                repo: "reg.example/web".into(),
                 tag: Some("v1".into()),
-                digest: format!("sha256:{:064x}", 7),
                 index_digest: Some(format!("sha256:{:064x}", 8)),
                 platform: Platform {
                     os: "linux".into(),
@@ -773,13 +771,11 @@ mod tests {
                 revision: Some("abc".into()),
                 source: Some("https://example/x".into()),
                 title: Some("t".into()),
+                ..ImageRecord::new("reg.example/web", format!("sha256:{:064x}", 7))
             },
             deployment: DeploymentRecord {
-                deployed_at: "2026-03-01T10:00:00.5Z".parse().unwrap(),
-                deployed_by: "alice".into(),
-                workspace: "prod".into(),
                 name: Some("web".into()),
-                event_id: uuid::Uuid::now_v7(),
+                ..DeploymentRecord::new("prod", "2026-03-01T10:00:00.5Z".parse().unwrap(), "alice")
             },
         };
         let text = yaml::history_entry(&d);

@@ -214,6 +214,25 @@ pub struct ImageRecord {
     pub title: Option<String>,
 }
 
+impl ImageRecord {
+    /// An image by repository and digest, on the default platform (`linux/amd64`), with no
+    /// tag and no build metadata: the rest is filled in with struct update syntax.
+    pub fn new(repo: impl Into<String>, digest: impl Into<String>) -> ImageRecord {
+        ImageRecord {
+            repo: repo.into(),
+            tag: None,
+            digest: digest.into(),
+            index_digest: None,
+            platform: Platform::default(),
+            description: None,
+            built_at: None,
+            revision: None,
+            source: None,
+            title: None,
+        }
+    }
+}
+
 /// The deployment part of a record: what cannot exist at build time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeploymentRecord {
@@ -228,6 +247,24 @@ pub struct DeploymentRecord {
     pub name: Option<String>,
     /// The event id (UUIDv7, so ids sort by time).
     pub event_id: Uuid,
+}
+
+impl DeploymentRecord {
+    /// A deployment into `workspace` at `deployed_at` by `deployed_by`, without a name, with a
+    /// new event id.
+    pub fn new(
+        workspace: impl Into<String>,
+        deployed_at: DateTime<Utc>,
+        deployed_by: impl Into<String>,
+    ) -> DeploymentRecord {
+        DeploymentRecord {
+            deployed_at,
+            deployed_by: deployed_by.into(),
+            workspace: workspace.into(),
+            name: None,
+            event_id: Uuid::now_v7(),
+        }
+    }
 }
 
 /// One deployment of one app into one environment.

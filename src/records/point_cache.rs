@@ -455,9 +455,7 @@ fn extend_entry(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::{
-        Deployment, DeploymentRecord, HistoryReader, ImageRecord, Platform, Store,
-    };
+    use crate::records::{Deployment, DeploymentRecord, HistoryReader, ImageRecord, Store};
     use chrono::TimeZone;
 
     fn dep(app: &str, i: u32) -> Deployment {
@@ -466,26 +464,16 @@ mod tests {
         Deployment {
             app: app.into(),
             image: ImageRecord {
-                repo: format!("reg.example/{app}"),
                 tag: Some(format!("v{i}")),
-                // Every third deployment goes back to an earlier image.
-                digest: format!("sha256:{:064x}", if i % 3 == 2 { i / 2 } else { i }),
-                index_digest: None,
-                platform: Platform::default(),
-                description: None,
                 built_at: (!i.is_multiple_of(5))
                     .then(|| (at - chrono::Duration::minutes(30)).to_rfc3339()),
-                revision: None,
-                source: None,
-                title: None,
+                ..ImageRecord::new(
+                    format!("reg.example/{app}"),
+                    // Every third deployment goes back to an earlier image.
+                    format!("sha256:{:064x}", if i % 3 == 2 { i / 2 } else { i }),
+                )
             },
-            deployment: DeploymentRecord {
-                deployed_at: at,
-                deployed_by: "alice".into(),
-                workspace: "prod".into(),
-                name: None,
-                event_id: uuid::Uuid::now_v7(),
-            },
+            deployment: DeploymentRecord::new("prod", at, "alice"),
         }
     }
 

@@ -724,32 +724,22 @@ fn bounds(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::{DeploymentRecord, ImageRecord, Platform};
+    use crate::records::{DeploymentRecord, ImageRecord};
     use chrono::TimeZone;
 
     fn dep(i: u32) -> Deployment {
         Deployment {
             app: "web".into(),
             image: ImageRecord {
-                repo: "reg.example/web".into(),
                 tag: Some(format!("v{i}")),
-                digest: format!("sha256:{i:064x}"),
-                index_digest: None,
-                platform: Platform::default(),
-                description: None,
-                built_at: None,
-                revision: None,
-                source: None,
-                title: None,
+                ..ImageRecord::new("reg.example/web", format!("sha256:{i:064x}"))
             },
-            deployment: DeploymentRecord {
-                deployed_at: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+            deployment: DeploymentRecord::new(
+                "prod",
+                Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
                     + chrono::Duration::hours(i64::from(i)),
-                deployed_by: "alice".into(),
-                workspace: "prod".into(),
-                name: None,
-                event_id: uuid::Uuid::now_v7(),
-            },
+                "alice",
+            ),
         }
     }
 

@@ -8,26 +8,15 @@ fn dep(app: &str, env: &str, tag: &str, digest: &str, at: DateTime<Utc>) -> Depl
     Deployment {
         app: app.into(),
         image: ImageRecord {
-            repo: "127.0.0.1:5000/team/hello".into(),
             tag: Some(tag.into()),
-            digest: digest.into(),
-            index_digest: None,
-            platform: Platform::default(),
             description: Some(
                 "add healthcheck + fix nginx proxy header: \"quoted\" # not a comment".into(),
             ),
             built_at: Some("2026-01-24T22:41:03Z".into()),
             revision: Some("1f3a9c2".into()),
-            source: None,
-            title: None,
+            ..ImageRecord::new("127.0.0.1:5000/team/hello", digest)
         },
-        deployment: DeploymentRecord {
-            deployed_at: at,
-            deployed_by: "alice".into(),
-            workspace: env.into(),
-            name: None,
-            event_id: Uuid::now_v7(),
-        },
+        deployment: DeploymentRecord::new(env, at, "alice"),
     }
 }
 

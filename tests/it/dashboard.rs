@@ -364,29 +364,16 @@ fn record_at(
     built: chrono::DateTime<chrono::Utc>,
     at: chrono::DateTime<chrono::Utc>,
 ) {
-    use imagetrail::records::{Deployment, DeploymentRecord, ImageRecord, Platform};
+    use imagetrail::records::{Deployment, DeploymentRecord, ImageRecord};
     store
         .record(&Deployment {
             app: "web".into(),
             image: ImageRecord {
-                repo: "reg.example/web".into(),
                 tag: Some(format!("v{n}")),
-                digest: digest(n),
-                index_digest: None,
-                platform: Platform::default(),
-                description: None,
                 built_at: Some(built.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-                revision: None,
-                source: None,
-                title: None,
+                ..ImageRecord::new("reg.example/web", digest(n))
             },
-            deployment: DeploymentRecord {
-                deployed_at: at,
-                deployed_by: "alice".into(),
-                workspace: "prod".into(),
-                name: None,
-                event_id: uuid::Uuid::now_v7(),
-            },
+            deployment: DeploymentRecord::new("prod", at, "alice"),
         })
         .unwrap();
 }

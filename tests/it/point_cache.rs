@@ -23,29 +23,16 @@ fn digest(n: u32) -> String {
 /// Record `web` in `env` running image `n`, built at `built`, deployed at `at` (the CLI's
 /// `imagetrail deploy` writes through the same `Store::record`).
 fn record(store: &Store, env: &str, n: u32, built: Option<DateTime<Utc>>, at: DateTime<Utc>) {
-    use imagetrail::records::{Deployment, DeploymentRecord, ImageRecord, Platform};
+    use imagetrail::records::{Deployment, DeploymentRecord, ImageRecord};
     store
         .record(&Deployment {
             app: "web".into(),
             image: ImageRecord {
-                repo: "reg.example/team/web".into(),
                 tag: Some(format!("v{n}")),
-                digest: digest(n),
-                index_digest: None,
-                platform: Platform::default(),
-                description: None,
                 built_at: built.map(|b| b.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-                revision: None,
-                source: None,
-                title: None,
+                ..ImageRecord::new("reg.example/team/web", digest(n))
             },
-            deployment: DeploymentRecord {
-                deployed_at: at,
-                deployed_by: "alice".into(),
-                workspace: env.into(),
-                name: None,
-                event_id: uuid::Uuid::now_v7(),
-            },
+            deployment: DeploymentRecord::new(env, at, "alice"),
         })
         .unwrap();
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use imagetrail::records::postgres::{LATEST, PgError, PgItem, PgStore, PgWritten};
 use imagetrail::records::{
-    Checks, Deployment, DeploymentRecord, ImageRecord, Platform, RecordsError, Stamp, Store,
+    Checks, Deployment, DeploymentRecord, ImageRecord, RecordsError, Stamp, Store,
 };
 use uuid::Uuid;
 
@@ -23,24 +23,13 @@ pub fn deployment(env: &str, app: &str, repo: &str, at: DateTime<Utc>) -> Deploy
     Deployment {
         app: app.into(),
         image: ImageRecord {
-            repo: repo.into(),
             tag: Some("1.0".into()),
-            digest: format!("sha256:{:064x}", at.timestamp_nanos_opt().unwrap_or(0)),
-            index_digest: None,
-            platform: Platform::default(),
-            description: None,
-            built_at: None,
-            revision: None,
-            source: None,
-            title: None,
+            ..ImageRecord::new(
+                repo,
+                format!("sha256:{:064x}", at.timestamp_nanos_opt().unwrap_or(0)),
+            )
         },
-        deployment: DeploymentRecord {
-            deployed_at: at,
-            deployed_by: "ci".into(),
-            workspace: env.into(),
-            name: None,
-            event_id: Uuid::now_v7(),
-        },
+        deployment: DeploymentRecord::new(env, at, "ci"),
     }
 }
 

@@ -3,7 +3,7 @@
 //! the repository and the default app, and on which digests are digests.
 
 use chrono::{TimeZone, Utc};
-use imagetrail::records::{Deployment, DeploymentRecord, ImageRecord, Platform, Store};
+use imagetrail::records::{Deployment, DeploymentRecord, ImageRecord, Store};
 use serde_json::json;
 
 use crate::deploy::{deploy_to, it};
@@ -89,23 +89,16 @@ async fn records_written_with_the_short_form_read_back_as_the_full_repository() 
         .record(&Deployment {
             app: "edge".into(),
             image: ImageRecord {
-                repo: "docker.io/library/nginx".into(),
                 tag: Some("1.27".into()),
-                digest: digest(1),
-                index_digest: None,
-                platform: Platform::default(),
-                description: None,
-                built_at: None,
-                revision: None,
-                source: None,
-                title: None,
+                ..ImageRecord::new("docker.io/library/nginx", digest(1))
             },
             deployment: DeploymentRecord {
-                deployed_at: Utc.with_ymd_and_hms(2026, 1, 20, 10, 0, 0).unwrap(),
-                deployed_by: "old-server".into(),
-                workspace: "prod".into(),
                 name: Some("web".into()),
-                event_id: uuid::Uuid::now_v7(),
+                ..DeploymentRecord::new(
+                    "prod",
+                    Utc.with_ymd_and_hms(2026, 1, 20, 10, 0, 0).unwrap(),
+                    "old-server",
+                )
             },
         })
         .unwrap();

@@ -1035,30 +1035,17 @@ async fn delivery_page(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::{DeploymentRecord, ImageRecord, Platform};
+    use crate::records::{DeploymentRecord, ImageRecord};
 
     fn d(tag: &str, digest: &str, revision: &str) -> Deployment {
         Deployment {
             app: "web".into(),
             image: ImageRecord {
-                repo: "reg.example/team/web".into(),
                 tag: Some(tag.into()),
-                digest: digest.into(),
-                index_digest: None,
-                platform: Platform::default(),
-                description: None,
-                built_at: None,
                 revision: Some(revision.into()),
-                source: None,
-                title: None,
+                ..ImageRecord::new("reg.example/team/web", digest)
             },
-            deployment: DeploymentRecord {
-                deployed_at: Utc::now(),
-                deployed_by: "alice".into(),
-                workspace: "prod".into(),
-                name: None,
-                event_id: uuid::Uuid::now_v7(),
-            },
+            deployment: DeploymentRecord::new("prod", Utc::now(), "alice"),
         }
     }
 
