@@ -45,11 +45,13 @@ pub enum Address {
 /// The sending half of one connection; its other half runs in a spawned task.
 type Sender = http1::SendRequest<Empty<Bytes>>;
 
-/// One answer: the status code and the (de-chunked) body.
+/// One answer: the status code, the engine's API version header and the (de-chunked) body.
 #[derive(Debug)]
 pub struct Answer {
     /// The HTTP status code.
     pub status: u16,
+    /// The `Api-Version` header (Docker and Podman send it on every answer), if any.
+    pub api_version: Option<String>,
     /// The body.
     pub body: Vec<u8>,
 }
@@ -206,6 +208,11 @@ impl Client {
             .await
             .map_err(|e| Failure::BeforeAnswer(hyper_error(e)))?;
         let status = answer.status().as_u16();
+        let api_version = answer
+            .headers()
+            .get("api-version")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let body = read_body(answer.into_body(), self.max_body)
             .await
             .map_err(Failure::Answer)?;
@@ -218,7 +225,11 @@ impl Client {
                 idle.push(sender);
             }
         }
-        Ok(Answer { status, body })
+        Ok(Answer {
+            status,
+            api_version,
+            body,
+        })
     }
 }
 

@@ -412,8 +412,16 @@ fn output_error(path: PathBuf, source: std::io::Error) -> Error {
     Error::Output { path, source }
 }
 
+/// A suffix for a temporary name, unique in this run and, with high probability, against any
+/// other process writing the same directory (an atomic scanner in another container may have
+/// the same pid): one random prefix per process and a counter, instead of a `getrandom` call
+/// per file (600 of them for 200 targets). `O_EXCL` still refuses a name that exists.
 fn random_suffix() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_string());
+    format!("{prefix}{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 impl ResultsDir {
@@ -630,6 +638,15 @@ impl ResultsDir {
         name: &str,
         stamp: &DateTime<Local>,
     ) -> Result<Option<String>, Error> {
+        // The usual case, a fresh directory (atomic gives every scan a new one): one
+        // `renameat2(RENAME_NOREPLACE)` instead of a `stat` that fails and a rename. It fails
+        // when `name` exists (or the file system cannot refuse to replace); the general way
+        // below then keeps the old file first.
+        if rustix::fs::renameat_with(dir, tmp, dir, name, rustix::fs::RenameFlags::NOREPLACE)
+            .is_ok()
+        {
+            return Ok(None);
+        }
         let mut kept = None;
         match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(_) => {
@@ -668,6 +685,19 @@ impl ResultsDir {
         kept_legacy: Option<&String>,
         stamp: &DateTime<Local>,
     ) -> Result<Vec<String>, Error> {
+        // No alias yet (a fresh directory): the link itself is made under the final name, in
+        // one call that creates it whole or fails because something is there.
+        if rustix::fs::linkat(
+            &*s.dir,
+            LEGACY_FILE,
+            &*s.dir,
+            LEGACY_ALIAS,
+            AtFlags::empty(),
+        )
+        .is_ok()
+        {
+            return Ok(vec![]);
+        }
         let same = |a: &rustix::fs::Stat, b: &rustix::fs::Stat| {
             a.st_dev == b.st_dev && a.st_ino == b.st_ino
         };
