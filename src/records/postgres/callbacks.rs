@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
 use serde_json::Value;
 
-use super::write::{BatchFuture, GroupCommit, MAX_KEY_BYTES, OnBatch, retryable};
+use super::write::{BatchFuture, GroupCommit, MAX_KEY_BYTES, OnBatch, Slots, retryable};
 use super::{PgError, PgStore, classify, pool_client};
 
 /// One callback to record.
@@ -164,34 +164,18 @@ async fn write_batch(
     store: &PgStore,
     items: &[&PgCallback],
 ) -> Vec<Result<PgCallbackWritten, PgError>> {
-    let mut results: Vec<Option<Result<PgCallbackWritten, PgError>>> =
-        items.iter().map(|_| None).collect();
-    let mut order = Vec::new();
-    for (i, c) in items.iter().enumerate() {
-        match storable(c) {
-            Ok(()) => order.push(i),
-            Err(e) => results[i] = Some(Err(e)),
-        }
-    }
-    order.sort_by(|&a, &b| items[a].commit.cmp(&items[b].commit));
-    if !order.is_empty() {
-        match run_batch(store, items, &order).await {
-            Ok(answers) => {
-                for (&i, r) in order.iter().zip(answers) {
-                    results[i] = Some(Ok(r));
-                }
-            }
-            Err(e) => {
-                for &i in &order {
-                    results[i] = Some(Err(e.for_another_caller()));
-                }
-            }
-        }
-    }
-    results
-        .into_iter()
-        .map(|r| r.unwrap_or(Err(PgError::WriterStopped)))
-        .collect()
+    let mut slots = Slots::new(items, |c: &PgCallback| storable(c));
+    slots
+        .order
+        .sort_by(|&a, &b| items[a].commit.cmp(&items[b].commit));
+    let outcome = if slots.order.is_empty() {
+        Ok(Vec::new())
+    } else {
+        run_batch(store, items, &slots.order)
+            .await
+            .map(|answers| answers.into_iter().map(Ok).collect())
+    };
+    slots.answer(outcome)
 }
 
 async fn run_batch(

@@ -595,7 +595,7 @@ fn from_row(r: &Row) -> Deployment {
             title: r.get("title"),
         },
         deployment: DeploymentRecord {
-            deployed_at: at + chrono::Duration::nanoseconds(i64::from(ns)),
+            deployed_at: joined(at, ns),
             deployed_by: r.get("deployed_by"),
             workspace: r.get("environment"),
             name: r.get("name"),
@@ -620,6 +620,11 @@ fn split(t: DateTime<Utc>) -> (DateTime<Utc>, i16) {
     )
 }
 
+/// The time [`split`] stored as `deployed_at` and `deployed_at_ns`.
+fn joined(at: DateTime<Utc>, ns: i16) -> DateTime<Utc> {
+    at + chrono::Duration::nanoseconds(i64::from(ns))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -632,7 +637,7 @@ mod tests {
         let (us, ns) = split(t);
         assert_eq!(ns, 789);
         assert_eq!(us.timestamp_subsec_nanos(), 123_456_000);
-        assert_eq!(us + chrono::Duration::nanoseconds(789), t);
+        assert_eq!(joined(us, ns), t);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use chrono::{DateTime, Utc};
 
-use super::{COLUMNS, PgError, PgStore, bound, from_row, split};
+use super::{COLUMNS, PgError, PgStore, bound, from_row, joined, split};
 use crate::records::Deployment;
 
 /// Rows fetched per page by [`PgStore::visit`]: large enough that the round trip is amortised,
@@ -227,7 +227,7 @@ impl PgStore {
                 let ns: i16 = r.get("deployed_at_ns");
                 PointRow {
                     key: (at, ns, r.get("seq")),
-                    deployed_at: at + chrono::Duration::nanoseconds(i64::from(ns)),
+                    deployed_at: joined(at, ns),
                     digest: r.get("digest"),
                     built_at: r.get("built_at"),
                 }
@@ -319,7 +319,7 @@ impl PgStore {
             let d: String = r.get(2);
             let at: DateTime<Utc> = r.get(0);
             let ns: i16 = r.get(1);
-            (d == digest).then(|| at + chrono::Duration::nanoseconds(i64::from(ns)))
+            (d == digest).then(|| joined(at, ns))
         }))
     }
 

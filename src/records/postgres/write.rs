@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 
-use super::{COLUMNS, PgError, classify, from_row, pool_client, split};
+use super::{COLUMNS, PgError, classify, from_row, joined, pool_client, split};
 use crate::records::{Checks, Deployment, RecordsError, Stamp};
 
 /// One deployment to record, with what the file backend's writer takes beside it.
@@ -295,39 +295,74 @@ pub(super) async fn write_batch(
     user: &str,
     items: &[&PgItem],
 ) -> Vec<Result<PgWritten, PgError>> {
-    let mut results: Vec<Option<Result<PgWritten, PgError>>> = items.iter().map(|_| None).collect();
-    let mut order = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        match storable(
+    let slots = Slots::new(items, |item: &PgItem| {
+        storable(
             &item.deployment,
             item.idempotency_key.as_deref(),
             item.answer.as_ref(),
-        ) {
-            Ok(()) => order.push(i),
-            Err(e) => results[i] = Some(Err(e)),
+        )
+    });
+    let outcome = if slots.order.is_empty() {
+        Ok(Vec::new())
+    } else {
+        run_batch(pool, target, user, items, &slots.order).await
+    };
+    slots.answer(outcome)
+}
+
+/// A batch's items as its writer answers them: the indexes that go to the database, in the
+/// order they are written, and one slot per item, filled at once for an item refused before
+/// the batch. The deployments and the callbacks share it.
+pub(super) struct Slots<O> {
+    /// The indexes of the items written, in the order written.
+    pub(super) order: Vec<usize>,
+    results: Vec<Option<Result<O, PgError>>>,
+}
+
+impl<O> Slots<O> {
+    /// Refuse each item `storable` refuses (a statement that fails aborts the whole batch,
+    /// so one hostile item would fail every other one); the rest are written in the order
+    /// given unless the writer reorders `order`.
+    pub(super) fn new<I>(items: &[&I], storable: impl Fn(&I) -> Result<(), PgError>) -> Self {
+        let mut results: Vec<Option<Result<O, PgError>>> = items.iter().map(|_| None).collect();
+        let mut order = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match storable(item) {
+                Ok(()) => order.push(i),
+                Err(e) => results[i] = Some(Err(e)),
+            }
         }
+        Slots { order, results }
     }
-    if !order.is_empty() {
-        match run_batch(pool, target, user, items, &order).await {
-            Ok(outcomes) => {
-                for (i, r) in order.iter().zip(outcomes) {
-                    results[*i] = Some(r);
+
+    /// One result per item, in the order given: the batch's answers (one per index of
+    /// `order`, in that order), or its failure for every item written (the first caller gets
+    /// the error itself, the others [`PgError::for_another_caller`]).
+    pub(super) fn answer(
+        self,
+        outcome: Result<Vec<Result<O, PgError>>, PgError>,
+    ) -> Vec<Result<O, PgError>> {
+        let Slots { order, mut results } = self;
+        match outcome {
+            Ok(answers) => {
+                for (&i, r) in order.iter().zip(answers) {
+                    results[i] = Some(r);
                 }
             }
             Err(e) => {
-                for i in &order {
-                    results[*i] = Some(Err(e.for_another_caller()));
+                for &i in &order {
+                    results[i] = Some(Err(e.for_another_caller()));
                 }
-                if let Some(first) = order.first() {
-                    results[*first] = Some(Err(e));
+                if let Some(&first) = order.first() {
+                    results[first] = Some(Err(e));
                 }
             }
         }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(PgError::WriterStopped)))
+            .collect()
     }
-    results
-        .into_iter()
-        .map(|r| r.unwrap_or(Err(PgError::WriterStopped)))
-        .collect()
 }
 
 /// One row of the record function.
@@ -389,9 +424,7 @@ async fn run_batch(
         out.push(match o.outcome.as_str() {
             "recorded" => Ok(match (items[i].checks.stamp, o.stamped_at) {
                 (Stamp::Given, _) | (_, None) => PgWritten::Recorded,
-                (_, Some(at)) => PgWritten::Stamped(
-                    at + chrono::Duration::nanoseconds(i64::from(o.stamped_ns.unwrap_or(0))),
-                ),
+                (_, Some(at)) => PgWritten::Stamped(joined(at, o.stamped_ns.unwrap_or(0))),
             }),
             "duplicate" | "already_current" => {
                 let sql = format!("SELECT {COLUMNS}, d.answer FROM deployments d WHERE d.seq = $1");
