@@ -26,7 +26,7 @@ use super::protect::{self, ProtectError, Protection};
 use super::range::{PointsRev, for_each_merged};
 use super::{
     Checks, DeliveryPoint, Deployment, Digests, HistoryRange, HistoryRead, MergeReport,
-    OpenHistory, Recorded, RecordsError, Store, TornTail, built_time, fields, names,
+    OpenHistory, Recorded, RecordsError, Store, TornTail, fields, names,
 };
 
 /// The deployment records, on whichever backend was chosen (see the module documentation).
@@ -223,12 +223,13 @@ impl PointStream for PgPoints<'_> {
             self.done = (rows.len() as i64) < PAGE;
             self.after = rows.last().map(|r| r.key);
             for r in rows.iter().rev() {
-                self.pending.push(DeliveryPoint {
-                    deployed_at: r.deployed_at,
-                    digest: self.digests.intern(&r.digest),
-                    built_at: r.built_at.as_deref().and_then(built_time),
-                    offset: u64::try_from(r.key.2).unwrap_or(0),
-                });
+                self.pending.push(DeliveryPoint::stored(
+                    r.deployed_at,
+                    &r.digest,
+                    r.built_at.as_deref(),
+                    u64::try_from(r.key.2).unwrap_or(0),
+                    &mut self.digests,
+                ));
             }
         }
         Ok(self.pending.pop())

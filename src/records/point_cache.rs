@@ -265,10 +265,8 @@ pub(super) fn points_rev<'a>(
     h: &'a OpenHistory,
     until: Option<DateTime<Utc>>,
 ) -> Result<Box<dyn PointStream + 'a>, RecordsError> {
-    let Some(file) = h.file() else {
-        return Ok(Box::new(h.points_rev(until)?));
-    };
-    let Ok(meta) = file.metadata() else {
+    // No file (an app without history) or no metadata: the uncached reader says what is there.
+    let Some(meta) = h.file().and_then(|f| f.metadata().ok()) else {
         return Ok(Box::new(h.points_rev(until)?));
     };
     let id = (meta.dev(), meta.ino());

@@ -41,6 +41,26 @@ pub struct DeliveryPoint {
     pub offset: u64,
 }
 
+impl DeliveryPoint {
+    /// The point of an entry from its stored values: `digest` interned in `digests`,
+    /// `built_at` as stored (an unreadable one counts as missing, see [`built_time`]).
+    #[inline]
+    pub fn stored(
+        deployed_at: DateTime<Utc>,
+        digest: &str,
+        built_at: Option<&str>,
+        offset: u64,
+        digests: &mut Digests,
+    ) -> DeliveryPoint {
+        DeliveryPoint {
+            deployed_at,
+            digest: digests.intern(digest),
+            built_at: built_at.and_then(built_time),
+            offset,
+        }
+    }
+}
+
 /// The `built_at` time a lead time is measured from: the value when it is RFC 3339 (spaces
 /// around it ignored), else `None`.
 pub fn built_time(s: &str) -> Option<DateTime<Utc>> {
@@ -251,13 +271,8 @@ impl DeliveryPoints {
         built_at: Option<&str>,
         offset: u64,
     ) {
-        let digest = self.digests.intern(digest);
-        self.points.push(DeliveryPoint {
-            deployed_at,
-            digest,
-            built_at: built_at.and_then(built_time),
-            offset,
-        });
+        let point = DeliveryPoint::stored(deployed_at, digest, built_at, offset, &mut self.digests);
+        self.points.push(point);
     }
 
     /// Add the point of a whole deployment.

@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 
 use super::history::{self, HistoryFile};
 use super::point_cache::PointCache;
-use super::points::{DeliveryPoint, DeliveryPoints, Digests, built_time};
+use super::points::{DeliveryPoint, DeliveryPoints, Digests};
 use super::{Deployment, HistoryRead, RecordsError, Store, TornTail, open_existing, to_deployment};
 
 /// Which entries of one history to read.
@@ -212,23 +212,14 @@ impl OpenHistory {
     /// `until`, the end is found by bisection first.
     pub fn points_rev(&self, until: Option<DateTime<Utc>>) -> Result<PointsRev<'_>, RecordsError> {
         let mut rev = PointsRev::new(self, 0, self.whole_end);
-        let (Some(u), Some(file)) = (until, &self.file) else {
+        let Some(u) = until else {
             return Ok(rev);
         };
         if let Some(newest) = rev.next_point()? {
             if newest.deployed_at <= u {
                 rev.pending.push(newest);
             } else {
-                let h = HistoryFile::with_len(file, &self.path, self.len);
-                let (_, end) = bounds(
-                    &h,
-                    self.whole_end,
-                    HistoryRange {
-                        until: Some(u),
-                        ..Default::default()
-                    },
-                )?;
-                rev = PointsRev::new(self, 0, end);
+                rev = PointsRev::new(self, 0, self.end_until(u)?);
             }
         }
         Ok(rev)
@@ -385,12 +376,13 @@ impl<'a> PointsRev<'a> {
             if let Ok(text) = std::str::from_utf8(bytes)
                 && let Some(l) = history::lean_entry(text)
             {
-                return Ok(Some(DeliveryPoint {
-                    deployed_at: l.deployed_at,
-                    digest: self.digests.intern(l.digest),
-                    built_at: l.built_at.and_then(built_time),
+                return Ok(Some(DeliveryPoint::stored(
+                    l.deployed_at,
+                    l.digest,
+                    l.built_at,
                     offset,
-                }));
+                    &mut self.digests,
+                )));
             }
             // Any other shape: the full reader, which also reports what is wrong.
             let Some(file) = self.file else {
@@ -398,13 +390,13 @@ impl<'a> PointsRev<'a> {
             };
             let h = HistoryFile::with_len(file, self.path, self.len);
             for e in h.parse_chunk(offset, bytes)? {
-                let digest = self.digests.intern(&e.image.digest);
-                self.pending.push(DeliveryPoint {
-                    deployed_at: e.deployment.deployed_at,
-                    digest,
-                    built_at: e.image.built_at.as_deref().and_then(built_time),
+                self.pending.push(DeliveryPoint::stored(
+                    e.deployment.deployed_at,
+                    &e.image.digest,
+                    e.image.built_at.as_deref(),
                     offset,
-                });
+                    &mut self.digests,
+                ));
             }
         }
     }
@@ -724,7 +716,7 @@ fn bounds(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::{DeploymentRecord, ImageRecord};
+    use crate::records::{DeploymentRecord, ImageRecord, built_time};
     use chrono::TimeZone;
 
     fn dep(i: u32) -> Deployment {
