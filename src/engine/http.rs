@@ -141,26 +141,17 @@ impl Client {
     async fn connect(&self) -> std::io::Result<Sender> {
         let mut builder = http1::Builder::new();
         builder.max_header_size(MAX_HEAD);
-        let sender = match &self.address {
+        match &self.address {
             Address::Unix(path) => {
-                let io = TokioIo::new(tokio::net::UnixStream::connect(path).await?);
-                let (sender, conn) = builder.handshake(io).await.map_err(hyper_error)?;
-                tokio::spawn(drive(conn));
-                sender
+                handshake(&builder, tokio::net::UnixStream::connect(path).await?).await
             }
             Address::Tcp(addr) => {
                 let s = tokio::net::TcpStream::connect(addr.as_str()).await?;
                 // Requests are one small write each: no Nagle delay waiting for an ACK.
                 s.set_nodelay(true)?;
-                let (sender, conn) = builder
-                    .handshake(TokioIo::new(s))
-                    .await
-                    .map_err(hyper_error)?;
-                tokio::spawn(drive(conn));
-                sender
+                handshake(&builder, s).await
             }
-        };
-        Ok(sender)
+        }
     }
 
     /// An idle connection that is still open and ready for a request, if there is one.
@@ -246,6 +237,19 @@ impl Failure {
             Failure::BeforeAnswer(e) | Failure::Answer(e) => e,
         }
     }
+}
+
+/// Start HTTP/1.1 on a connected stream: its sending half, the other half driven by a task.
+async fn handshake<S>(builder: &http1::Builder, stream: S) -> std::io::Result<Sender>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = builder
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(hyper_error)?;
+    tokio::spawn(drive(conn));
+    Ok(sender)
 }
 
 /// Run one connection's HTTP/1.1 state machine until it closes. Its errors also reach the
