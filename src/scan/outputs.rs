@@ -744,12 +744,10 @@ fn fsync_all<'a>(fds: impl Iterator<Item = &'a OwnedFd>) -> rustix::io::Result<(
             .iter()
             .map(|fd| scope.spawn(move || rustix::fs::fsync(*fd)))
             .collect();
+        // The first error is the answer; the scope still waits for every other fsync.
         threads
             .into_iter()
-            .map(|t| t.join().unwrap_or(Err(rustix::io::Errno::IO)))
-            .collect::<Vec<_>>()
-            .into_iter()
-            .collect()
+            .try_for_each(|t| t.join().unwrap_or(Err(rustix::io::Errno::IO)))
     })
 }
 
