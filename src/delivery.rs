@@ -306,30 +306,9 @@ pub fn collect(
         }
     }
     // Each history is read on its own; spread them over the cores.
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, pairs.len().max(1));
-    let chunk = pairs.len().div_ceil(threads).max(1);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = pairs
-            .chunks(chunk)
-            .map(|part| {
-                s.spawn(move || {
-                    part.iter()
-                        .map(|(env, app)| collect_one(store, env, app, window))
-                        .collect::<Result<Vec<_>, _>>()
-                })
-            })
-            .collect();
-        let mut out = Vec::with_capacity(pairs.len());
-        for h in handles {
-            match h.join() {
-                Ok(part) => out.extend(part?),
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
-        Ok(out)
-    })
+    crate::parallel::map_on_cores(&pairs, |(env, app)| collect_one(store, env, app, window))
+        .into_iter()
+        .collect()
 }
 
 /// Read what [`compute`] needs for one app in one environment over `window`.

@@ -26,7 +26,8 @@
 //! those use only the value types: [`reference`](mod@reference) (image references, digests, platforms and
 //! registry hosts, parsed and normalised once), [`output`] (tables, times, stored text escaped
 //! and cut for a terminal), [`terminal`] (untrusted text made safe), [`error`] (the error kinds
-//! callers branch on) and [`exit`] (exit codes as a type). [`cli`] holds every flag and its
+//! callers branch on), [`exit`] (exit codes as a type) and [`parallel`] (independent reads
+//! spread over the cores). [`cli`] holds every flag and its
 //! `IMAGETRAIL_*` variable; [`logging`] writes to stderr only. `records` imports nothing from
 //! a front-end or a client.
 
@@ -40,6 +41,7 @@ pub mod exit;
 pub mod labels;
 pub mod logging;
 pub mod output;
+pub mod parallel;
 pub mod records;
 pub mod reference;
 pub mod registry;

@@ -37,7 +37,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::limits::{ContentType, json_body};
 use super::metrics::{Metrics, Writer as MetricsWriter};
-use crate::records::postgres::{PgCallback, PgCallbackWritten, PgCallbacks, PgStore};
+use crate::records::postgres::{OnBatch, PgCallback, PgCallbackWritten, PgCallbacks, PgStore};
 
 /// The directory under the state directory that holds the callback log. It starts with a dot
 /// because the records' path encoding never produces one, so no environment can collide with it.
@@ -131,8 +131,7 @@ impl AnalyticsLog {
     ) -> anyhow::Result<AnalyticsLog> {
         if let Some(pg) = database {
             let m = metrics.clone();
-            let on_batch: Arc<dyn Fn(usize) + Send + Sync> =
-                Arc::new(move |n| m.batch(MetricsWriter::Callbacks, n));
+            let on_batch: OnBatch = Arc::new(move |n| m.batch(MetricsWriter::Callbacks, n));
             return Ok(AnalyticsLog {
                 backend: Backend::Postgres(PgCallbacks::start(pg, Some(on_batch))),
                 metrics,

@@ -531,19 +531,8 @@ async fn app_page(State(state): State<Arc<AppState>>, Query(aq): Query<AppQuery>
                 .collect();
             Ok((history, rows))
         };
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let per_thread = lanes.len().div_ceil(threads).max(1);
         let ids: Vec<usize> = (0..lanes.len()).collect();
-        let read: Vec<_> = std::thread::scope(|s| {
-            let handles: Vec<_> = ids
-                .chunks(per_thread)
-                .map(|part| s.spawn(|| part.iter().map(|&l| read_lane(l)).collect::<Vec<_>>()))
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
-        });
+        let read = crate::parallel::map_on_cores(&ids, |&lane| read_lane(lane));
         let mut histories = Vec::with_capacity(lanes.len());
         let mut rows: Vec<TimelineRow> = Vec::new();
         for r in read {
