@@ -26,7 +26,7 @@ use super::protect::{self, ProtectError, Protection};
 use super::range::{PointsRev, for_each_merged};
 use super::{
     Checks, DeliveryPoint, Deployment, Digests, HistoryRange, HistoryRead, MergeReport,
-    OpenHistory, Recorded, RecordsError, Store, TornTail, fields, names,
+    OpenHistory, Recorded, RecordsError, Store, TornTail, names,
 };
 
 /// The deployment records, on whichever backend was chosen (see the module documentation).
@@ -558,9 +558,8 @@ impl RecordStore for PgRecords {
     }
 
     fn record(&self, d: &Deployment, checks: Checks) -> Result<Recorded, RecordsError> {
-        check_names(&d.deployment.workspace, &d.app)?;
-        fields::check(d)?;
-        // A write-time stamp is taken by the database under the app's lock (see
+        // The field rules are the PostgreSQL writer's first step, as the file writer's. A
+        // write-time stamp is taken by the database under the app's lock (see
         // `imagetrail_record_batch_v3`), so the history order is the commit order across every CLI
         // and replica writing the app.
         let item = PgItem {

@@ -1,8 +1,9 @@
 //! What the store accepts in each field of a deployment, checked before anything is written.
 //!
-//! Every writer (the CLI's `deploy`, `POST /api/v1/deployments`, the admission webhook) goes
-//! through [`Store::record_checked_many_with`](super::Store::record_checked_many_with), which
-//! calls [`check`] first, so one rule holds whoever sends the value. A value that breaks a rule
+//! Every writer (the CLI's `deploy`, `POST /api/v1/deployments`, the admission webhook, `db
+//! import`) goes through [`Store::record_checked_many_with`](super::Store::record_checked_many_with)
+//! or, on PostgreSQL, the group-commit writer of [`super::postgres`]; both call [`check`] first,
+//! so one rule holds whoever sends the value and whichever store keeps it. A value that breaks a rule
 //! is refused whole with [`RecordsError::InvalidField`] naming the field (the server answers
 //! 400, the CLI exits 2); nothing is cut, replaced or dropped silently.
 //!

@@ -378,9 +378,14 @@ async fn at_current_and_history_answer_from_the_database() {
             PgWritten::Recorded
         );
     }
-    s.record(PgItem::new(deployment("staging", "api", "r/x", times[0])))
-        .await
-        .unwrap();
+    s.record(PgItem::new(deployment(
+        "staging",
+        "api",
+        "docker.io/r/x",
+        times[0],
+    )))
+    .await
+    .unwrap();
     assert_eq!(s.environments().await.unwrap(), ["cluster/ns", "staging"]);
     assert_eq!(
         s.current("cluster/ns", "api").await.unwrap().as_ref(),
@@ -584,46 +589,55 @@ async fn hostile_fields_are_stored_exactly_or_refused_alone() {
     let pg = Postgres::start();
     let (_url, s) = store(&pg, "it").await;
     let now = t("2026-05-01T00:00:00.999999999Z");
-    let mut odd = deployment("prod\u{202e}", "web\u{1}", "reg.example/web", now);
+    // Image labels take any characters up to 64 KiB: stored and read back exactly.
+    let mut odd = deployment("prod", "web", "reg.example/web", now);
     odd.image.description = Some("\u{fffe}\u{202e}a: b\n# c\u{7}".into());
-    odd.image.title = Some("t".repeat(100_000));
-    odd.deployment.deployed_by = "\u{1b}[31mred".into();
+    odd.image.revision = Some("\u{1b}[31mred\r\u{2028}".into());
+    odd.image.title = Some("t".repeat(imagetrail::records::MAX_LABEL));
+    // Refused by the field rules, as the file store's writer refuses them.
+    let bidi_env = deployment("prod\u{202e}", "web", "reg.example/web", now);
+    let control_app = deployment("prod", "web\u{1}", "reg.example/web", now);
+    let mut escape_by = deployment("prod", "by", "reg.example/web", now);
+    escape_by.deployment.deployed_by = "\u{1b}[31mred".into();
+    let mut long_title = deployment("prod", "title", "reg.example/web", now);
+    long_title.image.title = Some("t".repeat(100_000));
+    let long_app = deployment("prod", &"a".repeat(100_000), "reg.example/web", now);
+    let by_rules = [bidi_env, control_app, escape_by, long_title, long_app];
+    // Refused by the database alone: a NUL in a label.
     let mut nul = deployment("prod", "nul", "reg.example/web", now);
     nul.image.description = Some("a\0b".into());
-    let long = deployment("prod", &"a".repeat(100_000), "reg.example/web", now);
     let fine = deployment("prod", "fine", "reg.example/web", now);
-    let results = s
-        .record_many(&[
-            PgItem::new(odd.clone()),
-            PgItem::new(nul),
-            PgItem::new(long),
-            PgItem::new(fine.clone()),
-        ])
-        .await;
+    let mut items = vec![PgItem::new(odd.clone())];
+    items.extend(by_rules.iter().cloned().map(PgItem::new));
+    items.push(PgItem::new(nul));
+    items.push(PgItem::new(fine.clone()));
+    let results = s.record_many(&items).await;
     assert!(
         matches!(results[0], Ok(PgWritten::Recorded)),
         "{:?}",
         results[0]
     );
-    let e = results[1].as_ref().unwrap_err().to_string();
+    let files = tempfile::tempdir().unwrap();
+    let files = Store::new(files.path());
+    for (d, r) in by_rules.iter().zip(&results[1..]) {
+        let refused = r
+            .as_ref()
+            .expect_err("refused by the field rules")
+            .to_string();
+        let by_files = files.record(d).expect_err("the file store refuses it too");
+        assert_eq!(refused, by_files.to_string());
+    }
+    let e = results[6].as_ref().unwrap_err().to_string();
     assert_eq!(
         e,
         "image.description cannot be stored in PostgreSQL: it contains a NUL character"
     );
-    let e = results[2].as_ref().unwrap_err().to_string();
-    assert_eq!(
-        e,
-        "app cannot be stored in PostgreSQL: longer than 512 bytes"
-    );
     assert!(
-        matches!(results[3], Ok(PgWritten::Recorded)),
+        matches!(results[7], Ok(PgWritten::Recorded)),
         "{:?}",
-        results[3]
+        results[7]
     );
-    assert_eq!(
-        s.current("prod\u{202e}", "web\u{1}").await.unwrap(),
-        Some(odd)
-    );
+    assert_eq!(s.current("prod", "web").await.unwrap(), Some(odd));
     assert_eq!(s.current("prod", "fine").await.unwrap(), Some(fine));
     assert_eq!(pg.psql("it", "SELECT count(*) FROM deployments"), "2\n");
 }

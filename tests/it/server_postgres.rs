@@ -99,6 +99,34 @@ async fn two_replicas_on_one_database_take_writes_together_and_one_key_records_o
     assert_eq!(batched, 60.0);
 }
 
+/// The deployments API on PostgreSQL refuses what it refuses on the files, with the same
+/// answer: an environment with a newline, a bidi override or a noncharacter, or 100,000
+/// characters long; nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_names_get_the_file_servers_400_and_store_nothing() {
+    let db = Database::start();
+    let replica = db.replica();
+    let files = crate::server::TestServer::start(|_| {}).await;
+    for env in [
+        "prod\nx",
+        "prod\u{202e}",
+        "prod\u{fffe}",
+        &"p".repeat(100_000),
+    ] {
+        let hostile = json!({
+            "image": {"url": format!("r.example/team/app@{}", digest(1))},
+            "environment": {"name": env},
+        });
+        let (status, _, answer) = post(&replica.url, &hostile, None).await;
+        let (file_status, file_answer) =
+            crate::server::post_deployment(&files, hostile.clone()).await;
+        assert_eq!((status, file_status), (400, 400), "{answer} {file_answer}");
+        assert_eq!(answer["error"], "invalid-field", "{answer}");
+        assert_eq!(answer["summary"], file_answer["summary"]);
+    }
+    assert_eq!(db.rows("SELECT count(*) FROM deployments"), "0");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stopping_postgres_gives_503_with_retry_after_and_writes_resume_without_a_restart() {
     let db = Database::start();

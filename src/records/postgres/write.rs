@@ -12,7 +12,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 
 use super::{COLUMNS, PgError, classify, from_row, joined, pool_client, split};
-use crate::records::{Checks, Deployment, RecordsError, Stamp};
+use crate::records::{Checks, Deployment, RecordsError, Stamp, check_names, fields};
 
 /// One deployment to record, with what the file backend's writer takes beside it.
 #[derive(Debug, Clone)]
@@ -203,15 +203,18 @@ impl Writer {
     }
 }
 
-/// Refuse what the database cannot hold before it reaches the batch: a statement that fails
-/// aborts the whole transaction, so one hostile item would fail every other one.
+/// Refuse, before it reaches the batch, what the records' field rules refuse (the same rules
+/// as the file store's writer, [`crate::records::fields`], so a value is accepted or refused
+/// alike on either store, whoever sends it) and what the database cannot hold: a statement that
+/// fails aborts the whole transaction, so one hostile item would fail every other one.
 fn storable(d: &Deployment, key: Option<&str>, answer: Option<&Value>) -> Result<(), PgError> {
+    fields::check(d).map_err(PgError::Rule)?;
+    check_names(&d.deployment.workspace, &d.app).map_err(PgError::Rule)?;
+    // What the field rules leave to the store: the environment, app, name and deployed_by
+    // are one short line without control characters by then, the platform a token.
     let i = &d.image;
-    let keys: [(&'static str, Option<&str>); 5] = [
-        ("environment", Some(&d.deployment.workspace)),
-        ("app", Some(&d.app)),
-        ("image.repo", Some(&i.repo)),
-        ("name", d.deployment.name.as_deref()),
+    let keys = [
+        ("image.repo", Some(i.repo.as_str())),
         ("Idempotency-Key", key),
     ];
     for (field, v) in keys {
@@ -222,28 +225,19 @@ fn storable(d: &Deployment, key: Option<&str>, answer: Option<&Value>) -> Result
             });
         }
     }
-    let texts: [(&'static str, Option<&str>); 13] = [
-        ("environment", Some(&d.deployment.workspace)),
-        ("app", Some(&d.app)),
+    let texts: [(&'static str, Option<&str>); 10] = [
         ("image.repo", Some(&i.repo)),
         ("image.tag", i.tag.as_deref()),
         ("image.digest", Some(&i.digest)),
         ("image.index_digest", i.index_digest.as_deref()),
-        ("image.platform", Some(&i.platform.os)),
-        ("image.platform", Some(&i.platform.architecture)),
-        ("image.platform", i.platform.variant.as_deref()),
         ("image.description", i.description.as_deref()),
-        ("deployment.deployed_by", Some(&d.deployment.deployed_by)),
-        ("name", d.deployment.name.as_deref()),
-        ("Idempotency-Key", key),
-    ];
-    let more = [
         ("image.built_at", i.built_at.as_deref()),
         ("image.revision", i.revision.as_deref()),
         ("image.source", i.source.as_deref()),
         ("image.title", i.title.as_deref()),
+        ("Idempotency-Key", key),
     ];
-    for (field, v) in texts.into_iter().chain(more) {
+    for (field, v) in texts {
         if v.is_some_and(|v| v.contains('\0')) {
             return Err(PgError::Unstorable {
                 field,
